@@ -1,0 +1,53 @@
+// Command aftercare-store runs FerretDB embedded with its SQLite backend, so the project gets a
+// MongoDB wire-protocol endpoint from the Go module proxy alone (no mongod is reachable here).
+//
+// `go install .../cmd/ferretdb` builds but panics at start because it wants a version file that
+// only FerretDB's own repository has; embedding the library avoids that.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/FerretDB/FerretDB/ferretdb"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:27017", "host:port to accept MongoDB clients on")
+	dataDir := flag.String("data", "", "directory for the SQLite files (one per database); created if missing")
+	flag.Parse()
+
+	if *dataDir == "" {
+		log.Fatal("aftercare-store: -data is required (a directory for the SQLite files)")
+	}
+	abs, err := filepath.Abs(*dataDir)
+	if err != nil {
+		log.Fatalf("aftercare-store: cannot resolve -data %q: %v", *dataDir, err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		log.Fatalf("aftercare-store: cannot create -data %q: %v", abs, err)
+	}
+
+	// FerretDB's SQLite URL must be a file: URL naming an existing directory with a trailing slash.
+	f, err := ferretdb.New(&ferretdb.Config{
+		Listener:  ferretdb.ListenerConfig{TCP: *listen},
+		Handler:   "sqlite",
+		SQLiteURL: "file:" + abs + "/",
+	})
+	if err != nil {
+		log.Fatalf("aftercare-store: %v", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Fprintf(os.Stderr, "aftercare-store: FerretDB (sqlite) listening on %s, data in %s\n", *listen, abs)
+	f.Run(ctx)
+	fmt.Fprintln(os.Stderr, "aftercare-store: stopped")
+}

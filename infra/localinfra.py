@@ -1,0 +1,520 @@
+#!/usr/bin/env python3
+"""Local infrastructure for Aftercare: a real Kafka broker and a MongoDB-compatible store.
+
+There is no Docker engine on the machines this project is developed and tested on, so the
+project starts real parts itself (see shared INFRA.md):
+
+* Apache Kafka 4.x, one node in KRaft combined mode, from Maven Central jars, run with Java 17;
+* FerretDB 1.24 embedded in a small Go program (``infra/ferretdb``) with its SQLite backend.
+
+Standard library only: this runs before any Python package is installed.
+
+    python3 infra/localinfra.py setup        fetch the Kafka jars, build the store (cached)
+    python3 infra/localinfra.py up           start both in the background and wait until ready
+    python3 infra/localinfra.py down         stop what ``up`` started
+    python3 infra/localinfra.py status       say what runs where
+    python3 infra/localinfra.py run-kafka    run the broker in the foreground (for make run)
+    python3 infra/localinfra.py run-store    run the store in the foreground (for make run)
+
+Addresses come from AFTERCARE_KAFKA_HOST/AFTERCARE_KAFKA_PORT (127.0.0.1:9092, controller on
+port+1) and AFTERCARE_STORE_HOST/AFTERCARE_STORE_PORT (127.0.0.1:27017). Everything it writes
+(jars, binary, data, logs) lives under AFTERCARE_LOCAL_DIR (``.local/`` at the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INFRA_DIR = REPO_ROOT / "infra"
+KAFKA_POM = INFRA_DIR / "kafka" / "pom.xml"
+STORE_SOURCE_DIR = INFRA_DIR / "ferretdb"
+
+KAFKA_READY_TIMEOUT_S = 120.0
+STORE_READY_TIMEOUT_S = 60.0
+
+
+class InfraError(RuntimeError):
+    """A problem the person running the infrastructure has to act on; the message says how."""
+
+
+def local_dir() -> Path:
+    return Path(os.environ.get("AFTERCARE_LOCAL_DIR", REPO_ROOT / ".local")).resolve()
+
+
+def _log(message: str) -> None:
+    print(f"[infra] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Fetch and build (cached by a digest of the inputs, so a second run takes seconds)
+# --------------------------------------------------------------------------------------------
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def kafka_libs_dir() -> Path:
+    return local_dir() / "cache" / f"kafka-{_digest(KAFKA_POM)}" / "libs"
+
+
+def store_binary() -> Path:
+    inputs = sorted(STORE_SOURCE_DIR.glob("*.go")) + [
+        STORE_SOURCE_DIR / "go.mod",
+        STORE_SOURCE_DIR / "go.sum",
+    ]
+    return local_dir() / "cache" / f"store-{_digest(*inputs)}" / "aftercare-store"
+
+
+def _require_tool(name: str, why: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise InfraError(f"'{name}' is not on PATH; it is needed to {why}. Install it and retry.")
+    return path
+
+
+def fetch_kafka() -> Path:
+    libs = kafka_libs_dir()
+    done = libs.parent / "complete"
+    if done.exists():
+        return libs
+    mvn = _require_tool("mvn", "download the Kafka broker jars from Maven Central")
+    _require_tool("java", "run the Kafka broker (Java 17 or newer)")
+    _log(f"downloading Kafka broker jars into {libs} (first run only)")
+    if libs.exists():
+        shutil.rmtree(libs)
+    log_file = libs.parent / "mvn.log"
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("w") as out:
+        result = subprocess.run(
+            [mvn, "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+            stdout=out, stderr=subprocess.STDOUT, check=False,
+        )
+    if result.returncode != 0:
+        raise InfraError(f"downloading the Kafka jars failed (exit {result.returncode}); see {log_file}")
+    done.write_text("ok\n")
+    return libs
+
+
+def build_store() -> Path:
+    binary = store_binary()
+    if binary.exists():
+        return binary
+    go = _require_tool("go", "build the FerretDB-based store from the Go module proxy")
+    _log(f"building the FerretDB store into {binary} (first run only, about a minute)")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    log_file = binary.parent / "go-build.log"
+    env = dict(os.environ, CGO_ENABLED="0")
+    with log_file.open("w") as out:
+        result = subprocess.run(
+            [go, "build", "-mod=mod", "-tags", "ferretdb_no_postgresql", "-o", str(binary), "."],
+            cwd=STORE_SOURCE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
+        )
+    if result.returncode != 0:
+        raise InfraError(f"building the store failed (exit {result.returncode}); see {log_file}")
+    return binary
+
+
+def setup() -> None:
+    fetch_kafka()
+    build_store()
+
+
+# --------------------------------------------------------------------------------------------
+# Readiness probes
+# --------------------------------------------------------------------------------------------
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _tcp_accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _bson_cstring(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def _mongo_ping(host: str, port: int) -> bool:
+    """Send ``{ping: 1, $db: "admin"}`` as an OP_MSG and check for ``ok: 1``.
+
+    Hand-rolled so this script needs no PyMongo; the BSON is two fields long.
+    """
+    body = (
+        b"\x10" + _bson_cstring("ping") + struct.pack("<i", 1)
+        + b"\x02" + _bson_cstring("$db") + struct.pack("<i", 6) + b"admin\x00"
+    )
+    document = struct.pack("<i", len(body) + 5) + body + b"\x00"
+    payload = struct.pack("<I", 0) + b"\x00" + document  # flagBits, section kind 0
+    header = struct.pack("<iiii", 16 + len(payload), 1, 0, 2013)  # OP_MSG
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as conn:
+            conn.sendall(header + payload)
+            reply = conn.recv(65536)
+    except OSError:
+        return False
+    # ok is a double 1.0 in the reply document.
+    return b"\x01ok\x00" + struct.pack("<d", 1.0) in reply
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log yet)"
+
+
+def _wait_ready(name: str, proc: subprocess.Popen[bytes] | None, ready, timeout_s: float,
+                log_file: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise InfraError(
+                f"{name} exited with code {proc.returncode} while starting; see {log_file}:\n"
+                f"{_tail(log_file)}"
+            )
+        if ready():
+            return
+        time.sleep(0.25)
+    raise InfraError(f"{name} was not ready after {timeout_s:.0f}s; see {log_file}:\n{_tail(log_file)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The two servers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KafkaNode:
+    """One Kafka broker in KRaft combined mode (broker and controller in one process)."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "kafka.out"
+
+    def _write_config(self) -> Path:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str((self.data_dir / "data").resolve()),
+            # A single node cannot satisfy the multi-node defaults.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Services create their topics explicitly (partitions, compaction); a typo in a topic
+            # name should fail loudly instead of silently creating a new topic.
+            "auto.create.topics.enable": "false",
+            "num.partitions": "3",
+            "log.retention.hours": "168",
+        }
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(
+            "status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = FILE\n"
+            f"appender.file.fileName = {logs / 'server.log'}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "appender.out.type = Console\n"
+            "appender.out.name = STDOUT\n"
+            "appender.out.layout.type = PatternLayout\n"
+            "appender.out.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRefs = file, out\n"
+            "rootLogger.appenderRef.file.ref = FILE\n"
+            "rootLogger.appenderRef.out.ref = STDOUT\n"
+            "rootLogger.appenderRef.out.level = WARN\n"
+            "logger.kafka.name = kafka\nlogger.kafka.level = INFO\n"
+            "logger.apache.name = org.apache.kafka\nlogger.apache.level = WARN\n"
+        )
+        return config
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        java = _require_tool("java", "run the Kafka broker (Java 17 or newer)")
+        return [
+            java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
+            "-cp", f"{fetch_kafka()}/*", main_class, *args,
+        ]
+
+    def prepare(self) -> list[str]:
+        """Write the config, format the log dir once, and return the broker's command line."""
+        for port in (self.port, self.controller_port):
+            if not port_is_free(self.host, port):
+                raise InfraError(
+                    f"Kafka cannot listen on {self.host}:{port}: the port is already in use. "
+                    "Stop whatever holds it (another `make run`?) or choose other ports with "
+                    "AFTERCARE_KAFKA_PORT (the controller takes the next port)."
+                )
+        config = self._write_config()
+        if not (self.data_dir / "data" / "meta.properties").exists():
+            cluster_id = subprocess.run(
+                self._java("kafka.tools.StorageTool", "random-uuid"),
+                capture_output=True, text=True, check=True,
+            ).stdout.strip().splitlines()[-1]
+            formatted = subprocess.run(
+                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
+                           str(config), "--standalone", "-g"),
+                capture_output=True, text=True, check=False,
+            )
+            if formatted.returncode != 0:
+                raise InfraError(f"formatting the Kafka log dir failed:\n{formatted.stdout}{formatted.stderr}")
+        return self._java("kafka.Kafka", str(config))
+
+    def start(self, timeout_s: float = KAFKA_READY_TIMEOUT_S) -> None:
+        command = self.prepare()
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = KAFKA_READY_TIMEOUT_S) -> None:
+        # The broker opens its client port only once it can serve requests.
+        _wait_ready(f"Kafka on {self.bootstrap_servers}", self.process,
+                    lambda: _tcp_accepts(self.host, self.port), timeout_s, self.log_file)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        _stop_process(self.process, timeout_s)
+        self.process = None
+
+
+@dataclass
+class StoreNode:
+    """FerretDB with its SQLite backend: the MongoDB wire-protocol store."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 27017
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://{self.host}:{self.port}/"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "store.out"
+
+    def prepare(self) -> list[str]:
+        if not port_is_free(self.host, self.port):
+            raise InfraError(
+                f"the store cannot listen on {self.host}:{self.port}: the port is already in use. "
+                "Stop whatever holds it (a local mongod? another `make run`?) or choose another "
+                "port with AFTERCARE_STORE_PORT."
+            )
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        return [str(build_store()), "-listen", f"{self.host}:{self.port}",
+                "-data", str((self.data_dir / "data").resolve())]
+
+    def start(self, timeout_s: float = STORE_READY_TIMEOUT_S) -> None:
+        command = self.prepare()
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = STORE_READY_TIMEOUT_S) -> None:
+        _wait_ready(f"the store on {self.host}:{self.port}", self.process,
+                    lambda: _mongo_ping(self.host, self.port), timeout_s, self.log_file)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        _stop_process(self.process, timeout_s)
+        self.process = None
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def default_nodes(base: Path | None = None) -> tuple[KafkaNode, StoreNode]:
+    base = base or local_dir() / "run"
+    kafka_port = int(os.environ.get("AFTERCARE_KAFKA_PORT", "9092"))
+    kafka = KafkaNode(
+        data_dir=base / "kafka",
+        host=os.environ.get("AFTERCARE_KAFKA_HOST", "127.0.0.1"),
+        port=kafka_port,
+        controller_port=int(os.environ.get("AFTERCARE_KAFKA_CONTROLLER_PORT", kafka_port + 1)),
+    )
+    store = StoreNode(
+        data_dir=base / "store",
+        host=os.environ.get("AFTERCARE_STORE_HOST", "127.0.0.1"),
+        port=int(os.environ.get("AFTERCARE_STORE_PORT", "27017")),
+    )
+    return kafka, store
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _pid_file(name: str) -> Path:
+    return local_dir() / "run" / f"{name}.pid"
+
+
+def _background_up() -> None:
+    kafka, store = default_nodes()
+    started: list[KafkaNode | StoreNode] = []
+    try:
+        for name, node in (("store", store), ("kafka", kafka)):
+            pid_file = _pid_file(name)
+            if pid_file.exists() and _pid_alive(int(pid_file.read_text())):
+                _log(f"{name} already runs (pid {pid_file.read_text().strip()})")
+                continue
+            node.start()
+            started.append(node)
+            assert node.process is not None
+            pid_file.write_text(str(node.process.pid))
+            # Leave the process running after this script exits.
+            node.process = None
+    except InfraError:
+        for node in started:
+            node.stop()
+        raise
+    _log(f"Kafka ready on {kafka.bootstrap_servers} (log {kafka.log_file})")
+    _log(f"store ready on {store.url} (log {store.log_file})")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _background_down() -> None:
+    for name in ("kafka", "store"):
+        pid_file = _pid_file(name)
+        if not pid_file.exists():
+            continue
+        pid = int(pid_file.read_text())
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            _log(f"stopped {name} (pid {pid})")
+        pid_file.unlink()
+
+
+def _status() -> None:
+    kafka, store = default_nodes()
+    print(f"kafka {kafka.bootstrap_servers}: {'up' if _tcp_accepts(kafka.host, kafka.port) else 'down'}")
+    print(f"store {store.url}: {'up' if _mongo_ping(store.host, store.port) else 'down'}")
+
+
+def _run_foreground(node: KafkaNode | StoreNode) -> None:
+    """Replace this process with the server so a process manager's SIGTERM reaches it directly."""
+    command = node.prepare()
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["setup", "up", "down", "status", "run-kafka", "run-store",
+                                            "wait"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "setup":
+            setup()
+        elif args.command == "up":
+            setup()
+            _background_up()
+        elif args.command == "down":
+            _background_down()
+        elif args.command == "status":
+            _status()
+        elif args.command == "wait":
+            kafka, store = default_nodes()
+            store.wait_ready()
+            kafka.wait_ready()
+        elif args.command == "run-kafka":
+            _run_foreground(default_nodes()[0])
+        elif args.command == "run-store":
+            _run_foreground(default_nodes()[1])
+    except InfraError as problem:
+        _log(f"error: {problem}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

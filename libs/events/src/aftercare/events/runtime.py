@@ -1,0 +1,325 @@
+"""What every Aftercare service does around its own work: start-up, health, metrics, shutdown.
+
+A service builds a ``ServiceRuntime`` with its settings and its consumers, mounts
+``runtime.operations_router()`` and uses ``runtime.lifespan`` as its FastAPI lifespan:
+
+* HTTP answers at once (``/healthz`` 200); the store and Kafka are connected in the background
+  with backoff and a clear log line per attempt, so a service started before its
+  infrastructure waits instead of crashing; ``/readyz`` turns 200 once both really answer;
+* topics are created if missing (partitions from settings, tenants compacted);
+* consumers start once Kafka and the store are there; on SIGTERM uvicorn runs the lifespan's
+  shutdown, which stops consumers (finish the message in hand, commit, close), then the
+  producer and the store client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import uvicorn
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
+from aftercare.events.logs import configure_logging
+from aftercare.events.processed import ProcessedEventLog
+from aftercare.events.producer import EventProducer
+from aftercare.events.settings import ServiceSettings
+from aftercare.events.topics import TopicSpec, topic_specs
+from aftercare.events.tracing import configure_tracing
+
+log = structlog.stdlib.get_logger("aftercare.events.runtime")
+
+SERVICE_READY = Gauge("aftercare_service_ready", "1 when the store and Kafka answer.", ["service"])
+
+
+class StartupTimeout(RuntimeError):
+    pass
+
+
+@dataclass
+class ConsumerSpec:
+    """A consumer group of this service: what it reads and the handler table to dispatch to.
+
+    ``handlers`` is a function of the runtime because handlers need the database and the
+    producer, which exist only once the runtime has connected.
+    """
+
+    group_id: str
+    topics: Sequence[str]
+    handlers: Callable[[ServiceRuntime], HandlerTable]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+async def retry_until_ready(what: str, attempt: Callable[[], Awaitable[Any]], *, timeout_s: float,
+                            stopping: asyncio.Event | None = None) -> Any:
+    """Call ``attempt`` until it succeeds, with backoff and a log line naming what is awaited."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await attempt()
+        except Exception as error:  # any failure to connect is retried; the log says which
+            if time.monotonic() + delay > deadline:
+                raise StartupTimeout(
+                    f"gave up waiting for {what} after {timeout_s:.0f}s ({tries} attempts): {error}"
+                ) from error
+            log.warning(f"waiting for {what}", attempt=tries, retry_in_s=round(delay, 1), error=str(error))
+            if stopping is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+                if stopping.is_set():
+                    raise asyncio.CancelledError() from error
+            else:
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+async def ensure_topics(bootstrap_servers: str, specs: Sequence[TopicSpec], partitions: int,
+                        replication_factor: int = 1) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for spec in specs
+            if spec.name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another instance created them at the same moment
+            log.info("topics created", topics=[topic.name for topic in missing])
+    finally:
+        await admin.close()
+
+
+class ServiceRuntime:
+    """Connections and background work of one service process."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        consumers: Sequence[ConsumerSpec] = (),
+        on_store_ready: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+        on_ready: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self._consumer_specs = list(consumers)
+        self._on_store_ready = on_store_ready
+        self._on_ready = on_ready
+        self._on_shutdown = on_shutdown
+        self.mongo: AsyncMongoClient[dict[str, Any]] | None = None
+        self.producer: EventProducer | None = None
+        self.runners: list[ConsumerRunner] = []
+        self._runner_tasks: list[asyncio.Task[None]] = []
+        self._connect_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.startup_error: BaseException | None = None
+        self.background_tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        if self.mongo is None:
+            raise RuntimeError("the store is not connected yet")
+        return self.mongo[self.settings.database]
+
+    def require_producer(self) -> EventProducer:
+        if self.producer is None:
+            raise RuntimeError("Kafka is not connected yet")
+        return self.producer
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(self.name, self.settings.log_level)
+        configure_tracing(self.name, self.settings.otel_exporter, self.settings.otel_endpoint)
+        app.state.runtime = self
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        self.mongo = AsyncMongoClient(self.settings.mongo_url, serverSelectionTimeoutMS=3000,
+                                      connectTimeoutMS=3000, tz_aware=True)
+        self._connect_task = asyncio.create_task(self._connect(), name=f"{self.name}-connect")
+        log.info("service starting", service=self.name, http_port=self.settings.http_port,
+                 kafka=self.settings.kafka_bootstrap_servers, store=self.settings.mongo_url,
+                 database=self.settings.database)
+
+    async def _connect(self) -> None:
+        timeout = self.settings.startup_timeout_seconds
+        try:
+            assert self.mongo is not None
+            mongo = self.mongo
+            await retry_until_ready(f"the store at {self.settings.mongo_url}",
+                                    lambda: mongo.admin.command("ping"), timeout_s=timeout,
+                                    stopping=self._stopping)
+            await ProcessedEventLog(self.db).ensure_indexes()
+            if self._on_store_ready is not None:
+                await self._on_store_ready(self)
+            log.info("store connected", store=self.settings.mongo_url)
+
+            specs = topic_specs()
+            await retry_until_ready(
+                f"Kafka at {self.settings.kafka_bootstrap_servers}",
+                lambda: ensure_topics(self.settings.kafka_bootstrap_servers, specs,
+                                      self.settings.topic_partitions,
+                                      self.settings.topic_replication_factor),
+                timeout_s=timeout, stopping=self._stopping,
+            )
+            producer = EventProducer(self.settings.kafka_bootstrap_servers, client_id=self.name)
+            await retry_until_ready("the Kafka producer", producer.start, timeout_s=timeout,
+                                    stopping=self._stopping)
+            self.producer = producer
+            log.info("Kafka connected", kafka=self.settings.kafka_bootstrap_servers)
+
+            for spec in self._consumer_specs:
+                runner = ConsumerRunner(
+                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    group_id=spec.group_id,
+                    topics=spec.topics,
+                    handlers=spec.handlers(self),
+                    processed=ProcessedEventLog(self.db),
+                    producer=producer,
+                    retry=spec.retry,
+                    client_id=f"{self.name}-{spec.group_id}",
+                )
+                self.runners.append(runner)
+                self._runner_tasks.append(asyncio.create_task(self._keep_consuming(runner)))
+            if self._on_ready is not None:
+                await self._on_ready(self)
+            self.connected.set()
+            log.info("service ready", service=self.name)
+        except asyncio.CancelledError:
+            return
+        except Exception as error:
+            self.startup_error = error
+            log.error("service could not start", service=self.name, error=str(error))
+
+    async def _keep_consuming(self, runner: ConsumerRunner) -> None:
+        try:
+            await runner.run()
+        except Exception as error:  # the loop itself broke (not a handler): say so loudly
+            self.startup_error = error
+            log.exception("consumer loop stopped unexpectedly", group=runner.group_id)
+
+    def spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Run background work that is cancelled on shutdown."""
+        task = asyncio.ensure_future(coroutine)
+        task.set_name(name)
+        self.background_tasks.append(task)
+        return task
+
+    async def stop(self) -> None:
+        log.info("service stopping", service=self.name)
+        self._stopping.set()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connect_task
+        for runner in self.runners:
+            runner.stop()
+        if self._runner_tasks:
+            await asyncio.gather(*self._runner_tasks, return_exceptions=True)
+        for task in self.background_tasks:
+            task.cancel()
+        if self.background_tasks:
+            await asyncio.gather(*self.background_tasks, return_exceptions=True)
+        if self._on_shutdown is not None:
+            with contextlib.suppress(Exception):
+                await self._on_shutdown(self)
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        if self.mongo is not None:
+            await self.mongo.close()
+        SERVICE_READY.labels(service=self.name).set(0)
+        log.info("service stopped", service=self.name)
+
+    # --- health --------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        """Ask the store and Kafka right now; each check is 'ok' or says what is wrong."""
+        checks: dict[str, str] = {}
+        try:
+            assert self.mongo is not None
+            await asyncio.wait_for(self.mongo.admin.command("ping"), timeout=2.0)
+            checks["store"] = "ok"
+        except Exception as error:
+            checks["store"] = f"unreachable: {error or type(error).__name__}"
+        if self.producer is None:
+            checks["kafka"] = "not connected yet" if self.startup_error is None else f"failed: {self.startup_error}"
+        else:
+            try:
+                await asyncio.wait_for(self.producer.kafka.client.fetch_all_metadata(), timeout=2.0)
+                checks["kafka"] = "ok"
+            except Exception as error:
+                checks["kafka"] = f"unreachable: {error or type(error).__name__}"
+        stopped = [runner.group_id for runner, task in zip(self.runners, self._runner_tasks, strict=True)
+                   if task.done()]
+        checks["consumers"] = "ok" if not stopped and self.connected.is_set() else (
+            f"stopped: {', '.join(stopped)}" if stopped else "not started yet")
+        return checks
+
+    def operations_router(self) -> APIRouter:
+        router = APIRouter(tags=["operations"])
+
+        @router.get("/healthz", summary="Liveness: the process answers")
+        async def healthz() -> dict[str, str]:
+            """Always 200 while the process runs; for restarts on hang, not for routing."""
+            return {"status": "alive", "service": self.name}
+
+        @router.get("/readyz", summary="Readiness: Kafka and the store really answer",
+                    responses={503: {"description": "Kafka, the store or a consumer is not ready"}})
+        async def readyz() -> JSONResponse:
+            """200 when the store answers a ping, Kafka answers a metadata request and every
+            consumer loop runs; 503 with the failing checks otherwise."""
+            checks = await self.readiness()
+            ready = all(value == "ok" for value in checks.values())
+            SERVICE_READY.labels(service=self.name).set(1 if ready else 0)
+            return JSONResponse({"status": "ready" if ready else "not ready", "service": self.name,
+                                 "checks": checks}, status_code=200 if ready else 503)
+
+        @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+        async def metrics() -> Response:
+            """Prometheus text exposition format."""
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+        return router
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run the service until SIGTERM/SIGINT (uvicorn then runs the lifespan's shutdown)."""
+    configure_logging(settings.service_name, settings.log_level)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
+                timeout_graceful_shutdown=30, access_log=False)

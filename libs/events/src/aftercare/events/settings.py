@@ -1,0 +1,45 @@
+"""Settings every service shares, read from the environment (pydantic-settings).
+
+The addresses of Kafka and the store are the same variables for every service
+(``AFTERCARE_KAFKA_BOOTSTRAP_SERVERS``, ``AFTERCARE_MONGO_URL``), so one environment can run
+the whole system; what differs per service carries the service's prefix
+(``AFTERCARE_INTAKE_HTTP_PORT``). docker-compose.yml and ``make run`` pass the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _shared(name: str) -> AliasChoices:
+    return AliasChoices(f"AFTERCARE_{name}", name.lower())
+
+
+class ServiceSettings(BaseSettings):
+    """Base for a service's settings; subclasses set ``env_prefix`` and their defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="AFTERCARE_SERVICE_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "service"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    database: str = Field(default="aftercare", description="This service's own MongoDB database.")
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias=_shared("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    mongo_url: str = Field(default="mongodb://127.0.0.1:27017/", validation_alias=_shared("MONGO_URL"))
+    topic_partitions: int = Field(default=3, ge=1, validation_alias=_shared("TOPIC_PARTITIONS"))
+    topic_replication_factor: int = Field(default=1, ge=1, validation_alias=_shared("TOPIC_REPLICATION_FACTOR"))
+    log_level: str = Field(default="INFO", validation_alias=_shared("LOG_LEVEL"))
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none", validation_alias=_shared("OTEL_EXPORTER")
+    )
+    otel_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint")
+    )
+    # Start-up waits this long in total for Kafka and the store before giving up with an error.
+    startup_timeout_seconds: float = Field(default=300.0, validation_alias=_shared("STARTUP_TIMEOUT_SECONDS"))
