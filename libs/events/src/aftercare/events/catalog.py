@@ -11,8 +11,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from aftercare.events.envelope import Envelope, Event
 from aftercare.events.incidents import (
     IncidentAcknowledged,
@@ -21,7 +19,7 @@ from aftercare.events.incidents import (
     IncidentResolved,
     IncidentUpdated,
 )
-from aftercare.events.notifications import NotificationFailed, NotificationSent
+from aftercare.events.notifications import NotificationFailed, NotificationRequested, NotificationSent
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -34,6 +32,7 @@ from aftercare.events.remediation import (
 )
 from aftercare.events.tenants import TenantUpserted
 from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from pydantic import ValidationError
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     TenantUpserted,
@@ -52,6 +51,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     RemediationSucceeded,
     RemediationFailed,
     IncidentEscalated,
+    NotificationRequested,
     NotificationSent,
     NotificationFailed,
 )

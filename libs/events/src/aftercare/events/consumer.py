@@ -26,12 +26,6 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
-from pymongo.errors import ConnectionFailure
-
 from aftercare.events.catalog import EventRejected, parse_envelope
 from aftercare.events.envelope import Envelope, Event
 from aftercare.events.metrics import EVENTS_CONSUMED, HANDLER_FAILURES, HANDLER_SECONDS
@@ -39,6 +33,11 @@ from aftercare.events.processed import ProcessedEventLog, record_id
 from aftercare.events.producer import EventProducer
 from aftercare.events.topics import dead_letter_topic
 from aftercare.events.tracing import current_trace_id, extract_trace_context, tracer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pymongo.errors import ConnectionFailure
 
 log = structlog.stdlib.get_logger("aftercare.events.consumer")
 

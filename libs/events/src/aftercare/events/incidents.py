@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from aftercare.events import topics
 from aftercare.events.envelope import Event
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Channel(StrEnum):
@@ -38,6 +37,7 @@ class IncidentStatus(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     TRIAGED = "triaged"
     REMEDIATING = "remediating"
+    REOPENED = "reopened"
     ESCALATED = "escalated"
     RESOLVED = "resolved"
     CLOSED = "closed"

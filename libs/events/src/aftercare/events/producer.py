@@ -10,14 +10,13 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
-
 from aftercare.events.catalog import serialize
 from aftercare.events.envelope import Envelope
 from aftercare.events.metrics import EVENTS_PUBLISHED
 from aftercare.events.tracing import inject_trace_headers, tracer
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 # Header names carried with every event, so a consumer or a person reading a dead-letter topic
 # can route and trace a message without parsing its value.

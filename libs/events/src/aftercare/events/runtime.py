@@ -23,14 +23,6 @@ from typing import Any
 
 import structlog
 import uvicorn
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
-from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
-
 from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
 from aftercare.events.logs import configure_logging
 from aftercare.events.processed import ProcessedEventLog
@@ -38,6 +30,13 @@ from aftercare.events.producer import EventProducer
 from aftercare.events.settings import ServiceSettings
 from aftercare.events.topics import TopicSpec, topic_specs
 from aftercare.events.tracing import configure_tracing
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 log = structlog.stdlib.get_logger("aftercare.events.runtime")
 
@@ -124,14 +123,14 @@ class ServiceRuntime:
         *,
         consumers: Sequence[ConsumerSpec] = (),
         on_store_ready: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
-        on_ready: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+        on_connected: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
         on_shutdown: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.service_name
         self._consumer_specs = list(consumers)
         self._on_store_ready = on_store_ready
-        self._on_ready = on_ready
+        self._on_connected = on_connected
         self._on_shutdown = on_shutdown
         self.mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self.producer: EventProducer | None = None
@@ -202,6 +201,9 @@ class ServiceRuntime:
                                     stopping=self._stopping)
             self.producer = producer
             log.info("Kafka connected", kafka=self.settings.kafka_bootstrap_servers)
+            if self._on_connected is not None:
+                # The service builds what its handlers and endpoints need, before consuming.
+                await self._on_connected(self)
 
             for spec in self._consumer_specs:
                 runner = ConsumerRunner(
@@ -216,8 +218,6 @@ class ServiceRuntime:
                 )
                 self.runners.append(runner)
                 self._runner_tasks.append(asyncio.create_task(self._keep_consuming(runner)))
-            if self._on_ready is not None:
-                await self._on_ready(self)
             self.connected.set()
             log.info("service ready", service=self.name)
         except asyncio.CancelledError:
@@ -287,6 +287,8 @@ class ServiceRuntime:
                 checks["kafka"] = f"unreachable: {error or type(error).__name__}"
         stopped = [runner.group_id for runner, task in zip(self.runners, self._runner_tasks, strict=True)
                    if task.done()]
+        if self.startup_error is not None:
+            checks["startup"] = f"failed: {self.startup_error}"
         checks["consumers"] = "ok" if not stopped and self.connected.is_set() else (
             f"stopped: {', '.join(stopped)}" if stopped else "not started yet")
         return checks

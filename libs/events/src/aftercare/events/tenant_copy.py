@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
-
 from aftercare.events.envelope import Envelope
 from aftercare.events.tenants import TenantUpserted
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 COLLECTION = "tenants"
 

@@ -1,4 +1,4 @@
-"""Wires the intake service: settings, runtime (Kafka, store, consumers) and HTTP routes.
+"""Wires the intake service: settings, runtime (Kafka, store, consumers) and every channel.
 
 Intake: every channel in (HTTP API, PagerDuty, Alertmanager, email, phone, web form), one
 incident record and its lifecycle.
@@ -8,13 +8,64 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from aftercare.events.runtime import ServiceRuntime
+from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
+from aftercare.intake.components import IntakeComponents
+from aftercare.intake.entrypoints import (
+    admin_api,
+    alertmanager_api,
+    consumer,
+    incidents_api,
+    pagerduty_api,
+    phone_api,
+    problems,
+    web_portal,
+)
+from aftercare.intake.entrypoints.body_limit import BodySizeLimit
+from aftercare.intake.entrypoints.email_server import InboundEmailServer
 from aftercare.intake.settings import IntakeSettings
+
+OUTBOX_SWEEP_SECONDS = 5.0
 
 
 def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
-    runtime = ServiceRuntime(settings)
-    app = FastAPI(title="Aftercare intake", version="0.1.0", lifespan=runtime.lifespan)
+    app = FastAPI(title="Aftercare intake", version="0.1.0",
+                  description="Every channel a support company's customers and systems use, into one incident.")
+
+    async def on_store_and_kafka(runtime: ServiceRuntime) -> None:
+        intake = IntakeComponents.build(runtime, settings)
+        await intake.ensure_indexes()
+        if settings.seed_file is not None:
+            await intake.tenants.load_seed(settings.seed_file)
+        # Publish whatever a crash left in outboxes, then keep sweeping in the background.
+        runtime.spawn(intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants],
+                                                      OUTBOX_SWEEP_SECONDS), "outbox-sweep")
+        app.state.intake = intake
+        if settings.smtp_enabled:
+            email = InboundEmailServer(intake)
+            await email.start()
+            app.state.email_server = email
+
+    async def on_shutdown(runtime: ServiceRuntime) -> None:
+        email = getattr(app.state, "email_server", None)
+        if email is not None:
+            await email.stop()
+
+    runtime = ServiceRuntime(
+        settings,
+        consumers=[ConsumerSpec(group_id=consumer.CONSUMER_GROUP, topics=consumer.TOPICS,
+                                handlers=lambda rt: consumer.handlers(app.state.intake.desk))],
+        on_connected=on_store_and_kafka,
+        on_shutdown=on_shutdown,
+    )
+    app.router.lifespan_context = runtime.lifespan
+    problems.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(runtime.operations_router())
+    app.include_router(incidents_api.router)
+    app.include_router(admin_api.router)
+    app.include_router(pagerduty_api.router)
+    app.include_router(alertmanager_api.router)
+    app.include_router(phone_api.router)
+    app.include_router(web_portal.router)
     return app

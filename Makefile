@@ -1,0 +1,72 @@
+# Two commands on a fresh machine:
+#   make run    install what is missing, start Kafka, the store and the four services (Ctrl-C stops all)
+#   make test   the same set-up, then every test against the real Kafka and store
+#
+# Only python3 (3.11), java (17+), mvn and go are expected on the machine; everything else is
+# fetched into .local/ (ignored by git) on the first run and reused after.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .local/tools
+UV := $(TOOLS)/bin/uv
+
+# Use the machine's Python 3.11; never let uv download an interpreter.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: run test setup python-env infra-setup infra-up infra-down infra-status bench schemas lint help
+
+help:
+	@echo "make run     start Kafka, the store and all four services in the foreground (Ctrl-C stops all)"
+	@echo "make test    run every test against a real Kafka broker and store"
+	@echo "make bench   run the benchmarks under bench/ (by hand; prints ratios)"
+
+$(UV):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Aftercare needs Python 3.11 as python3 (or set PYTHON=/path/to/python3.11)")'
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+python-env: $(UV)
+	$(UV) sync --all-packages --locked --quiet
+
+infra-setup:
+	$(PYTHON) infra/localinfra.py setup
+
+setup: python-env infra-setup
+
+run: setup
+	@echo ""
+	@echo "Aftercare is starting. Where to look:"
+	@echo "  intake       http://127.0.0.1:8001  (API docs /docs, readiness /readyz; SMTP on 127.0.0.1:2525)"
+	@echo "  triage       http://127.0.0.1:8002/readyz"
+	@echo "  remediation  http://127.0.0.1:8003/readyz"
+	@echo "  notifier     http://127.0.0.1:8004/readyz"
+	@echo "  Kafka        127.0.0.1:9092    store (MongoDB wire protocol) mongodb://127.0.0.1:27017/"
+	@echo "  logs and data under .local/run/   Ctrl-C stops everything"
+	@echo ""
+	$(UV) run --no-sync honcho start -f Procfile
+
+test: setup
+	@# pytest exits 5 when it collected no test: that must never pass as green.
+	@$(UV) run --no-sync pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose"; exit 1; fi; \
+	exit $$status
+
+bench: setup
+	$(UV) run --no-sync python bench/events_throughput.py
+
+infra-up: infra-setup
+	$(PYTHON) infra/localinfra.py up
+
+infra-down:
+	$(PYTHON) infra/localinfra.py down
+
+infra-status:
+	$(PYTHON) infra/localinfra.py status
+
+schemas: python-env
+	$(UV) run --no-sync python -m aftercare.events.schema_export
+
+lint: python-env
+	$(UV) run --no-sync ruff check libs services tests bench infra

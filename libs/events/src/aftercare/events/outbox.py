@@ -1,0 +1,102 @@
+"""Outbox: a document's state change and the events announcing it, written as one.
+
+The store has no transactions, so "write the incident, then publish" could drift apart (a crash
+in between loses the event; a failed publish leaves a change nobody hears of). Instead the
+pending events ride in the changed document itself, in the same single-document write:
+
+    await incidents.update_one({"_id": id}, outbox.add_to_update({"$set": {...}}, envelope))
+    await relay.flush(incidents, id)            # publish, then pull them out
+
+``flush`` publishes a document's pending events in order and removes each once Kafka has it.
+``sweep`` (run at start-up and every few seconds) publishes whatever a crash left pending. An
+event may be published twice (crash after publish, before removal); consumers deduplicate by
+event id, so that is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aftercare.events.catalog import parse_envelope
+from aftercare.events.envelope import Envelope
+from aftercare.events.producer import EventProducer
+from pymongo.asynchronous.collection import AsyncCollection
+
+log = structlog.stdlib.get_logger("aftercare.events.outbox")
+
+FIELD = "outbox"
+FLAG = "outbox_pending"  # indexed, so the sweep finds pending documents without a scan
+
+
+def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str, Any]:
+    """Return ``update`` extended so that it also stores ``envelopes`` in the outbox."""
+    if not envelopes:
+        return update
+    merged = {key: dict(value) for key, value in update.items()}
+    merged.setdefault("$push", {})[FIELD] = {"$each": [stored(envelope) for envelope in envelopes]}
+    merged.setdefault("$set", {})[FLAG] = True
+    return merged
+
+
+def stored(envelope: Envelope[Any]) -> dict[str, Any]:
+    # Kept as the exact JSON that will go on Kafka, so what is published is what was decided.
+    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": envelope.model_dump_json()}
+
+
+class OutboxRelay:
+    """Publishes the events waiting in documents' outboxes."""
+
+    def __init__(self, producer: EventProducer) -> None:
+        self._producer = producer
+
+    @staticmethod
+    async def ensure_indexes(collection: AsyncCollection[dict[str, Any]]) -> None:
+        await collection.create_index(FLAG)
+
+    async def flush(self, collection: AsyncCollection[dict[str, Any]], document_id: Any) -> list[Envelope[Any]]:
+        """Publish the pending events of one document, in order; returns what was published."""
+        document = await collection.find_one({"_id": document_id}, {FIELD: 1})
+        if not document or not document.get(FIELD):
+            return []
+        return await self._publish(collection, document_id, document[FIELD])
+
+    async def _publish(self, collection: AsyncCollection[dict[str, Any]], document_id: Any,
+                       entries: Sequence[dict[str, Any]]) -> list[Envelope[Any]]:
+        envelopes = [parse_envelope(entry["json"]) for entry in entries]
+        # Keep the exact stored ids/trace context: parse_envelope returns them unchanged.
+        published = await self._producer.publish_many(envelopes)
+        ids = [entry["id"] for entry in entries]
+        await collection.update_one({"_id": document_id}, {"$pull": {FIELD: {"id": {"$in": ids}}}})
+        # Clear the flag only if nothing new arrived meanwhile.
+        await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
+        return published
+
+    async def sweep(self, collection: AsyncCollection[dict[str, Any]], limit: int = 500) -> int:
+        """Publish everything left pending in ``collection``; returns the number of events."""
+        count = 0
+        cursor = collection.find({FLAG: True}, {FIELD: 1}).limit(limit)
+        async for document in cursor:
+            entries = document.get(FIELD) or []
+            if entries:
+                count += len(await self._publish(collection, document["_id"], entries))
+            else:
+                await collection.update_one({"_id": document["_id"], FIELD: {"$size": 0}},
+                                            {"$set": {FLAG: False}})
+        return count
+
+    async def sweep_forever(self, collections: Sequence[AsyncCollection[dict[str, Any]]],
+                            interval_s: float = 5.0) -> None:
+        """Background loop: publish what requests or crashes left pending."""
+        while True:
+            for collection in collections:
+                try:
+                    published = await self.sweep(collection)
+                    if published:
+                        log.info("outbox sweep published pending events", collection=collection.name,
+                                 events=published)
+                except Exception as error:  # keep sweeping; Kafka or the store may be back soon
+                    log.warning("outbox sweep failed; will retry", collection=collection.name, error=str(error))
+            await asyncio.sleep(interval_s)

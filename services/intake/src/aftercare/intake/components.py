@@ -1,0 +1,38 @@
+"""The parts an intake request or message uses, built once the store and Kafka are connected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aftercare.events.runtime import ServiceRuntime
+from aftercare.intake.attachments import AttachmentStore
+from aftercare.intake.incident_desk import IncidentDesk
+from aftercare.intake.rate_limit import RateLimiter
+from aftercare.intake.settings import IntakeSettings
+from aftercare.intake.tenant_registry import TenantRegistry
+
+
+@dataclass
+class IntakeComponents:
+    settings: IntakeSettings
+    desk: IncidentDesk
+    tenants: TenantRegistry
+    limiter: RateLimiter
+    attachments: AttachmentStore
+
+    @classmethod
+    def build(cls, runtime: ServiceRuntime, settings: IntakeSettings) -> IntakeComponents:
+        producer = runtime.require_producer()
+        return cls(
+            settings=settings,
+            desk=IncidentDesk(runtime.db, producer),
+            tenants=TenantRegistry(runtime.db, producer),
+            limiter=RateLimiter(runtime.db, settings.rate_limit_per_minute),
+            attachments=AttachmentStore(runtime.db, settings.max_attachment_bytes),
+        )
+
+    async def ensure_indexes(self) -> None:
+        await self.desk.ensure_indexes()
+        await self.tenants.ensure_indexes()
+        await self.limiter.ensure_indexes()
+        await self.attachments.ensure_indexes()

@@ -1,0 +1,85 @@
+"""Intake moves incidents through their lifecycle from triage and remediation events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aftercare.events import topics
+from aftercare.events.consumer import HandlerTable
+from aftercare.events.envelope import Envelope
+from aftercare.events.incidents import IncidentResolved
+from aftercare.events.incidents import IncidentStatus as Status
+from aftercare.events.remediation import (
+    ApprovalRequested,
+    IncidentEscalated,
+    RemediationFailed,
+    RemediationStarted,
+    RemediationSucceeded,
+)
+from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.intake.incident_desk import IncidentDesk
+
+CONSUMER_GROUP = "intake"
+TOPICS = [topics.TRIAGE, topics.REMEDIATION]
+
+
+class LifecycleFromEvents:
+    """Each handler names the status the event suggests and what goes on the timeline."""
+
+    def __init__(self, desk: IncidentDesk) -> None:
+        self._desk = desk
+
+    async def triaged(self, envelope: Envelope[IncidentTriaged]) -> None:
+        event = envelope.data
+        await self._desk.apply_automated(
+            envelope, proposed=Status.TRIAGED, kind="triaged",
+            summary=f"Triaged as {event.priority.value} {event.category}",
+            set_fields={"priority": event.priority.value, "category": event.category,
+                        "response_due_at": event.response_due_at, "resolution_due_at": event.resolution_due_at},
+        )
+
+    async def diagnosed(self, envelope: Envelope[DiagnosisCompleted]) -> None:
+        event = envelope.data
+        await self._desk.apply_automated(envelope, proposed=None, kind="diagnosis",
+                                         summary=event.conclusion or "Diagnosis completed")
+
+    async def remediation_started(self, envelope: Envelope[RemediationStarted]) -> None:
+        await self._desk.apply_automated(envelope, proposed=Status.REMEDIATING, kind="remediating",
+                                         summary=f"Runbook {envelope.data.runbook} started")
+
+    async def approval_requested(self, envelope: Envelope[ApprovalRequested]) -> None:
+        await self._desk.apply_automated(envelope, proposed=None, kind="approval-requested",
+                                         summary=f"Waiting for approval: {envelope.data.reason}")
+
+    async def remediation_succeeded(self, envelope: Envelope[RemediationSucceeded]) -> None:
+        event = envelope.data
+        document = await self._desk.incidents.find_one({"_id": envelope.incident_id}, {"number": 1})
+        announce: Any = None
+        if document is not None:
+            announce = IncidentResolved(incident_id=event.incident_id, number=document["number"], by="remediation",
+                                        resolution=f"Fixed by runbook {event.runbook}. {event.verification}".strip())
+        await self._desk.apply_automated(envelope, proposed=Status.RESOLVED, kind="resolved",
+                                         summary=f"Runbook {event.runbook} fixed it", announce=announce)
+
+    async def remediation_failed(self, envelope: Envelope[RemediationFailed]) -> None:
+        event = envelope.data
+        await self._desk.apply_automated(envelope, proposed=None, kind="remediation-failed",
+                                         summary=f"Runbook {event.runbook} failed: {event.error}")
+
+    async def escalated(self, envelope: Envelope[IncidentEscalated]) -> None:
+        event = envelope.data
+        await self._desk.apply_automated(envelope, proposed=Status.ESCALATED, kind="escalated",
+                                         summary=f"Escalated to {event.escalated_to or 'on-call'}: {event.reason}")
+
+
+def handlers(desk: IncidentDesk) -> HandlerTable:
+    lifecycle = LifecycleFromEvents(desk)
+    return {
+        IncidentTriaged: [lifecycle.triaged],
+        DiagnosisCompleted: [lifecycle.diagnosed],
+        RemediationStarted: [lifecycle.remediation_started],
+        ApprovalRequested: [lifecycle.approval_requested],
+        RemediationSucceeded: [lifecycle.remediation_succeeded],
+        RemediationFailed: [lifecycle.remediation_failed],
+        IncidentEscalated: [lifecycle.escalated],
+    }

@@ -1,0 +1,174 @@
+"""The JSON API for monitoring systems and customers' tools: report and follow incidents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
+from aftercare.intake.domain.incident import Incident, IncidentReport
+from aftercare.intake.domain.lifecycle import TransitionRefused
+from aftercare.intake.entrypoints.dependencies import ApiCaller, Components
+from aftercare.intake.entrypoints.problems import Problem
+from aftercare.intake.idempotency import IdempotencyConflict, IdempotencyKeys, body_digest
+from aftercare.intake.incident_desk import IncidentDesk, IncidentNotFound, Outcome
+
+router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid JSON"}, 401: {"description": "Missing or unknown API key"},
+    413: {"description": "Body too large"}, 422: {"description": "Missing or wrong fields"},
+    429: {"description": "Rate limit; see Retry-After"},
+}
+
+
+class NewIncident(BaseModel):
+    """A problem to report. Only ``title`` is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=300, description="One line: what is wrong.")
+    description: str = Field(default="", max_length=20_000)
+    severity: Severity = Severity.ERROR
+    system: str | None = Field(default=None, max_length=200, description="The affected system, as registered.")
+    source: str | None = Field(default=None, max_length=500, description="Host or component with the problem.")
+    dedup_key: str | None = Field(default=None, min_length=1, max_length=255,
+                                  description="Reports with the same key update the open incident.")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=50)
+    reporter: Reporter = Field(default_factory=Reporter)
+    occurred_at: datetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
+
+
+class Accepted(BaseModel):
+    incident_id: str
+    number: str
+    status: IncidentStatus
+    created: bool = Field(description="False when the report updated an open incident (dedup) or was a retry.")
+    status_url: str
+
+
+class IncidentPage(BaseModel):
+    items: list[Incident]
+    total: int
+    limit: int
+    offset: int
+
+
+class Acknowledgement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=200)
+    note: str = Field(default="", max_length=5000)
+
+
+class Resolution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=200)
+    resolution: str = Field(default="", max_length=5000)
+
+
+class Reopening(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=5000)
+
+
+def _accepted(request: Request, response: Response, outcome: Outcome) -> Accepted:
+    incident = outcome.incident
+    url = str(request.url_for("get_incident", incident_id=incident.incident_id))
+    response.headers["Location"] = url
+    return Accepted(incident_id=incident.incident_id, number=incident.number, status=incident.status,
+                    created=outcome.created, status_url=url)
+
+
+@router.post("", status_code=202, response_model=Accepted, responses=PROBLEMS)
+async def report_incident(
+    body: NewIncident, request: Request, response: Response, intake: Components, caller: ApiCaller,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="Retry-safe key")] = None,
+) -> Accepted:
+    """Report a problem. 202 means the incident is stored and its event is durable in Kafka.
+
+    With ``Idempotency-Key``, a retry with the same body returns the same incident; the same
+    key with a different body is refused with 409.
+    """
+    report = IncidentReport(channel=Channel.API, **body.model_dump())
+    incident_id = None
+    if idempotency_key:
+        try:
+            claim = await IdempotencyKeys(intake.desk.incidents.database).claim(
+                caller.tenant_id, idempotency_key, body_digest(await request.body()))
+        except IdempotencyConflict:
+            raise Problem(409, "Idempotency-Key reused", "This Idempotency-Key was used with a different request "
+                          "body. Use a new key for a new report.", kind="idempotency-conflict") from None
+        incident_id = claim.incident_id
+        if not claim.first_use:
+            try:
+                existing = await intake.desk.get(caller.tenant_id, incident_id)
+                return _accepted(request, response, Outcome(existing, created=False))
+            except IncidentNotFound:
+                pass  # the first attempt died before opening it: open it now under the same id
+    outcome = await intake.desk.report(caller.tenant_id, report, incident_id=incident_id)
+    return _accepted(request, response, outcome)
+
+
+@router.get("", response_model=IncidentPage, responses=PROBLEMS)
+async def list_incidents(
+    intake: Components, caller: ApiCaller,
+    status: Annotated[list[IncidentStatus] | None, Query(description="Only these statuses")] = None,
+    channel: Annotated[Channel | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> IncidentPage:
+    """Your incidents, newest first, without timelines (read one incident for its timeline)."""
+    items, total = await intake.desk.search(caller.tenant_id, status=status or (), channel=channel, since=since,
+                                            limit=limit, offset=offset)
+    return IncidentPage(items=items, total=total, limit=limit, offset=offset)
+
+
+async def _load(desk: IncidentDesk, tenant_id: str, incident_id: str) -> Incident:
+    try:
+        return await desk.get(tenant_id, incident_id)
+    except IncidentNotFound:
+        # The same answer whether it does not exist or belongs to another tenant.
+        raise Problem(404, "Incident not found", f"No incident {incident_id} for your account.",
+                      kind="incident-not-found") from None
+
+
+@router.get("/{incident_id}", response_model=Incident, name="get_incident", responses=PROBLEMS | {404: {}})
+async def get_incident(incident_id: str, intake: Components, caller: ApiCaller) -> Incident:
+    """One incident with its timeline."""
+    return await _load(intake.desk, caller.tenant_id, incident_id)
+
+
+async def _move(intake: Components, tenant_id: str, incident_id: str, action: Any) -> Incident:
+    await _load(intake.desk, tenant_id, incident_id)
+    try:
+        outcome: Outcome = await action()
+    except TransitionRefused as refused:
+        raise Problem(409, "Not possible now", str(refused), kind="transition-refused") from None
+    return outcome.incident
+
+
+@router.post("/{incident_id}/acknowledge", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
+async def acknowledge_incident(incident_id: str, body: Acknowledgement, intake: Components,
+                               caller: ApiCaller) -> Incident:
+    """Take ownership: the customer is told someone is on it."""
+    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.acknowledge(
+        caller.tenant_id, incident_id, by=body.by, channel=Channel.API, note=body.note))
+
+
+@router.post("/{incident_id}/resolve", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
+async def resolve_incident(incident_id: str, body: Resolution, intake: Components, caller: ApiCaller) -> Incident:
+    """Mark the problem gone."""
+    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.resolve(
+        caller.tenant_id, incident_id, by=body.by, channel=Channel.API, resolution=body.resolution))
+
+
+@router.post("/{incident_id}/reopen", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
+async def reopen_incident(incident_id: str, body: Reopening, intake: Components, caller: ApiCaller) -> Incident:
+    """The problem came back after it was resolved."""
+    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.reopen(
+        caller.tenant_id, incident_id, by=body.by, reason=body.reason))

@@ -1,0 +1,51 @@
+"""Idempotency-Key for the JSON API: the same key with the same body gives the same incident.
+
+The key is claimed before the incident exists, with the incident id allocated up front; the
+incident is then opened under that id. A retry after a crash in between finds the claim and
+opens the incident under the same id, so a client retrying never gets two incidents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+
+class IdempotencyConflict(ValueError):
+    """The key was used before with a different request body."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    incident_id: str
+    first_use: bool
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class IdempotencyKeys:
+    def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
+        self._keys = database["idempotency_keys"]
+
+    async def claim(self, tenant_id: str, key: str, digest: str) -> Claim:
+        key_id = f"{tenant_id}|{key}"
+        incident_id = str(uuid.uuid4())
+        try:
+            await self._keys.insert_one({"_id": key_id, "digest": digest, "incident_id": incident_id,
+                                         "at": datetime.now(UTC)})
+            return Claim(incident_id, first_use=True)
+        except DuplicateKeyError:
+            existing = await self._keys.find_one({"_id": key_id})
+            if existing is None:
+                return await self.claim(tenant_id, key, digest)
+            if existing["digest"] != digest:
+                raise IdempotencyConflict(key) from None
+            return Claim(str(existing["incident_id"]), first_use=False)

@@ -1,0 +1,218 @@
+"""Tenants and their channel credentials, and the TenantUpserted events that share them.
+
+Collections (intake's own database):
+* ``tenants``: the profile, with the pending TenantUpserted in its outbox;
+* ``credentials``: one document per secret or address a channel presents, ``_id`` is
+  ``<kind>|<digest or address>`` so a lookup is one read by ``_id`` and a secret can belong to
+  one tenant only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from aftercare.events import outbox
+from aftercare.events.envelope import envelope_for
+from aftercare.events.outbox import OutboxRelay
+from aftercare.events.producer import EventProducer
+from aftercare.events.tenants import TenantUpserted
+from aftercare.intake.domain.tenant import (
+    InboundEmails,
+    PhoneLine,
+    Tenant,
+    TenantProfile,
+    digest,
+    new_api_key,
+    new_bearer_token,
+    new_portal_slug,
+    new_routing_key,
+)
+
+log = structlog.stdlib.get_logger("aftercare.intake.tenants")
+
+API_KEY = "api-key"
+PAGERDUTY = "pagerduty"
+ALERTMANAGER = "alertmanager"
+EMAIL = "email"
+PHONE = "phone"
+PORTAL = "portal"
+
+
+class TenantNotFound(LookupError):
+    pass
+
+
+class CredentialTaken(ValueError):
+    """The secret or address is registered to another tenant already."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    tenant_id: str
+    kind: str
+    credential_id: str
+    name: str | None = None
+    secret: str | None = None  # kept only where it must be used, not just compared (phone auth token)
+
+
+class TenantRegistry:
+    def __init__(self, database: AsyncDatabase[dict[str, Any]], producer: EventProducer) -> None:
+        self.tenants = database["tenants"]
+        self._credentials = database["credentials"]
+        self._relay = OutboxRelay(producer)
+
+    async def ensure_indexes(self) -> None:
+        await self._credentials.create_index("tenant_id")
+        await OutboxRelay.ensure_indexes(self.tenants)
+
+    # --- profile -------------------------------------------------------------------------
+
+    async def upsert(self, tenant_id: str, profile: TenantProfile) -> tuple[Tenant, bool]:
+        """Create or replace a tenant's profile and announce it; returns (tenant, created)."""
+        now = datetime.now(UTC)
+        current = await self.tenants.find_one({"_id": tenant_id}, {"portal_slug": 1})
+        slug = profile.portal_slug or (current or {}).get("portal_slug") or new_portal_slug()
+        tenant = Tenant(tenant_id=tenant_id, **(profile.model_dump() | {"portal_slug": slug}))
+        event = envelope_for(
+            TenantUpserted(tenant_id=tenant_id, name=tenant.name, active=tenant.active, tier=tenant.tier,
+                           contacts=tenant.contacts, systems=tenant.systems, status_page_slug=slug),
+            source="intake", tenant_id=tenant_id, time=now,
+        )
+        fields = tenant.model_dump(mode="json") | {"updated_at": now}
+        update = outbox.add_to_update({"$set": fields, "$setOnInsert": {"created_at": now}}, event)
+        await self.tenants.update_one({"_id": tenant_id}, update, upsert=True)
+        await self._register(PORTAL, slug, tenant_id, name="web portal", replace=True)
+        await self._relay.flush(self.tenants, tenant_id)
+        return tenant, current is None
+
+    async def get(self, tenant_id: str) -> Tenant:
+        document = await self.tenants.find_one({"_id": tenant_id}, {"outbox": 0})
+        if document is None:
+            raise TenantNotFound(tenant_id)
+        return Tenant.model_validate(document)
+
+    async def all(self) -> list[Tenant]:
+        return [Tenant.model_validate(d) async for d in self.tenants.find({}, {"outbox": 0}).sort("_id")]
+
+    # --- credentials (issued here, shown once) -------------------------------------------
+
+    async def issue_api_key(self, tenant_id: str, name: str, key: str | None = None) -> tuple[str, str]:
+        """Returns (key id, the key itself); only the digest is stored."""
+        await self.get(tenant_id)
+        key = key or new_api_key()
+        credential_id = digest(key)[:12]
+        await self._register(API_KEY, digest(key), tenant_id, name=name, credential_id=credential_id)
+        return credential_id, key
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str) -> bool:
+        result = await self._credentials.delete_one({"kind": API_KEY, "tenant_id": tenant_id, "credential_id": key_id})
+        return result.deleted_count == 1
+
+    async def issue_routing_key(self, tenant_id: str, name: str, key: str | None = None) -> tuple[str, str]:
+        await self.get(tenant_id)
+        key = key or new_routing_key()
+        credential_id = digest(key)[:12]
+        await self._register(PAGERDUTY, digest(key), tenant_id, name=name, credential_id=credential_id)
+        return credential_id, key
+
+    async def set_alertmanager_token(self, tenant_id: str, token: str | None = None) -> str:
+        await self.get(tenant_id)
+        token = token or new_bearer_token()
+        await self._credentials.delete_many({"kind": ALERTMANAGER, "tenant_id": tenant_id})
+        await self._register(ALERTMANAGER, digest(token), tenant_id, name="alertmanager")
+        return token
+
+    async def set_inbound_emails(self, tenant_id: str, emails: InboundEmails) -> list[str]:
+        await self.get(tenant_id)
+        for address in emails.addresses:
+            await self._register(EMAIL, address, tenant_id, name=address)
+        await self._credentials.delete_many({"kind": EMAIL, "tenant_id": tenant_id,
+                                             "value": {"$nin": emails.addresses}})
+        return emails.addresses
+
+    async def set_phone_line(self, tenant_id: str, line: PhoneLine) -> None:
+        await self.get(tenant_id)
+        await self._credentials.delete_many({"kind": PHONE, "tenant_id": tenant_id, "value": {"$ne": line.number}})
+        await self._register(PHONE, line.number, tenant_id, name=line.number, secret=line.auth_token, replace=True)
+
+    async def list_credentials(self, tenant_id: str) -> list[Credential]:
+        cursor = self._credentials.find({"tenant_id": tenant_id}).sort([("kind", 1), ("credential_id", 1)])
+        return [Credential(tenant_id=d["tenant_id"], kind=d["kind"], credential_id=d["credential_id"],
+                           name=d.get("name")) async for d in cursor]
+
+    # --- lookups the channels make -------------------------------------------------------
+
+    async def by_api_key(self, key: str) -> Credential | None:
+        return await self._lookup(API_KEY, digest(key))
+
+    async def by_routing_key(self, routing_key: str) -> Credential | None:
+        return await self._lookup(PAGERDUTY, digest(routing_key))
+
+    async def by_alertmanager_token(self, token: str) -> Credential | None:
+        return await self._lookup(ALERTMANAGER, digest(token))
+
+    async def by_inbound_email(self, address: str) -> Credential | None:
+        return await self._lookup(EMAIL, address.lower())
+
+    async def by_phone_number(self, number: str) -> Credential | None:
+        return await self._lookup(PHONE, number)
+
+    async def by_portal_slug(self, slug: str) -> Credential | None:
+        return await self._lookup(PORTAL, slug)
+
+    async def _lookup(self, kind: str, value: str) -> Credential | None:
+        document = await self._credentials.find_one({"_id": f"{kind}|{value}"})
+        if document is None:
+            return None
+        return Credential(tenant_id=document["tenant_id"], kind=kind, credential_id=document["credential_id"],
+                          name=document.get("name"), secret=document.get("secret"))
+
+    async def _register(self, kind: str, value: str, tenant_id: str, *, name: str | None = None,
+                        credential_id: str | None = None, secret: str | None = None, replace: bool = False) -> None:
+        document = {"_id": f"{kind}|{value}", "kind": kind, "value": value, "tenant_id": tenant_id,
+                    "credential_id": credential_id or value, "name": name, "secret": secret,
+                    "created_at": datetime.now(UTC)}
+        try:
+            await self._credentials.insert_one(document)
+        except DuplicateKeyError:
+            holder = await self._credentials.find_one({"_id": document["_id"]}, {"tenant_id": 1})
+            if holder is not None and holder["tenant_id"] != tenant_id:
+                raise CredentialTaken(f"this {kind} credential belongs to another tenant") from None
+            if replace:
+                await self._credentials.replace_one({"_id": document["_id"]}, document)
+
+    # --- seed ----------------------------------------------------------------------------
+
+    async def load_seed(self, path: Path) -> list[str]:
+        """Register the tenants of a seed file (JSON list); safe to run at every start.
+
+        Each entry: ``{"tenant_id", "profile": {...}, "api_keys": [{"name", "key"}],
+        "pagerduty_routing_keys": [...], "alertmanager_token", "inbound_emails": [...],
+        "phone_line": {"number", "auth_token"}}``. Secrets in a seed file are for demos and tests.
+        """
+        entries = json.loads(path.read_text())
+        loaded = []
+        for entry in entries:
+            tenant_id = entry["tenant_id"]
+            await self.upsert(tenant_id, TenantProfile.model_validate(entry["profile"]))
+            for api_key in entry.get("api_keys", []):
+                await self.issue_api_key(tenant_id, api_key.get("name", "seed"), api_key["key"])
+            for routing_key in entry.get("pagerduty_routing_keys", []):
+                await self.issue_routing_key(tenant_id, "seed", routing_key)
+            if entry.get("alertmanager_token"):
+                await self.set_alertmanager_token(tenant_id, entry["alertmanager_token"])
+            if entry.get("inbound_emails"):
+                await self.set_inbound_emails(tenant_id, InboundEmails(addresses=entry["inbound_emails"]))
+            if entry.get("phone_line"):
+                await self.set_phone_line(tenant_id, PhoneLine.model_validate(entry["phone_line"]))
+            loaded.append(tenant_id)
+        log.info("seed tenants loaded", tenants=loaded, file=str(path))
+        return loaded

@@ -1,0 +1,158 @@
+"""A ConsumerRunner in a process of its own, so a test can kill it for real (SIGKILL, SIGTERM).
+
+    python consumer_process.py --bootstrap HOST:PORT --mongo-url URL --database DB \\
+        --topic TOPIC --group GROUP [--park-on EVENT_ID --park-at after-mark|after-handler-write]
+        [--hold-on EVENT_ID] [--effect plain|guarded]
+
+The handler applies each event to one document per incident in collection ``effects``
+(``count`` incremented with ``$inc``, the event id pushed onto ``applied``), and counts its own
+runs per event in ``handler_runs``. The processed-event log is the real one, wrapped so that
+every event the runner fetches from Kafka is counted in ``deliveries``: a redelivery shows
+there even when the processed records rightly keep the handler from running again.
+
+Effects:
+* ``plain``: ``$inc`` with no guard, so a second run of the handler would count twice;
+* ``guarded``: the update only matches while the event id is not yet in ``applied`` (the
+  pattern handlers use for writes that may be retried after a crash before the processed record).
+
+Crash and stop points (the process talks to the test in lines on stdout):
+* ``--park-on ID --park-at after-mark``: the processed record of ID is written, then the
+  process freezes (blocks its event loop, so nothing else, certainly no commit, happens) and
+  prints ``PARKED ID``; the test SIGKILLs it;
+* ``--park-at after-handler-write``: the same, right after the handler's write and before the
+  processed record;
+* ``--hold-on ID``: the handler of ID prints ``IN_HAND ID`` and waits until a document
+  ``{_id: ID}`` appears in collection ``release``;
+* SIGTERM prints ``STOPPING`` and calls ``runner.stop()``; a clean exit prints ``STOPPED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+
+from aftercare.events.consumer import ConsumerRunner, RetryPolicy
+from aftercare.events.envelope import Envelope
+from aftercare.events.incidents import IncidentReported, IncidentUpdated
+from aftercare.events.processed import ProcessedEventLog
+from aftercare.events.producer import EventProducer
+
+
+def say(*words: str) -> None:
+    print(*words, flush=True)
+
+
+def park(event_id: str) -> None:
+    """Freeze the whole process until it is killed: no await, so the event loop stops too."""
+    say("PARKED", event_id)
+    while True:
+        time.sleep(3600)
+
+
+class WatchedProcessedLog(ProcessedEventLog):
+    """The real processed-event log, plus a count of every event the runner fetched."""
+
+    def __init__(self, database: Any, args: argparse.Namespace) -> None:
+        super().__init__(database)
+        self._deliveries = database["deliveries"]
+        self._args = args
+
+    async def already_processed(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(ids)
+        for record in wanted:
+            event_id = record.rsplit("|", 1)[1]
+            await self._deliveries.update_one({"_id": event_id}, {"$inc": {"fetched": 1}}, upsert=True)
+        return await super().already_processed(wanted)
+
+    async def mark(self, group: str, handler: str, event_id: str) -> None:
+        await super().mark(group, handler, event_id)
+        if self._args.park_at == "after-mark" and event_id == self._args.park_on:
+            park(event_id)
+
+
+async def main(args: argparse.Namespace) -> int:
+    # Logs go to stderr; stdout carries only the lines the test waits for.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(args.mongo_url, tz_aware=True)
+    db = mongo[args.database]
+    effects, runs, release = db["effects"], db["handler_runs"], db["release"]
+
+    async def apply_event(envelope: Envelope[Any]) -> None:
+        await runs.update_one({"_id": envelope.id}, {"$inc": {"runs": 1}}, upsert=True)
+        key = envelope.incident_id
+        if args.effect == "plain":
+            await effects.update_one({"_id": key}, {"$inc": {"count": 1}, "$push": {"applied": envelope.id}},
+                                     upsert=True)
+        else:
+            try:
+                await effects.update_one({"_id": key}, {"$setOnInsert": {"count": 0, "applied": []}},
+                                         upsert=True)
+            except DuplicateKeyError:
+                pass  # another instance created it at the same moment
+            await effects.update_one({"_id": key, "applied": {"$ne": envelope.id}},
+                                     {"$inc": {"count": 1}, "$push": {"applied": envelope.id}})
+        if args.park_at == "after-handler-write" and envelope.id == args.park_on:
+            park(envelope.id)
+        if envelope.id == args.hold_on:
+            say("IN_HAND", envelope.id)
+            while await release.find_one({"_id": envelope.id}) is None:
+                await asyncio.sleep(0.05)
+
+    apply_event.handler_name = "consumer_process.apply_event"  # type: ignore[attr-defined]
+
+    processed = WatchedProcessedLog(db, args)
+    await processed.ensure_indexes()
+    producer = EventProducer(args.bootstrap, client_id=f"{args.group}-dead-letters")
+    await producer.start()
+    runner = ConsumerRunner(
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        topics=[args.topic],
+        handlers={IncidentReported: [apply_event], IncidentUpdated: [apply_event]},
+        processed=processed,
+        producer=producer,
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
+    )
+
+    def on_sigterm() -> None:
+        say("STOPPING")
+        runner.stop()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(runner.wait_assigned(timeout_s=120), timeout=130)
+        say("ASSIGNED")
+        await task
+    finally:
+        await producer.stop()
+        await mongo.close()
+    say("STOPPED")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--mongo-url", required=True)
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--effect", choices=["plain", "guarded"], default="plain")
+    parser.add_argument("--park-on")
+    parser.add_argument("--park-at", choices=["after-mark", "after-handler-write"])
+    parser.add_argument("--hold-on")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))

@@ -1,0 +1,149 @@
+"""Helpers for tests that talk to the real broker: unique topics, reading records back, waiting.
+
+Importable from any test suite (``tests`` is on pytest's ``pythonpath``):
+
+    from kafka_helpers import Infrastructure, create_topics, read_all, unique_name, wait_until
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from aftercare.events.consumer import ConsumerRunner
+from aftercare.events.runtime import ensure_topics
+from aftercare.events.topics import topic_specs
+
+T = TypeVar("T")
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+@dataclass
+class Infrastructure:
+    """Where the tests' Kafka broker and MongoDB-compatible store answer (fixture ``infrastructure``)."""
+
+    bootstrap_servers: str
+    mongo_url: str
+    kind: str  # "env", "testcontainers" or "local"
+    log_files: list[Path] = field(default_factory=list)
+
+
+def unique_name(prefix: str = "test") -> str:
+    """A name no other test (or earlier run against the same broker/store) has used."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def create_topics(bootstrap_servers: str, *names: str, partitions: int = 3) -> None:
+    """Create ``names`` and their dead-letter twins (the broker does not auto-create topics)."""
+    await ensure_topics(bootstrap_servers, topic_specs(list(names)), partitions=partitions)
+
+
+async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
+                   at_least: int = 0) -> list[Record]:
+    """Every record on ``topic`` right now, all partitions, each partition's in offset order.
+
+    Reads without a consumer group (commits nothing, disturbs no one). With ``at_least``, keeps
+    reading until that many records are there; raises ``TimeoutError`` (saying how many it
+    found) if they are not within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest", request_timeout_ms=10000)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refresh metadata so partitions_for_topic knows the topic
+        partition_ids = consumer.partitions_for_topic(topic)
+        if not partition_ids:
+            raise LookupError(f"topic {topic!r} does not exist on {bootstrap_servers}")
+        partitions = [TopicPartition(topic, p) for p in sorted(partition_ids)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: dict[TopicPartition, list[Record]] = {tp: [] for tp in partitions}
+        while True:
+            end = await consumer.end_offsets(partitions)
+            while any(await consumer.position(tp) < end[tp] for tp in partitions):
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms <= 0:
+                    break
+                batch = await consumer.getmany(timeout_ms=min(remaining_ms, 500))
+                for tp, items in batch.items():
+                    records[tp].extend(items)
+            found = [record for tp in partitions for record in records[tp]]
+            if len(found) >= at_least:
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"expected at least {at_least} records on {topic!r} within {timeout}s, "
+                    f"found {len(found)}"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap_servers: str, group_id: str, topic: str) -> dict[int, int]:
+    """The offsets ``group_id`` has committed on ``topic``: partition -> next offset to read.
+
+    Partitions the group never committed on are left out.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+
+def headers_of(record: Record) -> dict[str, bytes]:
+    """A record's headers as a dict (the last value wins if a name repeats)."""
+    return dict(record.headers or ())
+
+
+async def wait_until(check: Callable[[], Awaitable[T] | T], timeout: float = 30.0,
+                     interval: float = 0.1, message: str = "condition") -> T:
+    """Call ``check`` until it returns something truthy and return that; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} not met within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(runner: ConsumerRunner, assigned_timeout: float = 60.0) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a ``ConsumerRunner`` in the background until the block ends, then stop it cleanly.
+
+    Waits until the group gave it its partitions before entering the block, and re-raises
+    whatever the loop itself raised.
+    """
+    task = asyncio.create_task(runner.run(), name=f"runner-{runner.group_id}")
+    try:
+        waiter = asyncio.ensure_future(runner.wait_assigned(assigned_timeout))
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()
+            raise AssertionError("the consumer loop ended before it was assigned partitions")
+        await waiter
+        yield task
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, timeout=60)
