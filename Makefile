@@ -35,6 +35,10 @@ infra-setup:
 
 setup: python-env infra-setup
 
+# The demo tenant (infra/seed/demo-tenants.json) and admin token for a first look; override both
+# in the environment for anything real.
+run: export AFTERCARE_INTAKE_SEED_FILE ?= infra/seed/demo-tenants.json
+run: export AFTERCARE_INTAKE_ADMIN_TOKEN ?= demo-admin-token
 run: setup
 	@echo ""
 	@echo "Aftercare is starting. Where to look:"
@@ -43,6 +47,7 @@ run: setup
 	@echo "  remediation  http://127.0.0.1:8003/readyz"
 	@echo "  notifier     http://127.0.0.1:8004/readyz"
 	@echo "  Kafka        127.0.0.1:9092    store (MongoDB wire protocol) mongodb://127.0.0.1:27017/"
+	@echo "  demo tenant 'acme': API key ak_demo_acme_0123456789abcdef, admin token $$AFTERCARE_INTAKE_ADMIN_TOKEN"
 	@echo "  logs and data under .local/run/   Ctrl-C stops everything"
 	@echo ""
 	$(UV) run --no-sync honcho start -f Procfile

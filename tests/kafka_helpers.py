@@ -49,6 +49,21 @@ async def create_topics(bootstrap_servers: str, *names: str, partitions: int = 3
     await ensure_topics(bootstrap_servers, topic_specs(list(names)), partitions=partitions)
 
 
+async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic``; ``LookupError`` if the broker does not know it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = sorted(p.get("partition_index", p.get("partition")) for p in description["partitions"])
+    if description["error_code"] != 0 or not partitions:
+        raise LookupError(f"topic {topic!r} does not exist on {bootstrap_servers} "
+                          f"(error code {description['error_code']})")
+    return partitions
+
+
 async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
                    at_least: int = 0) -> list[Record]:
     """Every record on ``topic`` right now, all partitions, each partition's in offset order.
@@ -58,21 +73,17 @@ async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
     found) if they are not within ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap_servers, topic)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest", request_timeout_ms=10000)
     await consumer.start()
     try:
-        await consumer.topics()  # refresh metadata so partitions_for_topic knows the topic
-        partition_ids = consumer.partitions_for_topic(topic)
-        if not partition_ids:
-            raise LookupError(f"topic {topic!r} does not exist on {bootstrap_servers}")
-        partitions = [TopicPartition(topic, p) for p in sorted(partition_ids)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         records: dict[TopicPartition, list[Record]] = {tp: [] for tp in partitions}
         while True:
             end = await consumer.end_offsets(partitions)
-            while any(await consumer.position(tp) < end[tp] for tp in partitions):
+            while not await _reached(consumer, end):
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
@@ -90,6 +101,13 @@ async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
             await asyncio.sleep(0.1)
     finally:
         await consumer.stop()
+
+
+async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return False
+    return True
 
 
 async def committed_offsets(bootstrap_servers: str, group_id: str, topic: str) -> dict[int, int]:

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27017", "host:port to accept MongoDB clients on")
 	dataDir := flag.String("data", "", "directory for the SQLite files (one per database); created if missing")
+	logLevel := flag.String("log-level", "warn", "debug, info, warn or error (info logs every connection)")
 	flag.Parse()
 
 	if *dataDir == "" {
@@ -34,9 +36,16 @@ func main() {
 		log.Fatalf("aftercare-store: cannot create -data %q: %v", abs, err)
 	}
 
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		log.Fatalf("aftercare-store: -log-level %q: %v", *logLevel, err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
 	// FerretDB's SQLite URL must be a file: URL naming an existing directory with a trailing slash.
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
+		Logger:    logger,
 		Handler:   "sqlite",
 		SQLiteURL: "file:" + abs + "/",
 	})

@@ -229,7 +229,8 @@ class ConsumerRunner:
             outcome = "duplicate"
             for handler in handlers:
                 name = handler_name(handler)
-                if record_id(self.group_id, name, envelope.id) in done:
+                processed_id = record_id(self.group_id, name, envelope.id)
+                if processed_id in done:
                     continue
                 result = await self._run_with_retries(handler, name, envelope, record)
                 if result == "stopped":
@@ -237,6 +238,9 @@ class ConsumerRunner:
                 if result == "failed":
                     span.set_status(trace.Status(trace.StatusCode.ERROR))
                     return True
+                # ``done`` was read from the store before the batch; a second copy of this event
+                # later in the same batch must see that it has just been handled.
+                done.add(processed_id)
                 outcome = "handled"
             HANDLER_SECONDS.labels(group=self.group_id, type=envelope.type).observe(time.perf_counter() - started)
             EVENTS_CONSUMED.labels(group=self.group_id, topic=record.topic, outcome=outcome).inc()
