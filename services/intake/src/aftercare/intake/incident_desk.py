@@ -15,7 +15,7 @@ needs a transaction (the embedded store has none):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +65,12 @@ class Outcome:
     incident: Incident
     created: bool
     events: Sequence[Envelope[Any]] = ()
+
+
+# Events a channel wants published with an incident's own event, stored in the same outbox write
+# so the two cannot drift apart (e.g. the acknowledgement email intake owes an email's sender).
+# Called with the incident's id and number, which are only known once the desk writes it.
+FollowUps = Callable[[str, str], Sequence[Event]]
 
 
 def _now() -> datetime:
@@ -150,30 +156,34 @@ class IncidentDesk:
     # --- opening and updating ------------------------------------------------------------
 
     async def report(self, tenant_id: str, report: IncidentReport, *, incident_id: str | None = None,
-                     email_message_ids: Sequence[str] = ()) -> Outcome:
+                     email_message_ids: Sequence[str] = (), also_publish: FollowUps | None = None) -> Outcome:
         """Open an incident, or, when ``report.dedup_key`` names an open one, add an occurrence.
 
         ``incident_id`` makes opening idempotent (the API's Idempotency-Key pre-allocates it):
-        reporting twice with the same id opens it once.
+        reporting twice with the same id opens it once. ``also_publish`` events go out with the
+        incident's event, from the same write (not again when the report was a repeat).
         """
         if report.dedup_key:
             existing = await self.find_open(tenant_id, report.dedup_key)
+            if existing is not None and existing.incident_id == incident_id:
+                # A retry of the very report that opened it (same id): not a new occurrence.
+                return Outcome(existing, created=False)
             if existing is not None:
-                return await self._occurrence(existing, report)
+                return await self._occurrence(existing, report, also_publish)
         incident_id = incident_id or str(uuid.uuid4())
         if report.dedup_key:
             claimed = await self._claim_open_key(tenant_id, report.dedup_key, incident_id)
             if claimed != incident_id:
                 # Another request opened it a moment ago: this report is a repeat of that one.
                 try:
-                    return await self._occurrence(await self.get(tenant_id, claimed), report)
+                    return await self._occurrence(await self.get(tenant_id, claimed), report, also_publish)
                 except IncidentNotFound:
                     # The other request crashed before writing; take its place under its id.
                     incident_id = claimed
-        return await self._open(tenant_id, incident_id, report, email_message_ids)
+        return await self._open(tenant_id, incident_id, report, email_message_ids, also_publish)
 
     async def _open(self, tenant_id: str, incident_id: str, report: IncidentReport,
-                    email_message_ids: Sequence[str]) -> Outcome:
+                    email_message_ids: Sequence[str], also_publish: FollowUps | None = None) -> Outcome:
         existing = await self.incidents.find_one({"_id": incident_id}, {"_id": 1, "tenant_id": 1})
         if existing is not None:
             await self._relay.flush(self.incidents, incident_id)  # finish what a crash left pending
@@ -190,6 +200,7 @@ class IncidentDesk:
             ),
             source=SOURCE, tenant_id=tenant_id, incident_id=incident_id, time=now,
         )
+        followers = _follow_ups(also_publish, event, number)
         document: dict[str, Any] = {
             "_id": incident_id, "tenant_id": tenant_id, "number": number, "title": report.title,
             "description": report.description, "channel": report.channel.value,
@@ -203,7 +214,7 @@ class IncidentDesk:
             "timeline": [_entry("reported", f"Reported by {report.channel.value}: {report.title}", at=now,
                                 by=_who(report.reporter), channel=report.channel.value, event_id=event.id)],
             "applied_events": [],
-            outbox.FIELD: [outbox.stored(event)], outbox.FLAG: True,
+            outbox.FIELD: [outbox.stored(e) for e in (event, *followers)], outbox.FLAG: True,
         }
         try:
             await self.incidents.insert_one(document)
@@ -213,9 +224,10 @@ class IncidentDesk:
         await self._relay.flush(self.incidents, incident_id)
         log.info("incident opened", tenant_id=tenant_id, incident_id=incident_id, number=number,
                  channel=report.channel.value)
-        return Outcome(await self.get(tenant_id, incident_id), created=True, events=[event])
+        return Outcome(await self.get(tenant_id, incident_id), created=True, events=[event, *followers])
 
-    async def _occurrence(self, incident: Incident, report: IncidentReport) -> Outcome:
+    async def _occurrence(self, incident: Incident, report: IncidentReport,
+                          also_publish: FollowUps | None = None) -> Outcome:
         now = _now()
         seen = report.occurred_at or now
         count = incident.occurrence_count + 1
@@ -231,13 +243,18 @@ class IncidentDesk:
             update["$push"] = {"timeline": _entry("occurrence", f"Seen again ({count}x): {report.title}", at=now,
                                                   by=_who(report.reporter), channel=report.channel.value,
                                                   event_id=event.id)}
-        await self._write(incident.incident_id, update, event)
-        return Outcome(await self.get(incident.tenant_id, incident.incident_id), created=False, events=[event])
+        followers = _follow_ups(also_publish, event, incident.number)
+        await self._write(incident.incident_id, update, event, *followers)
+        return Outcome(await self.get(incident.tenant_id, incident.incident_id), created=False,
+                       events=[event, *followers])
 
     async def add_update(self, tenant_id: str, incident_id: str, *, channel: Channel, kind: str, message: str,
                          author: Reporter, attachments: Sequence[AttachmentRef] = (),
-                         email_message_ids: Sequence[str] = ()) -> Outcome:
-        """Append a comment or details (an email reply, a caller's new information)."""
+                         email_message_ids: Sequence[str] = (), also_publish: FollowUps | None = None) -> Outcome:
+        """Append a comment or details (an email reply, a caller's new information).
+
+        ``also_publish`` events go out with the IncidentUpdated, from the same write.
+        """
         incident = await self.get(tenant_id, incident_id)
         now = _now()
         event = envelope_for(
@@ -256,8 +273,9 @@ class IncidentDesk:
             update["$push"]["attachments"] = {"$each": [a.model_dump(mode="json") for a in attachments]}
         if email_message_ids:
             update["$addToSet"] = {"email_message_ids": {"$each": list(email_message_ids)}}
-        await self._write(incident_id, update, event)
-        return Outcome(await self.get(tenant_id, incident_id), created=False, events=[event])
+        followers = _follow_ups(also_publish, event, incident.number)
+        await self._write(incident_id, update, event, *followers)
+        return Outcome(await self.get(tenant_id, incident_id), created=False, events=[event, *followers])
 
     # --- moves people ask for ------------------------------------------------------------
 
@@ -332,6 +350,11 @@ class IncidentDesk:
         if document is None:
             log.warning("event for an incident intake does not know; ignored", event_type=envelope.type)
             return False
+        if document["tenant_id"] != envelope.tenant_id:
+            # A tenant's incident moves only by events about that tenant, whatever a bug elsewhere sends.
+            log.warning("event names another tenant than its incident; ignored", event_type=envelope.type,
+                        event_tenant=envelope.tenant_id, incident_tenant=document["tenant_id"])
+            return False
         current = Status(document["status"])
         target = lifecycle.automated_move(current, proposed) if proposed else None
         now = _now()
@@ -370,11 +393,11 @@ class IncidentDesk:
     # --- plumbing ------------------------------------------------------------------------
 
     async def _write(self, incident_id: str, update: dict[str, Any], event: Envelope[Any],
-                     expect_status: Status | None = None) -> bool:
+                     *followers: Envelope[Any], expect_status: Status | None = None) -> bool:
         query: dict[str, Any] = {"_id": incident_id}
         if expect_status is not None:
             query["status"] = expect_status.value
-        result = await self.incidents.update_one(query, outbox.add_to_update(update, event))
+        result = await self.incidents.update_one(query, outbox.add_to_update(update, event, *followers))
         if result.matched_count == 0:
             return False
         await self._relay.flush(self.incidents, incident_id)
@@ -420,3 +443,11 @@ class IncidentDesk:
     async def _release_open_key(self, tenant_id: str, dedup_key: str, incident_id: str) -> None:
         await self._open_keys.delete_one({"_id": self._open_key_id(tenant_id, dedup_key),
                                           "incident_id": incident_id})
+
+
+def _follow_ups(also_publish: FollowUps | None, cause: Envelope[Any], number: str) -> list[Envelope[Any]]:
+    if also_publish is None or cause.incident_id is None:
+        return []
+    return [envelope_for(data, source=SOURCE, tenant_id=cause.tenant_id, incident_id=cause.incident_id,
+                         caused_by=cause, time=cause.time)
+            for data in also_publish(cause.incident_id, number)]
