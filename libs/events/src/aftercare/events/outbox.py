@@ -68,8 +68,9 @@ class OutboxRelay:
         envelopes = [parse_envelope(entry["json"]) for entry in entries]
         # Keep the exact stored ids/trace context: parse_envelope returns them unchanged.
         published = await self._producer.publish_many(envelopes)
-        ids = [entry["id"] for entry in entries]
-        await collection.update_one({"_id": document_id}, {"$pull": {FIELD: {"id": {"$in": ids}}}})
+        # $pullAll of the exact entries read: FerretDB 1.24 ignores a $pull whose condition looks
+        # inside the entries ({"id": {"$in": ...}}), which left every event pending forever.
+        await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: list(entries)}})
         # Clear the flag only if nothing new arrived meanwhile.
         await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
         return published

@@ -1,7 +1,181 @@
-"""(being built)"""
+"""PagerDuty Events API v2, compatible: anything that sends alerts to PagerDuty today can send them
+here by changing only the base URL (``https://events.pagerduty.com`` -> intake).
+
+Same path (``POST /v2/enqueue``), same body, same status codes and the same JSON bodies as
+PagerDuty (not problem+json: PagerDuty clients parse these). The routing key names the tenant.
+
+Dedup keys share one space per tenant with the JSON API's ``dedup_key``: a trigger for a key
+with an open incident adds an occurrence to it, whichever channel opened it. Acknowledge and
+resolve for a key with no open incident are accepted and dropped, as PagerDuty drops them.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-router = APIRouter()
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from aftercare.events.incidents import Channel
+from aftercare.intake.components import IntakeComponents
+from aftercare.intake.domain import pagerduty
+from aftercare.intake.domain.lifecycle import TransitionRefused
+from aftercare.intake.entrypoints.dependencies import Components
+from aftercare.intake.incident_desk import Outcome
+from aftercare.intake.tenant_registry import Credential
+
+log = structlog.stdlib.get_logger("aftercare.intake.pagerduty")
+
+router = APIRouter(tags=["pagerduty"])
+
+# A move refused because the incident changed under us is retried from a fresh read this often.
+MOVE_ATTEMPTS = 3
+
+
+class EnqueueAccepted(BaseModel):
+    status: str = Field(examples=["success"])
+    message: str = Field(examples=["Event processed"])
+    dedup_key: str = Field(description="The key to acknowledge or resolve this alert with.")
+
+
+class EnqueueRefused(BaseModel):
+    status: str = Field(examples=["invalid event"])
+    message: str = Field(examples=["Event object is invalid"])
+    errors: list[str] = Field(default_factory=list, description="What to change, one entry per problem.")
+
+
+def standalone_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its $defs inlined, to stand on its own inside the OpenAPI document."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:  # keep what sits beside the reference (its description)
+                siblings = {key: value for key, value in node.items() if key != "$ref"}
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]]) | resolve(siblings)
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]
+
+
+REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": standalone_schema(pagerduty.EnqueueRequest.model_json_schema(by_alias=True))}}}}
+
+
+def _refused(errors: list[str], *, status: str = "invalid event", message: str = "Event object is invalid",
+             code: int = 400, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "message": message, "errors": errors}, status_code=code,
+                        headers=headers)
+
+
+def _accepted(dedup_key: str, incident: Outcome | None = None) -> JSONResponse:
+    headers = {}
+    if incident is not None:
+        # Not PagerDuty's, and ignored by its clients; lets a caller find the incident here.
+        headers = {"X-Aftercare-Incident-Id": incident.incident.incident_id,
+                   "X-Aftercare-Incident-Number": incident.incident.number}
+    return JSONResponse({"status": "success", "message": "Event processed", "dedup_key": dedup_key},
+                        status_code=202, headers=headers)
+
+
+@router.post(
+    "/v2/enqueue", status_code=202, response_model=EnqueueAccepted, openapi_extra=REQUEST_BODY,
+    responses={400: {"model": EnqueueRefused, "description": "Invalid event, unknown routing key or not JSON"},
+               429: {"model": EnqueueRefused, "description": "Over the routing key's rate limit; see Retry-After"}},
+)
+async def enqueue(request: Request, intake: Components) -> JSONResponse:
+    """Send an alert event (trigger, acknowledge or resolve), exactly as to PagerDuty's Events API v2.
+
+    202 means the incident change is stored and its event is durable in Kafka. The body is
+    PagerDuty's: ``{"status": "success", "message": "Event processed", "dedup_key": ...}``; a
+    trigger without a ``dedup_key`` gets a generated one back. Invalid events get 400 with
+    ``errors`` saying what to change; too many events for the routing key get 429 with Retry-After.
+    """
+    raw = await request.body()
+    if len(raw) > pagerduty.MAX_EVENT_BYTES:
+        return _refused([f"The event is {len(raw) // 1024} KB; events are limited to "
+                         f"{pagerduty.MAX_EVENT_BYTES // 1024} KB. Send less in custom_details "
+                         "(link to large data instead)"])
+    try:
+        document = pagerduty.parse_body(raw, _charset(request.headers.get("content-type")))
+    except pagerduty.UnrecognizedBody as unrecognized:
+        return _refused([str(unrecognized)], status="Unrecognized object",
+                        message="Event object format is unrecognized")
+
+    routing_key = document.get("routing_key")
+    credential = None
+    if isinstance(routing_key, str) and routing_key.strip():
+        credential = await intake.tenants.by_routing_key(routing_key)
+    if credential is not None:
+        verdict = await intake.limiter.hit(f"{credential.kind}|{credential.credential_id}")
+        if not verdict.allowed:
+            log.warning("pagerduty event over the rate limit", tenant_id=credential.tenant_id,
+                        routing_key_id=credential.credential_id)
+            return _refused([f"This routing key may send {intake.limiter.per_minute} events a minute; retry after "
+                             f"{verdict.retry_after_s} s"], status="throttle event",
+                            message="Request Limit Exceeded", code=429,
+                            headers={"Retry-After": str(verdict.retry_after_s)})
+    try:
+        event = pagerduty.read_event(document, routing_key_registered=credential is not None)
+    except pagerduty.InvalidEvent as invalid:
+        log.info("pagerduty event refused", errors=invalid.errors,
+                 tenant_id=credential.tenant_id if credential else None)
+        return _refused(invalid.errors)
+    assert credential is not None  # read_event refuses unregistered keys
+
+    if event.action == pagerduty.EventAction.TRIGGER:
+        return await _trigger(intake, credential, event)
+    return await _move(intake, credential, event)
+
+
+async def _trigger(intake: IntakeComponents, credential: Credential, event: pagerduty.AlertEvent) -> JSONResponse:
+    dedup_key = event.dedup_key or pagerduty.generated_dedup_key()
+    report = pagerduty.incident_report(event, dedup_key=dedup_key, routing_key_id=credential.credential_id)
+    outcome = await intake.desk.report(credential.tenant_id, report)
+    log.info("pagerduty trigger", tenant_id=credential.tenant_id, incident_id=outcome.incident.incident_id,
+             number=outcome.incident.number, opened=outcome.created)
+    return _accepted(dedup_key, outcome)
+
+
+async def _move(intake: IntakeComponents, credential: Credential, event: pagerduty.AlertEvent) -> JSONResponse:
+    """Acknowledge or resolve the open incident of the dedup key; without one, accept and drop it."""
+    assert event.dedup_key is not None  # read_event requires it for acknowledge and resolve
+    tenant_id, desk = credential.tenant_id, intake.desk
+    for attempt in range(1, MOVE_ATTEMPTS + 1):
+        incident = await desk.find_open(tenant_id, event.dedup_key)
+        if incident is None:
+            # PagerDuty drops these too (the alert is resolved or never existed) and still answers 202.
+            log.info("pagerduty event for no open incident; dropped", tenant_id=tenant_id,
+                     action=event.action.value, dedup_key=event.dedup_key)
+            return _accepted(event.dedup_key)
+        try:
+            if event.action == pagerduty.EventAction.ACKNOWLEDGE:
+                outcome = await desk.acknowledge(tenant_id, incident.incident_id, by=event.actor,
+                                                 channel=Channel.PAGERDUTY, note="PagerDuty acknowledge event")
+            else:
+                outcome = await desk.resolve(tenant_id, incident.incident_id, by=event.actor,
+                                             channel=Channel.PAGERDUTY, resolution="PagerDuty resolve event")
+        except TransitionRefused:
+            if attempt == MOVE_ATTEMPTS:
+                raise
+            continue  # it changed while we moved it: decide again from what it is now
+        log.info("pagerduty move", tenant_id=tenant_id, incident_id=incident.incident_id,
+                 action=event.action.value, status=outcome.incident.status.value)
+        return _accepted(event.dedup_key, outcome)
+    raise AssertionError("unreachable")
+
+
+def _charset(content_type: str | None) -> str | None:
+    """The charset a sender declared; PagerDuty reads the body as JSON whatever the media type says."""
+    if not content_type:
+        return None
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            return value.strip().strip('"')
+    return None
