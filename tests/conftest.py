@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kafka_helpers import Infrastructure, create_topics, unique_name
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+
+from kafka_helpers import Infrastructure, create_topics, unique_name
 
 ENV_BOOTSTRAP = "AFTERCARE_TEST_KAFKA_BOOTSTRAP_SERVERS"
 ENV_MONGO_URL = "AFTERCARE_TEST_MONGO_URL"

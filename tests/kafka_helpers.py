@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -24,9 +24,7 @@ from aftercare.events.consumer import ConsumerRunner
 from aftercare.events.runtime import ensure_topics
 from aftercare.events.topics import topic_specs
 
-T = TypeVar("T")
-
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 @dataclass
@@ -64,7 +62,7 @@ async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
     return partitions
 
 
-async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
+async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,  # noqa: ASYNC109
                    at_least: int = 0) -> list[Record]:
     """Every record on ``topic`` right now, all partitions, each partition's in offset order.
 
@@ -129,8 +127,8 @@ def headers_of(record: Record) -> dict[str, bytes]:
     return dict(record.headers or ())
 
 
-async def wait_until(check: Callable[[], Awaitable[T] | T], timeout: float = 30.0,
-                     interval: float = 0.1, message: str = "condition") -> T:
+async def wait_until(check: Callable[[], Any], timeout: float = 30.0,  # noqa: ASYNC109
+                     interval: float = 0.1, message: str = "condition") -> Any:
     """Call ``check`` until it returns something truthy and return that; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -139,7 +137,7 @@ async def wait_until(check: Callable[[], Awaitable[T] | T], timeout: float = 30.
         if inspect.isawaitable(last):
             last = await last
         if last:
-            return last  # type: ignore[no-any-return]
+            return last
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} not met within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)

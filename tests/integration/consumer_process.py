@@ -16,9 +16,10 @@ Effects:
   pattern handlers use for writes that may be retried after a crash before the processed record).
 
 Crash and stop points (the process talks to the test in lines on stdout):
-* ``--park-on ID --park-at after-mark``: the processed record of ID is written, then the
-  process freezes (blocks its event loop, so nothing else, certainly no commit, happens) and
-  prints ``PARKED ID``; the test SIGKILLs it;
+* ``--park-on ID --park-at after-mark``: the processed records of the batch holding ID are
+  written (``mark_many``, just before the runner commits), then the process prints
+  ``PARKED ID`` and freezes (it blocks its event loop, so nothing else happens, certainly no
+  commit); the test SIGKILLs it;
 * ``--park-at after-handler-write``: the same, right after the handler's write and before the
   processed record;
 * ``--hold-on ID``: the handler of ID prints ``IN_HAND ID`` and waits until a document
@@ -66,17 +67,19 @@ class WatchedProcessedLog(ProcessedEventLog):
         self._deliveries = database["deliveries"]
         self._args = args
 
-    async def already_processed(self, ids: Iterable[str]) -> set[str]:
+    async def begin(self, ids: Iterable[str]) -> set[str]:
+        # The runner begins every batch it fetched with this call.
         wanted = list(ids)
         for record in wanted:
             event_id = record.rsplit("|", 1)[1]
             await self._deliveries.update_one({"_id": event_id}, {"$inc": {"fetched": 1}}, upsert=True)
-        return await super().already_processed(wanted)
+        return await super().begin(wanted)
 
-    async def mark(self, group: str, handler: str, event_id: str) -> None:
-        await super().mark(group, handler, event_id)
-        if self._args.park_at == "after-mark" and event_id == self._args.park_on:
-            park(event_id)
+    async def mark_many(self, group: str, handled: Iterable[tuple[str, str]]) -> None:
+        pairs = list(handled)
+        await super().mark_many(group, pairs)
+        if self._args.park_at == "after-mark" and self._args.park_on in {event_id for _, event_id in pairs}:
+            park(self._args.park_on)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -104,7 +107,8 @@ async def main(args: argparse.Namespace) -> int:
             park(envelope.id)
         if envelope.id == args.hold_on:
             say("IN_HAND", envelope.id)
-            while await release.find_one({"_id": envelope.id}) is None:
+            # The release comes from the test process through the store, so polling it is the way.
+            while await release.find_one({"_id": envelope.id}) is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
     apply_event.handler_name = "consumer_process.apply_event"  # type: ignore[attr-defined]

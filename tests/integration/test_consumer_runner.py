@@ -15,13 +15,12 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from kafka_helpers import Infrastructure, committed_offsets, headers_of, read_all, running, unique_name, wait_until
 from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -39,9 +38,11 @@ from aftercare.events.consumer import (
 from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, IncidentUpdated
 from aftercare.events.processed import COLLECTION as PROCESSED_COLLECTION
-from aftercare.events.processed import ProcessedEventLog
+from aftercare.events.processed import STARTED_COLLECTION, ProcessedEventLog, record_id
 from aftercare.events.producer import EventProducer
 from aftercare.events.topics import dead_letter_topic
+
+from kafka_helpers import Infrastructure, committed_offsets, headers_of, read_all, running, unique_name, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +146,7 @@ async def test_an_event_delivered_twice_has_its_effect_once(
     on_kafka = await read_all(infrastructure.bootstrap_servers, topic)
     assert [headers_of(r)["event_id"] for r in on_kafka] == [event.id.encode()] * 2 + [after.id.encode()]
     assert await applied(mongo_db, "inc-a") == [event.id, after.id]
-    assert (await mongo_db["effects"].find_one({"_id": "inc-a"}))["count"] == 2
+    assert await field_of(mongo_db, "effects", "inc-a", "count") == 2
     assert consumed(group, topic, "duplicate") == 1
 
 
@@ -296,6 +297,56 @@ async def test_stop_while_idle_returns_promptly_and_closes(
     assert task.done() and task.exception() is None
 
 
+# --- the processed-event log itself ----------------------------------------------------------
+
+
+async def test_processed_records_written_again_are_kept_once_and_the_others_still_written(
+        mongo_db: Database) -> None:
+    processed = ProcessedEventLog(mongo_db)
+    await processed.ensure_indexes()
+    await processed.mark("group", "notify", "e1")
+
+    # e.g. a batch redelivered after a rebalance, partly handled by the previous owner already
+    batch = [("notify", "e1"), ("notify", "e2"), ("audit", "e1"), ("notify", "e1")]
+    await processed.begin(record_id("group", handler, event) for handler, event in batch)
+    await processed.mark_many("group", batch)
+    await processed.mark("group", "notify", "e2")
+
+    asked = [record_id("group", "notify", "e1"), record_id("group", "notify", "e2"),
+             record_id("group", "audit", "e1"), record_id("group", "notify", "e3"),
+             record_id("other-group", "notify", "e1")]
+    assert await processed.already_processed(asked) == set(asked[:3])
+    assert await processed.begin(asked) == set(asked[:3])
+    assert await mongo_db[PROCESSED_COLLECTION].count_documents({}) == 3
+
+
+async def test_begin_tells_new_from_processed_however_often_it_is_repeated(mongo_db: Database) -> None:
+    processed = ProcessedEventLog(mongo_db)
+    await processed.ensure_indexes()
+    a, b, c = (record_id("group", "notify", event) for event in ("a", "b", "c"))
+
+    assert await processed.begin([a, b]) == set()
+    assert await processed.begin([a, b, b]) == set(), "begun but not processed: still to do"
+    await processed.mark_many("group", [("notify", "a")])
+    assert await processed.begin([c, a, b]) == {a}
+    assert await processed.begin([]) == set()
+
+
+async def test_purged_processed_records_are_forgotten_but_their_started_records_outlive_them(
+        mongo_db: Database) -> None:
+    processed = ProcessedEventLog(mongo_db)
+    await processed.ensure_indexes()
+    a = record_id("group", "notify", "a")
+    await processed.begin([a])
+    await processed.mark_many("group", [("notify", "a")])
+
+    assert await processed.purge_older_than(timedelta(0)) == 1
+
+    assert await processed.begin([a]) == set()
+    assert await mongo_db[PROCESSED_COLLECTION].count_documents({}) == 0
+    assert await mongo_db[STARTED_COLLECTION].count_documents({}) == 1
+
+
 # --- c. killed before the commit: redelivered after restart, effect still single -----------
 
 
@@ -316,7 +367,7 @@ class ConsumerProcess:
                 *self._command, stdout=asyncio.subprocess.PIPE, stderr=log)
         return self
 
-    async def expect(self, word: str, timeout: float = 90.0) -> str:
+    async def expect(self, word: str, timeout: float = 90.0) -> str:  # noqa: ASYNC109
         """Wait for the child's line starting with ``word``; return the rest of that line."""
         assert self.process is not None and self.process.stdout is not None
         seen: list[str] = []
@@ -340,7 +391,7 @@ class ConsumerProcess:
         assert self.process is not None
         self.process.send_signal(signum)
 
-    async def wait(self, timeout: float = 60.0) -> int:
+    async def wait(self, timeout: float = 60.0) -> int:  # noqa: ASYNC109
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), timeout=timeout)
 
@@ -371,8 +422,8 @@ async def consumer_processes(infrastructure: Infrastructure, mongo_db: Database,
             await child.kill()
 
 
-async def field_of(db: Database, collection: str, event_id: str, name: str) -> int:
-    document = await db[collection].find_one({"_id": event_id})
+async def field_of(db: Database, collection: str, document_id: str, name: str) -> int:
+    document = await db[collection].find_one({"_id": document_id})
     return int(document[name]) if document else 0
 
 
@@ -393,13 +444,16 @@ async def test_killed_after_handling_and_marking_but_before_the_commit_the_event
     # The state the scenario is about: handled and marked, but the offset not committed.
     assert target.id in await applied(mongo_db, "inc-c")
     assert await mongo_db[PROCESSED_COLLECTION].count_documents({"event_id": target.id}) == 1
-    partition = record_with_event_id(await read_all(infrastructure.bootstrap_servers, topic), target.id).partition
-    committed = (await committed_offsets(infrastructure.bootstrap_servers, group, topic)).get(partition, 0)
-    target_offset = record_with_event_id(await read_all(infrastructure.bootstrap_servers, topic), target.id).offset
-    assert committed <= target_offset, "the target's offset must not have been committed"
+    target_record = record_with_event_id(await read_all(infrastructure.bootstrap_servers, topic), target.id)
+    committed = await committed_offsets(infrastructure.bootstrap_servers, group, topic)
+    assert committed.get(target_record.partition, 0) <= target_record.offset, "not committed yet"
 
     successor = await consumer_processes(topic, group)
-    await wait_until(lambda: _contains(mongo_db, "inc-c", events[2].id), timeout=90,
+    # Published after the kill on the same partition: once it is applied, the restarted consumer
+    # has been through everything before it.
+    events.append(updated("inc-c", "four"))
+    await producer.publish(events[-1], topic)
+    await wait_until(lambda: _contains(mongo_db, "inc-c", events[-1].id), timeout=90,
                      message="the restarted consumer caught up")
     successor.signal(signal.SIGTERM)
     await successor.expect("STOPPED")
@@ -429,14 +483,16 @@ async def test_killed_after_the_handlers_write_but_before_marking_an_idempotent_
     assert await mongo_db[PROCESSED_COLLECTION].count_documents({"event_id": target.id}) == 0
 
     successor = await consumer_processes(topic, group, "--effect", "guarded")
-    await wait_until(lambda: _contains(mongo_db, "inc-w", events[2].id), timeout=90,
+    events.append(updated("inc-w", "four"))
+    await producer.publish(events[-1], topic)
+    await wait_until(lambda: _contains(mongo_db, "inc-w", events[-1].id), timeout=90,
                      message="the restarted consumer caught up")
     successor.signal(signal.SIGTERM)
     assert await successor.wait() == 0
 
     assert await field_of(mongo_db, "handler_runs", target.id, "runs") == 2, "the handler ran again"
     assert await applied(mongo_db, "inc-w") == [e.id for e in events], "yet every effect exactly once"
-    assert (await mongo_db["effects"].find_one({"_id": "inc-w"}))["count"] == 3
+    assert await field_of(mongo_db, "effects", "inc-w", "count") == len(events)
     assert await mongo_db[PROCESSED_COLLECTION].count_documents({"event_id": target.id}) == 1
 
 

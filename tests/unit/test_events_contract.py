@@ -4,6 +4,7 @@ rejected with a message that says what is wrong (such messages are dead-lettered
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -151,7 +152,7 @@ def test_json_that_is_not_an_object_is_rejected_as_invalid(raw: bytes) -> None:
 def test_an_unknown_event_type_is_rejected_naming_the_type() -> None:
     raw = json.dumps(acknowledged_document(type="incident.exploded")).encode()
 
-    with pytest.raises(UnknownEventType, match="unknown event type 'incident.exploded'"):
+    with pytest.raises(UnknownEventType, match=re.escape("unknown event type 'incident.exploded'")):
         parse_envelope(raw)
 
 
@@ -188,7 +189,7 @@ def test_data_that_fails_validation_is_rejected_naming_the_field() -> None:
     del document["data"]["by"]
     document["data"]["channel"] = "carrier-pigeon"
 
-    with pytest.raises(InvalidEvent, match="incident.acknowledged v1 failed validation") as rejected:
+    with pytest.raises(InvalidEvent, match=re.escape("incident.acknowledged v1 failed validation")) as rejected:
         parse_envelope(json.dumps(document))
 
     assert "by" in str(rejected.value)
@@ -269,7 +270,7 @@ def test_an_old_version_without_an_upcaster_is_rejected_naming_the_missing_step(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(IncidentAcknowledged, "VERSION", 2)
 
-    with pytest.raises(InvalidEvent, match="no upcaster from incident.acknowledged v1 to v2"):
+    with pytest.raises(InvalidEvent, match=re.escape("no upcaster from incident.acknowledged v1 to v2")):
         parse_envelope(json.dumps(old_acknowledged_v1()))
 
 
