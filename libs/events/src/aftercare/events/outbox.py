@@ -16,6 +16,7 @@ event id, so that is harmless.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,8 +43,10 @@ def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str
 
 
 def stored(envelope: Envelope[Any]) -> dict[str, Any]:
-    # Kept as the exact JSON that will go on Kafka, so what is published is what was decided.
-    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": envelope.model_dump_json()}
+    # Kept as the exact JSON that will go on Kafka, so what is published is what was decided;
+    # ``at`` lets the sweep leave fresh entries to the request that is flushing them.
+    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": envelope.model_dump_json(),
+            "at": time.time()}
 
 
 class OutboxRelay:
@@ -70,22 +73,29 @@ class OutboxRelay:
         published = await self._producer.publish_many(envelopes)
         # $pullAll of the exact entries read: FerretDB 1.24 ignores a $pull whose condition looks
         # inside the entries ({"id": {"$in": ...}}), which left every event pending forever.
+        # Filtered by _id alone, the one filter the embedded store answers from an index. The flag
+        # is cleared by the sweep, which can check emptiness and clear in one conditional write.
         await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: list(entries)}})
-        # Clear the flag only if nothing new arrived meanwhile.
-        await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
         return published
 
-    async def sweep(self, collection: AsyncCollection[dict[str, Any]], limit: int = 500) -> int:
-        """Publish everything left pending in ``collection``; returns the number of events."""
+    async def sweep(self, collection: AsyncCollection[dict[str, Any]], limit: int = 500,
+                    min_age_s: float = 10.0) -> int:
+        """Publish what was left pending in ``collection``; returns the number of events.
+
+        Entries younger than ``min_age_s`` are left alone: the request that wrote them is
+        flushing them right now, and publishing them here too would only duplicate them.
+        """
         count = 0
+        settled = time.time() - min_age_s
         cursor = collection.find({FLAG: True}, {FIELD: 1}).limit(limit)
         async for document in cursor:
             entries = document.get(FIELD) or []
-            if entries:
-                count += len(await self._publish(collection, document["_id"], entries))
-            else:
+            if not entries:
+                # Clear the flag only if nothing new arrived meanwhile.
                 await collection.update_one({"_id": document["_id"], FIELD: {"$size": 0}},
                                             {"$set": {FLAG: False}})
+            elif min(entry.get("at", 0.0) for entry in entries) <= settled:
+                count += len(await self._publish(collection, document["_id"], entries))
         return count
 
     async def sweep_forever(self, collections: Sequence[AsyncCollection[dict[str, Any]]],

@@ -49,3 +49,7 @@ class IdempotencyKeys:
             if existing["digest"] != digest:
                 raise IdempotencyConflict(key) from None
             return Claim(str(existing["incident_id"]), first_use=False)
+
+    async def settle(self, tenant_id: str, key: str, incident_id: str) -> None:
+        """Point the key at the incident the request really went to (an open one, by dedup_key)."""
+        await self._keys.update_one({"_id": f"{tenant_id}|{key}"}, {"$set": {"incident_id": incident_id}})

@@ -5,16 +5,28 @@ it in the document's outbox; ``flush`` then publishes it and only returns once K
 a channel that answers "accepted" after a desk call has a durable event behind it. Nothing here
 needs a transaction (the embedded store has none):
 
-* numbers (INC-1042) come from an atomic per-tenant counter document;
+* numbers (INC-1042) come from a per-tenant counter document (increments that arrive together
+  go as one ``$inc``, see ``BatchedCounter``), and the unique index on (tenant, number) has the
+  last word: a number another instance handed out too is replaced;
 * "is there an open incident for this dedup key?" is an ``open_incident_keys`` document whose
   ``_id`` is the tenant and key, so two instances racing on the same alert open one incident;
 * a consumed event is applied once: its id goes into ``applied_events`` in the same write, and
   the write's filter excludes documents that already have it.
+
+The embedded store (FerretDB 1.24 on SQLite) does not make an update of one document atomic:
+two ``$inc``/``$push`` on the same document at once can lose one while both report success. So
+within this process, the reads and writes of one incident take turns (``_turn``), and a
+tenant's number counter is incremented by one batch at a time; on MongoDB that costs nothing,
+as each such write is short. The same store uses an index only when the filter is
+``{"_id": ...}`` alone and scans the whole collection otherwise, so the reads and writes on the
+accept path filter by ``_id`` only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,10 +60,15 @@ from aftercare.intake.domain.incident import (
     TimelineEntry,
     format_number,
 )
+from aftercare.intake.rate_limit import BatchedCounter
 
 log = structlog.stdlib.get_logger("aftercare.intake.incident_desk")
 
 SOURCE = "intake"
+
+# How often a new incident gets another number when the one it got is taken (only when several
+# instances share the embedded store, whose counter increments are not atomic).
+NUMBER_ATTEMPTS = 5
 
 
 class IncidentNotFound(LookupError):
@@ -74,7 +91,13 @@ FollowUps = Callable[[str, str], Sequence[Event]]
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return _as_stored(datetime.now(UTC))
+
+
+def _as_stored(moment: datetime) -> datetime:
+    """A time as the store keeps it (UTC, milliseconds), so what intake holds equals what it reads back."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _entry(kind: str, summary: str, *, at: datetime, by: str | None = None, channel: str | None = None,
@@ -90,9 +113,11 @@ def _who(reporter: Reporter) -> str | None:
 class IncidentDesk:
     def __init__(self, database: AsyncDatabase[dict[str, Any]], producer: EventProducer) -> None:
         self.incidents = database["incidents"]
-        self._counters = database["counters"]
+        self._numbers = BatchedCounter(database["counters"])
         self._open_keys = database["open_incident_keys"]
+        self._producer = producer
         self._relay = OutboxRelay(producer)
+        self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def ensure_indexes(self) -> None:
         await self.incidents.create_index([("tenant_id", ASCENDING), ("number", ASCENDING)], unique=True)
@@ -105,13 +130,21 @@ class IncidentDesk:
     def relay(self) -> OutboxRelay:
         return self._relay
 
+    def _turn(self, document_id: str) -> asyncio.Lock:
+        """The lock writes to one document take turns on (see the module doc); gone when unused."""
+        lock = self._turns.get(document_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._turns[document_id] = lock
+        return lock
+
     # --- reading -------------------------------------------------------------------------
 
     async def get(self, tenant_id: str, incident_id: str) -> Incident:
         """The incident, only if it belongs to ``tenant_id`` (tenants never see each other's)."""
-        document = await self.incidents.find_one({"_id": incident_id, "tenant_id": tenant_id},
-                                                 {"outbox": 0, "applied_events": 0})
-        if document is None:
+        # By _id alone (an index lookup on every store), the tenant checked here.
+        document = await self.incidents.find_one({"_id": incident_id}, {"outbox": 0, "applied_events": 0})
+        if document is None or document.get("tenant_id") != tenant_id:
             raise IncidentNotFound(incident_id)
         return Incident.model_validate(document)
 
@@ -170,6 +203,7 @@ class IncidentDesk:
                 return Outcome(existing, created=False)
             if existing is not None:
                 return await self._occurrence(existing, report, also_publish)
+        fresh = incident_id is None  # a new random id: no earlier attempt can have written it
         incident_id = incident_id or str(uuid.uuid4())
         if report.dedup_key:
             claimed = await self._claim_open_key(tenant_id, report.dedup_key, incident_id)
@@ -178,19 +212,53 @@ class IncidentDesk:
                 try:
                     return await self._occurrence(await self.get(tenant_id, claimed), report, also_publish)
                 except IncidentNotFound:
+                    pass
+                # Not written yet: usually still being opened by this process, so wait for its turn.
+                async with self._turn(claimed):
+                    pass
+                try:
+                    return await self._occurrence(await self.get(tenant_id, claimed), report, also_publish)
+                except IncidentNotFound:
                     # The other request crashed before writing; take its place under its id.
-                    incident_id = claimed
-        return await self._open(tenant_id, incident_id, report, email_message_ids, also_publish)
+                    incident_id, fresh = claimed, False
+        return await self._open(tenant_id, incident_id, report, email_message_ids, also_publish, fresh=fresh)
 
     async def _open(self, tenant_id: str, incident_id: str, report: IncidentReport,
-                    email_message_ids: Sequence[str], also_publish: FollowUps | None = None) -> Outcome:
-        existing = await self.incidents.find_one({"_id": incident_id}, {"_id": 1, "tenant_id": 1})
-        if existing is not None:
-            await self._relay.flush(self.incidents, incident_id)  # finish what a crash left pending
-            return Outcome(await self.get(existing["tenant_id"], incident_id), created=False)
+                    email_message_ids: Sequence[str], also_publish: FollowUps | None = None, *,
+                    fresh: bool = False) -> Outcome:
+        async with self._turn(incident_id):
+            if not fresh:
+                existing = await self.incidents.find_one({"_id": incident_id}, {"_id": 1, "tenant_id": 1})
+                if existing is not None:
+                    await self._relay.flush(self.incidents, incident_id)  # finish what a crash left pending
+                    return Outcome(await self.get(existing["tenant_id"], incident_id), created=False)
+            for _ in range(NUMBER_ATTEMPTS):
+                number = format_number(await self._next_sequence(tenant_id))
+                document, events = self._opening(tenant_id, incident_id, number, report, email_message_ids,
+                                                 also_publish)
+                try:
+                    await self.incidents.insert_one(document)
+                    break
+                except DuplicateKeyError:
+                    if await self.incidents.find_one({"_id": incident_id}, {"_id": 1}) is not None:
+                        # Same incident id written concurrently (a retried Idempotency-Key request).
+                        return Outcome(await self.get(tenant_id, incident_id), created=False)
+                    log.warning("incident number already taken; taking the next", tenant_id=tenant_id,
+                                number=number)
+            else:
+                raise RuntimeError(f"no free incident number for {tenant_id} after {NUMBER_ATTEMPTS} attempts")
+            await self._publish_opening(incident_id, events, document[outbox.FIELD])
+        log.info("incident opened", tenant_id=tenant_id, incident_id=incident_id, number=number,
+                 channel=report.channel.value)
+        # The document as written is the incident: no need to read it back.
+        return Outcome(Incident.model_validate(document), created=True, events=events)
+
+    def _opening(self, tenant_id: str, incident_id: str, number: str, report: IncidentReport,
+                 email_message_ids: Sequence[str], also_publish: FollowUps | None
+                 ) -> tuple[dict[str, Any], list[Envelope[Any]]]:
+        """The new incident's document, with its IncidentReported (and follow-ups) in the outbox."""
         now = _now()
-        seen = report.occurred_at or now
-        number = format_number(await self._next_sequence(tenant_id))
+        seen = _as_stored(report.occurred_at) if report.occurred_at else now
         event = envelope_for(
             IncidentReported(
                 incident_id=incident_id, number=number, title=report.title, description=report.description,
@@ -216,37 +284,50 @@ class IncidentDesk:
             "applied_events": [],
             outbox.FIELD: [outbox.stored(e) for e in (event, *followers)], outbox.FLAG: True,
         }
-        try:
-            await self.incidents.insert_one(document)
-        except DuplicateKeyError:
-            # Same incident id written concurrently (a retried Idempotency-Key request).
-            return Outcome(await self.get(tenant_id, incident_id), created=False)
-        await self._relay.flush(self.incidents, incident_id)
-        log.info("incident opened", tenant_id=tenant_id, incident_id=incident_id, number=number,
-                 channel=report.channel.value)
-        return Outcome(await self.get(tenant_id, incident_id), created=True, events=[event, *followers])
+        return document, [event, *followers]
+
+    async def _publish_opening(self, incident_id: str, events: list[Envelope[Any]],
+                               stored: list[dict[str, Any]]) -> None:
+        """Publish a new incident's outbox from the events in hand, then empty it in one write.
+
+        What ``relay.flush`` does, without reading the outbox first (a new document's outbox holds
+        exactly these events, and this process's other writes of it wait their turn) and with one
+        write instead of two.
+        """
+        await self._producer.publish_many(events)
+        after = await self.incidents.find_one_and_update(
+            {"_id": incident_id}, {"$pullAll": {outbox.FIELD: stored}, "$set": {outbox.FLAG: False}},
+            return_document=ReturnDocument.AFTER)
+        if after is not None and after.get(outbox.FIELD):
+            # Another instance added an event meanwhile: keep the document flagged for the sweep
+            # and publish that event too, as its own flush would.
+            await self.incidents.update_one({"_id": incident_id}, {"$set": {outbox.FLAG: True}})
+            await self._relay.flush(self.incidents, incident_id)
 
     async def _occurrence(self, incident: Incident, report: IncidentReport,
                           also_publish: FollowUps | None = None) -> Outcome:
-        now = _now()
-        seen = report.occurred_at or now
-        count = incident.occurrence_count + 1
-        event = envelope_for(
-            IncidentUpdated(incident_id=incident.incident_id, number=incident.number, channel=report.channel,
-                            kind="occurrence", message=report.title, author=report.reporter,
-                            occurrence_count=count, last_seen_at=seen, attachments=report.attachments),
-            source=SOURCE, tenant_id=incident.tenant_id, incident_id=incident.incident_id, time=now,
-        )
-        update: dict[str, Any] = {"$inc": {"occurrence_count": 1}, "$set": {"updated_at": now},
-                                  "$max": {"last_seen_at": seen}}
-        if count <= MAX_OCCURRENCES_ON_TIMELINE:
-            update["$push"] = {"timeline": _entry("occurrence", f"Seen again ({count}x): {report.title}", at=now,
-                                                  by=_who(report.reporter), channel=report.channel.value,
-                                                  event_id=event.id)}
-        followers = _follow_ups(also_publish, event, incident.number)
-        await self._write(incident.incident_id, update, event, *followers)
-        return Outcome(await self.get(incident.tenant_id, incident.incident_id), created=False,
-                       events=[event, *followers])
+        async with self._turn(incident.incident_id):
+            # Read again in turn: another report of the same problem may have counted itself meanwhile.
+            incident = await self.get(incident.tenant_id, incident.incident_id)
+            now = _now()
+            seen = _as_stored(report.occurred_at) if report.occurred_at else now
+            count = incident.occurrence_count + 1
+            event = envelope_for(
+                IncidentUpdated(incident_id=incident.incident_id, number=incident.number, channel=report.channel,
+                                kind="occurrence", message=report.title, author=report.reporter,
+                                occurrence_count=count, last_seen_at=seen, attachments=report.attachments),
+                source=SOURCE, tenant_id=incident.tenant_id, incident_id=incident.incident_id, time=now,
+            )
+            update: dict[str, Any] = {"$inc": {"occurrence_count": 1}, "$set": {"updated_at": now},
+                                      "$max": {"last_seen_at": seen}}
+            if count <= MAX_OCCURRENCES_ON_TIMELINE:
+                update["$push"] = {"timeline": _entry("occurrence", f"Seen again ({count}x): {report.title}", at=now,
+                                                      by=_who(report.reporter), channel=report.channel.value,
+                                                      event_id=event.id)}
+            followers = _follow_ups(also_publish, event, incident.number)
+            await self._write(incident.incident_id, update, event, *followers)
+            return Outcome(await self.get(incident.tenant_id, incident.incident_id), created=False,
+                           events=[event, *followers])
 
     async def add_update(self, tenant_id: str, incident_id: str, *, channel: Channel, kind: str, message: str,
                          author: Reporter, attachments: Sequence[AttachmentRef] = (),
@@ -255,60 +336,64 @@ class IncidentDesk:
 
         ``also_publish`` events go out with the IncidentUpdated, from the same write.
         """
-        incident = await self.get(tenant_id, incident_id)
-        now = _now()
-        event = envelope_for(
-            IncidentUpdated(incident_id=incident_id, number=incident.number, channel=channel, kind=kind,
-                            message=message, author=author, occurrence_count=incident.occurrence_count,
-                            last_seen_at=incident.last_seen_at, attachments=list(attachments)),
-            source=SOURCE, tenant_id=tenant_id, incident_id=incident_id, time=now,
-        )
-        summary = message if len(message) <= 200 else message[:197] + "..."
-        update: dict[str, Any] = {
-            "$set": {"updated_at": now},
-            "$push": {"timeline": _entry(kind, summary, at=now, by=_who(author), channel=channel.value,
-                                         event_id=event.id)},
-        }
-        if attachments:
-            update["$push"]["attachments"] = {"$each": [a.model_dump(mode="json") for a in attachments]}
-        if email_message_ids:
-            update["$addToSet"] = {"email_message_ids": {"$each": list(email_message_ids)}}
-        followers = _follow_ups(also_publish, event, incident.number)
-        await self._write(incident_id, update, event, *followers)
-        return Outcome(await self.get(tenant_id, incident_id), created=False, events=[event, *followers])
+        async with self._turn(incident_id):
+            incident = await self.get(tenant_id, incident_id)
+            now = _now()
+            event = envelope_for(
+                IncidentUpdated(incident_id=incident_id, number=incident.number, channel=channel, kind=kind,
+                                message=message, author=author, occurrence_count=incident.occurrence_count,
+                                last_seen_at=incident.last_seen_at, attachments=list(attachments)),
+                source=SOURCE, tenant_id=tenant_id, incident_id=incident_id, time=now,
+            )
+            summary = message if len(message) <= 200 else message[:197] + "..."
+            update: dict[str, Any] = {
+                "$set": {"updated_at": now},
+                "$push": {"timeline": _entry(kind, summary, at=now, by=_who(author), channel=channel.value,
+                                             event_id=event.id)},
+            }
+            if attachments:
+                update["$push"]["attachments"] = {"$each": [a.model_dump(mode="json") for a in attachments]}
+            if email_message_ids:
+                update["$addToSet"] = {"email_message_ids": {"$each": list(email_message_ids)}}
+            followers = _follow_ups(also_publish, event, incident.number)
+            await self._write(incident_id, update, event, *followers)
+            return Outcome(await self.get(tenant_id, incident_id), created=False, events=[event, *followers])
 
     # --- moves people ask for ------------------------------------------------------------
 
     async def acknowledge(self, tenant_id: str, incident_id: str, *, by: str, channel: Channel,
                           note: str = "") -> Outcome:
-        incident = await self.get(tenant_id, incident_id)
-        if incident.status == Status.ACKNOWLEDGED:
-            return Outcome(incident, created=False)
-        lifecycle.require_move(incident.status, Status.ACKNOWLEDGED)
-        data = IncidentAcknowledged(incident_id=incident_id, number=incident.number, by=by, channel=channel,
-                                    note=note)
-        return await self._move(incident, Status.ACKNOWLEDGED, data, f"Acknowledged by {by}", by, channel)
+        async with self._turn(incident_id):
+            incident = await self.get(tenant_id, incident_id)
+            if incident.status == Status.ACKNOWLEDGED:
+                return Outcome(incident, created=False)
+            lifecycle.require_move(incident.status, Status.ACKNOWLEDGED)
+            data = IncidentAcknowledged(incident_id=incident_id, number=incident.number, by=by, channel=channel,
+                                        note=note)
+            return await self._move(incident, Status.ACKNOWLEDGED, data, f"Acknowledged by {by}", by, channel)
 
     async def resolve(self, tenant_id: str, incident_id: str, *, by: str, channel: Channel | None,
                       resolution: str = "") -> Outcome:
-        incident = await self.get(tenant_id, incident_id)
-        if incident.status in (Status.RESOLVED, Status.CLOSED):
-            return Outcome(incident, created=False)
-        lifecycle.require_move(incident.status, Status.RESOLVED)
-        data = IncidentResolved(incident_id=incident_id, number=incident.number, by=by, channel=channel,
-                                resolution=resolution)
-        return await self._move(incident, Status.RESOLVED, data, f"Resolved by {by}" + (
-            f": {resolution}" if resolution else ""), by, channel)
+        async with self._turn(incident_id):
+            incident = await self.get(tenant_id, incident_id)
+            if incident.status in (Status.RESOLVED, Status.CLOSED):
+                return Outcome(incident, created=False)
+            lifecycle.require_move(incident.status, Status.RESOLVED)
+            data = IncidentResolved(incident_id=incident_id, number=incident.number, by=by, channel=channel,
+                                    resolution=resolution)
+            return await self._move(incident, Status.RESOLVED, data, f"Resolved by {by}" + (
+                f": {resolution}" if resolution else ""), by, channel)
 
     async def reopen(self, tenant_id: str, incident_id: str, *, by: str, reason: str = "") -> Outcome:
-        incident = await self.get(tenant_id, incident_id)
-        lifecycle.require_move(incident.status, Status.REOPENED)
-        data = IncidentReopened(incident_id=incident_id, number=incident.number, by=by, reason=reason)
-        outcome = await self._move(incident, Status.REOPENED, data, f"Reopened by {by}" + (
-            f": {reason}" if reason else ""), by, None)
-        if incident.dedup_key:
-            await self._claim_open_key(tenant_id, incident.dedup_key, incident_id, replace=True)
-        return outcome
+        async with self._turn(incident_id):
+            incident = await self.get(tenant_id, incident_id)
+            lifecycle.require_move(incident.status, Status.REOPENED)
+            data = IncidentReopened(incident_id=incident_id, number=incident.number, by=by, reason=reason)
+            outcome = await self._move(incident, Status.REOPENED, data, f"Reopened by {by}" + (
+                f": {reason}" if reason else ""), by, None)
+            if incident.dedup_key:
+                await self._claim_open_key(tenant_id, incident.dedup_key, incident_id, replace=True)
+            return outcome
 
     async def _move(self, incident: Incident, target: Status, data: Event, summary: str, by: str | None,
                     channel: Channel | None) -> Outcome:
@@ -342,6 +427,14 @@ class IncidentDesk:
         (e.g. IncidentResolved after a successful remediation). Returns False if the incident
         is unknown here or the event was applied before.
         """
+        if envelope.incident_id is None:
+            return False
+        async with self._turn(envelope.incident_id):
+            return await self._apply_automated(envelope, proposed=proposed, kind=kind, summary=summary,
+                                               set_fields=set_fields, announce=announce)
+
+    async def _apply_automated(self, envelope: Envelope[Any], *, proposed: Status | None, kind: str, summary: str,
+                               set_fields: dict[str, Any] | None, announce: Event | None) -> bool:
         incident_id = envelope.incident_id
         if incident_id is None:
             return False
@@ -382,8 +475,8 @@ class IncidentDesk:
             if again is not None:
                 await self._relay.flush(self.incidents, incident_id)
                 return False
-            return await self.apply_automated(envelope, proposed=proposed, kind=kind, summary=summary,
-                                              set_fields=set_fields, announce=announce)
+            return await self._apply_automated(envelope, proposed=proposed, kind=kind, summary=summary,
+                                               set_fields=set_fields, announce=announce)
         if followers:
             await self._relay.flush(self.incidents, incident_id)
         if target == Status.RESOLVED and document.get("dedup_key"):
@@ -404,12 +497,8 @@ class IncidentDesk:
         return True
 
     async def _next_sequence(self, tenant_id: str) -> int:
-        counter = await self._counters.find_one_and_update(
-            {"_id": f"incident-number|{tenant_id}"}, {"$inc": {"value": 1}},
-            upsert=True, return_document=ReturnDocument.AFTER,
-        )
         # Numbers start at 1001 so they read like ticket numbers on the phone.
-        return 1000 + int(counter["value"])
+        return 1000 + await self._numbers.next(f"incident-number|{tenant_id}")
 
     @staticmethod
     def _open_key_id(tenant_id: str, dedup_key: str) -> str:

@@ -1,18 +1,29 @@
 """Per-integration rate limit, shared by every intake instance through the store.
 
-A fixed one-minute window per key: one atomic ``$inc`` on ``<key>|<minute>``. Over the limit
-the caller gets 429 with Retry-After (the seconds left in the window); nothing is dropped
-silently. Old windows are deleted by a periodic sweep (no TTL index on the embedded store).
+A fixed one-minute window per key: a ``$inc`` on ``<key>|<minute>``. Over the limit the caller
+gets 429 with Retry-After (the seconds left in the window); nothing is dropped silently. Old
+windows are deleted by a periodic sweep (no TTL index on the embedded store).
+
+Counting goes through ``BatchedCounter``: the hits that arrive while a window's previous
+increment is on its way to the store go together as one ``$inc`` (every hit still gets its own
+count, as if counted alone). Under load that is one store write per batch instead of one per
+request; and the embedded store (FerretDB 1.24), which loses concurrent increments of one
+document, never sees two at once from this process. Several instances sharing that store may
+together let a few requests more through than the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 
 @dataclass(frozen=True)
@@ -22,10 +33,71 @@ class Verdict:
     count: int
 
 
+class BatchedCounter:
+    """Counter documents (``{"_id", "value"}``) whose increments are sent to the store in batches.
+
+    ``next(id)`` returns the counter's value after this caller's increment, exactly as a ``$inc``
+    of 1 of its own would, but increments that arrive together go out as one ``$inc`` of their
+    number, one batch at a time per document. Used for rate-limit windows and incident numbers.
+    """
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]],
+                 on_insert: Callable[[str], dict[str, Any]] | None = None) -> None:
+        self._collection = collection
+        self._on_insert = on_insert
+        self._waiting: dict[str, list[asyncio.Future[int]]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    async def next(self, counter_id: str) -> int:
+        mine: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(counter_id, []).append(mine)
+        if counter_id not in self._writers:
+            # Its own task: a caller that goes away must not strand the others waiting on it.
+            self._writers[counter_id] = asyncio.create_task(self._write(counter_id))
+        return await mine
+
+    async def _write(self, counter_id: str) -> None:
+        batch: list[asyncio.Future[int]] = []
+        try:
+            while batch := self._waiting.pop(counter_id, []):
+                try:
+                    value = await self._increment(counter_id, len(batch))
+                except Exception as error:
+                    for waiting in batch:
+                        if not waiting.done():
+                            waiting.set_exception(error)
+                    continue
+                for position, waiting in enumerate(batch):
+                    if not waiting.done():  # a caller that gave up leaves a gap, like a lost request
+                        waiting.set_result(value - len(batch) + 1 + position)
+        finally:
+            del self._writers[counter_id]
+            # Only if this task itself was cancelled (shutdown): nobody is left waiting forever.
+            for waiting in batch + self._waiting.pop(counter_id, []):
+                if not waiting.done():
+                    waiting.cancel()
+
+    async def _increment(self, counter_id: str, by: int) -> int:
+        update: dict[str, Any] = {"$inc": {"value": by}}
+        if self._on_insert is not None:
+            update["$setOnInsert"] = self._on_insert(counter_id)
+        try:
+            document = await self._collection.find_one_and_update(
+                {"_id": counter_id}, update, upsert=True, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:
+            # Created at the same moment by another instance (both upserts inserted; one lost):
+            # it exists now, so incrementing it works.
+            document = await self._collection.find_one_and_update(
+                {"_id": counter_id}, update, upsert=True, return_document=ReturnDocument.AFTER)
+        assert document is not None  # upsert with ReturnDocument.AFTER always returns one
+        return int(document["value"])
+
+
 class RateLimiter:
     def __init__(self, database: AsyncDatabase[dict[str, Any]], per_minute: int) -> None:
         self._windows = database["rate_limit_windows"]
         self.per_minute = per_minute
+        self._counts = BatchedCounter(self._windows, on_insert=_window_of)
 
     async def ensure_indexes(self) -> None:
         await self._windows.create_index("window")
@@ -33,13 +105,13 @@ class RateLimiter:
     async def hit(self, key: str) -> Verdict:
         now = time.time()
         window = int(now // 60)
-        document = await self._windows.find_one_and_update(
-            {"_id": f"{key}|{window}"}, {"$inc": {"count": 1}, "$setOnInsert": {"window": window}},
-            upsert=True, return_document=ReturnDocument.AFTER,
-        )
-        count = int(document["count"])
+        count = await self._counts.next(f"{key}|{window}")
         retry_after = max(1, int((window + 1) * 60 - now))
         return Verdict(allowed=count <= self.per_minute, retry_after_s=retry_after, count=count)
 
     async def forget_old_windows(self) -> None:
         await self._windows.delete_many({"window": {"$lt": int(time.time() // 60) - 1}})
+
+
+def _window_of(window_id: str) -> dict[str, Any]:
+    return {"window": int(window_id.rsplit("|", 1)[1])}

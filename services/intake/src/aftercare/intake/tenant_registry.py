@@ -86,10 +86,14 @@ class TenantRegistry:
                            contacts=tenant.contacts, systems=tenant.systems, status_page_slug=slug),
             source="intake", tenant_id=tenant_id, time=now,
         )
+        # The slug first: if another tenant holds it, CredentialTaken leaves the tenant unchanged
+        # and unannounced (a 409 must mean nothing happened).
+        await self._register(PORTAL, slug, tenant_id, name="web portal", replace=True)
+        # A new slug replaces the old link; the old one must stop opening this tenant's form.
+        await self._credentials.delete_many({"kind": PORTAL, "tenant_id": tenant_id, "value": {"$ne": slug}})
         fields = tenant.model_dump(mode="json") | {"updated_at": now}
         update = outbox.add_to_update({"$set": fields, "$setOnInsert": {"created_at": now}}, event)
         await self.tenants.update_one({"_id": tenant_id}, update, upsert=True)
-        await self._register(PORTAL, slug, tenant_id, name="web portal", replace=True)
         await self._relay.flush(self.tenants, tenant_id)
         return tenant, current is None
 

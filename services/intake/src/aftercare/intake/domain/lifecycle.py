@@ -22,7 +22,9 @@ OPEN_STATUSES = frozenset({Status.REPORTED, Status.ACKNOWLEDGED, Status.TRIAGED,
 _STAGE = {
     Status.REPORTED: 0,
     Status.REOPENED: 0,
-    Status.ACKNOWLEDGED: 1,
+    # A person taking the incident is as far along as triage: a later triage event records its
+    # priority but leaves "someone is on it" showing (see automated_move).
+    Status.ACKNOWLEDGED: 2,
     Status.TRIAGED: 2,
     Status.REMEDIATING: 3,
     Status.ESCALATED: 4,

@@ -12,13 +12,17 @@ import hashlib
 import re
 import secrets
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aftercare.events.tenants import Contact, ContractTier, SupportedSystem
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+# Contract times beyond a year mean a typo, and numbers past 64 bits cannot even be stored.
+MAX_SLA_MINUTES = 366 * 24 * 60
+MAX_PROBE_INTERVAL_SECONDS = 366 * 24 * 3600
 
 
 class TenantProfile(BaseModel):
@@ -35,6 +39,21 @@ class TenantProfile(BaseModel):
         default=None, pattern=r"^[A-Za-z0-9_-]{8,64}$",
         description="Secret part of the web-form link given to the customer; generated if absent.",
     )
+
+    @model_validator(mode="after")
+    def _storable_numbers(self) -> TenantProfile:
+        for target in self.tier.sla:
+            for name in ("response_minutes", "resolution_minutes"):
+                if getattr(target, name) > MAX_SLA_MINUTES:
+                    raise ValueError(f"tier.sla {target.priority.value} {name} must be at most {MAX_SLA_MINUTES} "
+                                     "(a year)")
+        for system in self.systems:
+            probe = system.diagnostic_target
+            if probe is not None and probe.interval_seconds is not None \
+                    and probe.interval_seconds > MAX_PROBE_INTERVAL_SECONDS:
+                raise ValueError(f"systems {system.name}: diagnostic_target.interval_seconds must be at most "
+                                 f"{MAX_PROBE_INTERVAL_SECONDS} (a year)")
+        return self
 
 
 class Tenant(TenantProfile):

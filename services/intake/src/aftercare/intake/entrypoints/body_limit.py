@@ -28,18 +28,28 @@ class BodySizeLimit:
             return
         received = 0
         response_started = False
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise BodyTooLarge()
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if too_large:
+                # FastAPI turns any error while reading the body into its own 400 ("error parsing
+                # the body"), so BodyTooLarge may never reach us for a chunked upload without a
+                # Content-Length: whatever the app answers then, the caller gets the 413.
+                if not response_started:
+                    response_started = True
+                    await self._refuse(scope, send)
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
@@ -58,5 +68,6 @@ class BodySizeLimit:
             "instance": scope.get("path"),
         }).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", PROBLEM_JSON.encode()),
+                                (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

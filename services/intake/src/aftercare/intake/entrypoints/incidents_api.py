@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
 from aftercare.intake.domain.incident import Incident, IncidentReport
@@ -40,6 +40,16 @@ class NewIncident(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, max_length=50)
     reporter: Reporter = Field(default_factory=Reporter)
     occurred_at: datetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
+
+    @field_validator("labels")
+    @classmethod
+    def _storable_label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        # The store keeps labels as field names, and field names cannot hold these.
+        bad = [name for name in labels if not name or "." in name or name.startswith("$") or "\x00" in name]
+        if bad:
+            raise ValueError(f"label names must be non-empty, without '.', NUL or a leading '$' "
+                             f"(use '_' instead): {', '.join(repr(name) for name in bad)}")
+        return labels
 
 
 class Accepted(BaseModel):
@@ -95,10 +105,10 @@ async def report_incident(
     """
     report = IncidentReport(channel=Channel.API, **body.model_dump())
     incident_id = None
+    keys = IdempotencyKeys(intake.desk.incidents.database)
     if idempotency_key:
         try:
-            claim = await IdempotencyKeys(intake.desk.incidents.database).claim(
-                caller.tenant_id, idempotency_key, body_digest(await request.body()))
+            claim = await keys.claim(caller.tenant_id, idempotency_key, body_digest(await request.body()))
         except IdempotencyConflict:
             raise Problem(409, "Idempotency-Key reused", "This Idempotency-Key was used with a different request "
                           "body. Use a new key for a new report.", kind="idempotency-conflict") from None
@@ -106,10 +116,18 @@ async def report_incident(
         if not claim.first_use:
             try:
                 existing = await intake.desk.get(caller.tenant_id, incident_id)
-                return _accepted(request, response, Outcome(existing, created=False))
             except IncidentNotFound:
                 pass  # the first attempt died before opening it: open it now under the same id
+            else:
+                # The first attempt may have died between its write and its publish: a 202 promises
+                # the event is in Kafka, so publish whatever it left pending before answering.
+                await intake.desk.relay.flush(intake.desk.incidents, incident_id)
+                return _accepted(request, response, Outcome(existing, created=False))
     outcome = await intake.desk.report(caller.tenant_id, report, incident_id=incident_id)
+    if idempotency_key and outcome.incident.incident_id != incident_id:
+        # The report went to an open incident with the same dedup_key: a retry must find that
+        # one, not add a second occurrence to it.
+        await keys.settle(caller.tenant_id, idempotency_key, outcome.incident.incident_id)
     return _accepted(request, response, outcome)
 
 
