@@ -60,6 +60,7 @@ test: setup
 
 bench: setup
 	$(UV) run --no-sync python bench/events_throughput.py
+	$(UV) run --no-sync python bench/intake_accept_rate.py
 
 infra-up: infra-setup
 	$(PYTHON) infra/localinfra.py up

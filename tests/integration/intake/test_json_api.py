@@ -21,8 +21,9 @@ from pymongo import AsyncMongoClient
 
 from aftercare.events import topics
 
+from .incident_events import distinct, incident_events, of_type
 from .conftest import IntakeUnderTest, start_intake, stop_intake
-from kafka_helpers import headers_of, read_all
+from kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +35,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def distinct(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first copy of each event. Kafka may carry an event twice (the outbox sweep can publish
-    an event its request is publishing too); consumers deduplicate by event id, and so do these
-    tests: a second *different* event is what must never appear."""
-    seen: set[str] = set()
-    return [event for event in events if not (event["id"] in seen or seen.add(event["id"]))]
 
 
-async def incident_events(intake: IntakeUnderTest, incident_id: str) -> list[dict[str, Any]]:
-    """Every event on the incidents topic for one incident (its Kafka key), in publish order."""
-    records = await read_all(intake.infrastructure.bootstrap_servers, topics.INCIDENTS)
-    return distinct([json.loads(r.value) | {"_headers": headers_of(r)} for r in records
-                     if r.key == incident_id.encode()])
 
 
 async def events_mentioning(intake: IntakeUnderTest, marker: str) -> list[dict[str, Any]]:
@@ -54,8 +44,6 @@ async def events_mentioning(intake: IntakeUnderTest, marker: str) -> list[dict[s
     return distinct([json.loads(r.value) for r in records if marker.encode() in r.value])
 
 
-def of_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
-    return [event for event in events if event["type"] == event_type]
 
 
 def assert_problem(answer: httpx.Response, status: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from kafka_helpers import read_all
 
 from aftercare.events import topics
 
+from .incident_events import incident_events
 from .conftest import IntakeUnderTest, start_intake, stop_intake
 
 pytestmark = pytest.mark.integration
@@ -50,19 +51,6 @@ def follow_up(routing_key: str, action: str, dedup_key: str) -> dict[str, Any]:
     return {"routing_key": routing_key, "event_action": action, "dedup_key": dedup_key}
 
 
-async def incident_events(intake: IntakeUnderTest, incident_id: str) -> list[dict[str, Any]]:
-    """The events announced for one incident, in publish order, each once.
-
-    The outbox publishes at least once (a request's flush and the background sweep can both send
-    the same pending event); consumers deduplicate by event id, and so does this.
-    """
-    records = await read_all(intake.infrastructure.bootstrap_servers, topics.INCIDENTS)
-    events: dict[str, dict[str, Any]] = {}
-    for record in records:
-        if record.key == incident_id.encode():
-            event = json.loads(record.value)
-            events.setdefault(event["id"], event)
-    return list(events.values())
 
 
 async def topic_mentions(intake: IntakeUnderTest, marker: str) -> list[dict[str, Any]]:

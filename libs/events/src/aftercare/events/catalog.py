@@ -14,6 +14,7 @@ from typing import Any
 from aftercare.events.envelope import Envelope, Event
 from aftercare.events.incidents import (
     IncidentAcknowledged,
+    IncidentClosed,
     IncidentReopened,
     IncidentReported,
     IncidentResolved,
@@ -41,6 +42,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     IncidentAcknowledged,
     IncidentResolved,
     IncidentReopened,
+    IncidentClosed,
     IncidentTriaged,
     DiagnosisCompleted,
     RemediationStarted,

@@ -144,3 +144,16 @@ class IncidentReopened(Event):
     number: str
     by: str
     reason: str = ""
+
+
+class IncidentClosed(Event):
+    """A resolved incident is finished: the customer confirmed, or it stayed resolved long enough."""
+
+    TYPE = "incident.closed"
+    VERSION = 1
+    TOPIC = topics.INCIDENTS
+
+    incident_id: str
+    number: str
+    by: str
+    reason: str = ""

@@ -48,6 +48,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # One line per HTTP request (health probes every few seconds) drowns what matters; request
+    # counts and latencies are in /metrics.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
 def _add_service(service: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
+from aftercare.intake import housekeeping
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints import (
     admin_api,
@@ -40,6 +41,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         # Publish whatever a crash left in outboxes, then keep sweeping in the background.
         runtime.spawn(intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants],
                                                       OUTBOX_SWEEP_SECONDS), "outbox-sweep")
+        runtime.spawn(housekeeping.run_forever(intake), "housekeeping")
         app.state.intake = intake
         if settings.smtp_enabled:
             email = InboundEmailServer(intake)

@@ -43,6 +43,7 @@ from aftercare.events.incidents import (
     AttachmentRef,
     Channel,
     IncidentAcknowledged,
+    IncidentClosed,
     IncidentReopened,
     IncidentReported,
     IncidentResolved,
@@ -394,6 +395,31 @@ class IncidentDesk:
             if incident.dedup_key:
                 await self._claim_open_key(tenant_id, incident.dedup_key, incident_id, replace=True)
             return outcome
+
+    async def close(self, tenant_id: str, incident_id: str, *, by: str, reason: str = "") -> Outcome:
+        """Finish a resolved incident (the customer confirmed, or it stayed resolved long enough)."""
+        async with self._turn(incident_id):
+            incident = await self.get(tenant_id, incident_id)
+            if incident.status == Status.CLOSED:
+                return Outcome(incident, created=False)
+            lifecycle.require_move(incident.status, Status.CLOSED)
+            data = IncidentClosed(incident_id=incident_id, number=incident.number, by=by, reason=reason)
+            return await self._move(incident, Status.CLOSED, data, f"Closed by {by}" + (
+                f": {reason}" if reason else ""), by, None)
+
+    async def close_resolved_before(self, cutoff: datetime, *, limit: int = 200) -> int:
+        """Close incidents resolved before ``cutoff``; returns how many were closed."""
+        closed = 0
+        cursor = self.incidents.find({"status": Status.RESOLVED.value, "resolved_at": {"$lt": cutoff}},
+                                     {"tenant_id": 1}).limit(limit)
+        for document in [d async for d in cursor]:
+            try:
+                await self.close(document["tenant_id"], document["_id"], by="aftercare",
+                                 reason="resolved with no follow-up")
+                closed += 1
+            except (lifecycle.TransitionRefused, IncidentNotFound):
+                pass  # reopened or changed meanwhile: nothing to close
+        return closed
 
     async def _move(self, incident: Incident, target: Status, data: Event, summary: str, by: str | None,
                     channel: Channel | None) -> Outcome:

@@ -25,6 +25,11 @@ class IntakeSettings(ServiceSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest HTTP request body accepted.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per minute per integration key.")
 
+    auto_close_after_hours: float = Field(default=72.0, gt=0,
+                                          description="A resolved incident is closed after this long.")
+    housekeeping_interval_seconds: float = Field(default=600.0, gt=0,
+                                                 description="How often auto-close and clean-up run.")
+
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     smtp_enabled: bool = True

@@ -190,3 +190,20 @@ async def reopen_incident(incident_id: str, body: Reopening, intake: Components,
     """The problem came back after it was resolved."""
     return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.reopen(
         caller.tenant_id, incident_id, by=body.by, reason=body.reason))
+
+
+class Closing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=5000)
+
+
+@router.post("/{incident_id}/close", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
+async def close_incident(incident_id: str, body: Closing, intake: Components, caller: ApiCaller) -> Incident:
+    """Finish a resolved incident (for example once the customer confirmed the fix).
+
+    Incidents that stay resolved for AFTERCARE_INTAKE_AUTO_CLOSE_AFTER_HOURS are closed
+    automatically.
+    """
+    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.close(
+        caller.tenant_id, incident_id, by=body.by, reason=body.reason))

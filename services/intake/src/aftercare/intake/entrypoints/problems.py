@@ -86,5 +86,6 @@ def install(app: FastAPI) -> None:
         log.exception("unhandled error", path=request.url.path)
         return problem_response(Problem(
             503, "Temporarily unavailable",
-            "Intake could not complete the request; nothing was accepted. Retry later.",
+            "Intake could not complete the request (the store or Kafka is unavailable). Retry later; "
+            "send an Idempotency-Key so that a retry can never open a second incident.",
             kind="unavailable", headers={"Retry-After": "5"}), request)
