@@ -158,3 +158,22 @@ def intake(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFact
         yield service
     finally:
         stop_intake(service)
+
+
+LIMITED_INTAKE_RATE_LIMIT = 3
+
+
+@pytest.fixture(scope="session")
+def limited_intake(intake: IntakeUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeUnderTest]:
+    """An intake of its own whose integrations accept 3 requests a minute, for rate-limit tests.
+
+    Limits are counted per credential; each channel's tests use their own kind of credential
+    (routing key, Alertmanager token, phone line, portal), so they never share a count.
+    """
+    service = start_intake(intake.infrastructure, tmp_path_factory.mktemp("limited"),
+                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(LIMITED_INTAKE_RATE_LIMIT),
+                                      "AFTERCARE_INTAKE_SMTP_ENABLED": "false"})
+    try:
+        yield service
+    finally:
+        stop_intake(service)

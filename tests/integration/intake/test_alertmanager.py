@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +17,7 @@ from kafka_helpers import read_all
 from aftercare.events import topics
 
 from .incident_events import incident_events
-from .conftest import IntakeUnderTest, start_intake, stop_intake
+from .conftest import IntakeUnderTest
 
 pytestmark = pytest.mark.integration
 
@@ -272,30 +270,21 @@ async def test_another_tenants_token_cannot_resolve_or_update_an_incident(
 RATE_LIMIT = 3
 
 
-@pytest.fixture(scope="module")
-def throttled_intake(intake: IntakeUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeUnderTest]:
-    service = start_intake(intake.infrastructure, Path(tmp_path_factory.mktemp("throttled-alertmanager")),
-                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
-                                      "AFTERCARE_INTAKE_SMTP_ENABLED": "false"})
-    try:
-        yield service
-    finally:
-        stop_intake(service)
 
 
 async def test_over_the_rate_limit_messages_get_429_with_retry_after_and_are_not_applied(
-        throttled_intake: IntakeUnderTest) -> None:
+        limited_intake: IntakeUnderTest) -> None:
     answers: list[tuple[str, httpx.Response]] = []
-    async with httpx.AsyncClient(base_url=throttled_intake.base_url, timeout=30.0) as http:
+    async with httpx.AsyncClient(base_url=limited_intake.base_url, timeout=30.0) as http:
         # Twice the per-minute limit and more: one window goes over it even if a minute turns meanwhile.
         for _ in range(2 * RATE_LIMIT + 2):
             fingerprint = uuid.uuid4().hex[:16]
             answers.append((fingerprint, await http.post(WEBHOOK, json=message(alert(fingerprint)),
-                                                         headers=token_of(throttled_intake, "tenant-a"))))
+                                                         headers=token_of(limited_intake, "tenant-a"))))
 
     assert {answer.status_code for _, answer in answers} == {200, 429}
     fingerprint, refused = next((fp, answer) for fp, answer in answers if answer.status_code == 429)
     problem = assert_problem(refused, 429)
     assert int(refused.headers["Retry-After"]) >= 1
     assert f"{RATE_LIMIT} requests a minute" in problem["detail"]
-    assert await topic_mentions(throttled_intake, fingerprint) == []
+    assert await topic_mentions(limited_intake, fingerprint) == []

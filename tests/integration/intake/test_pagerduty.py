@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +18,7 @@ from kafka_helpers import read_all
 from aftercare.events import topics
 
 from .incident_events import incident_events
-from .conftest import IntakeUnderTest, start_intake, stop_intake
+from .conftest import IntakeUnderTest
 
 pytestmark = pytest.mark.integration
 
@@ -300,22 +298,13 @@ async def test_another_tenants_routing_key_cannot_touch_the_incident_of_a_dedup_
 RATE_LIMIT = 3
 
 
-@pytest.fixture(scope="module")
-def throttled_intake(intake: IntakeUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeUnderTest]:
-    service = start_intake(intake.infrastructure, Path(tmp_path_factory.mktemp("throttled-pagerduty")),
-                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
-                                      "AFTERCARE_INTAKE_SMTP_ENABLED": "false"})
-    try:
-        yield service
-    finally:
-        stop_intake(service)
 
 
 async def test_over_the_rate_limit_events_get_429_with_retry_after_and_are_not_taken(
-        throttled_intake: IntakeUnderTest) -> None:
-    routing_key = throttled_intake.tenants["tenant-a"].routing_key
+        limited_intake: IntakeUnderTest) -> None:
+    routing_key = limited_intake.tenants["tenant-a"].routing_key
     answers: list[tuple[str, httpx.Response]] = []
-    async with httpx.AsyncClient(base_url=throttled_intake.base_url, timeout=30.0) as http:
+    async with httpx.AsyncClient(base_url=limited_intake.base_url, timeout=30.0) as http:
         # The limit counts per minute; twice the limit and more gives one window over it even if a
         # minute turns during the loop.
         for _ in range(2 * RATE_LIMIT + 2):
@@ -331,4 +320,4 @@ async def test_over_the_rate_limit_events_get_429_with_retry_after_and_are_not_t
     body = answer.json()
     assert body["status"] == "throttle event"
     assert f"may send {RATE_LIMIT} events a minute" in body["errors"][0]
-    assert await topic_mentions(throttled_intake, key) == []
+    assert await topic_mentions(limited_intake, key) == []

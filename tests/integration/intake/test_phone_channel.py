@@ -16,15 +16,12 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from kafka_helpers import read_all, wait_until
 
-from intake.conftest import IntakeUnderTest, start_intake, stop_intake
+from intake.conftest import IntakeUnderTest
 
 INCIDENTS_TOPIC = "aftercare.incidents"
 VOICE = "/v1/phone/twilio/voice"
@@ -287,16 +284,6 @@ async def test_a_body_that_is_not_a_form_is_refused_with_415(intake: IntakeUnder
     assert "application/x-www-form-urlencoded" in answer.json()["detail"]
 
 
-@pytest.fixture(scope="module")
-def limited_intake(intake: IntakeUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeUnderTest]:
-    """An intake of its own whose lines accept 3 requests a minute."""
-    service = start_intake(intake.infrastructure, Path(tmp_path_factory.mktemp("phone-limited")),
-                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "3",
-                                      "AFTERCARE_INTAKE_SMTP_ENABLED": "false"})
-    try:
-        yield service
-    finally:
-        stop_intake(service)
 
 
 async def test_a_line_over_its_rate_limit_gets_429_with_retry_after(limited_intake: IntakeUnderTest) -> None:

@@ -7,15 +7,12 @@ import html
 import json
 import re
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from kafka_helpers import read_all, wait_until
 
-from intake.conftest import IntakeUnderTest, start_intake, stop_intake
+from intake.conftest import IntakeUnderTest
 
 INCIDENTS_TOPIC = "aftercare.incidents"
 
@@ -219,16 +216,6 @@ async def test_html_in_what_the_customer_typed_is_shown_as_text(intake: IntakeUn
     assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; printer &amp; &lt;b&gt;scanner&lt;/b&gt;" in page.text
 
 
-@pytest.fixture(scope="module")
-def limited_intake(intake: IntakeUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeUnderTest]:
-    """An intake of its own whose portals accept 3 reports a minute."""
-    service = start_intake(intake.infrastructure, Path(tmp_path_factory.mktemp("portal-limited")),
-                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "3",
-                                      "AFTERCARE_INTAKE_SMTP_ENABLED": "false"})
-    try:
-        yield service
-    finally:
-        stop_intake(service)
 
 
 async def test_a_portal_over_its_rate_limit_gets_a_429_page_with_retry_after(
