@@ -529,11 +529,43 @@ def _status() -> None:
     print(f"store {store.url}: {'up' if _mongo_ping(store.host, store.port) else 'down'}")
 
 
-def _run_foreground(node: KafkaNode | StoreNode) -> None:
-    """Replace this process with the server so a process manager's SIGTERM reaches it directly."""
+def _run_foreground(node: KafkaNode | StoreNode, stop_delay_s: float) -> int:
+    """Run the server until SIGTERM/SIGINT, for a process manager (``make run``'s honcho).
+
+    On Ctrl-C every process gets its signal at once, but the services still need Kafka and the
+    store while they finish the message in hand and commit. So the server runs in its own
+    session (the terminal's SIGINT does not reach it) and is stopped ``stop_delay_s`` after the
+    signal, once the services are gone; honcho waits 5 s before it kills anything.
+    """
     command = node.prepare()
-    sys.stdout.flush()
-    os.execv(command[0], command)
+    with node.log_file.open("ab") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    asked_to_stop = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal asked_to_stop
+        asked_to_stop = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _log(f"{type(node).__name__} started (pid {server.pid}); log {node.log_file}")
+    try:
+        node.process = server
+        node.wait_ready()
+        _log(f"ready: {node.bootstrap_servers if isinstance(node, KafkaNode) else node.url}")
+    except InfraError as problem:
+        _log(f"error: {problem}")
+        _stop_process(server, 30)
+        return 1
+    while not asked_to_stop and server.poll() is None:
+        time.sleep(0.2)
+    if server.poll() is not None:
+        _log(f"{type(node).__name__} exited with code {server.returncode}; see {node.log_file}")
+        return server.returncode or 1
+    time.sleep(stop_delay_s)
+    _stop_process(server, 30)
+    _log(f"{type(node).__name__} stopped")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -556,9 +588,9 @@ def main(argv: list[str] | None = None) -> int:
             store.wait_ready()
             kafka.wait_ready()
         elif args.command == "run-kafka":
-            _run_foreground(default_nodes()[0])
+            return _run_foreground(default_nodes()[0], stop_delay_s=2.0)
         elif args.command == "run-store":
-            _run_foreground(default_nodes()[1])
+            return _run_foreground(default_nodes()[1], stop_delay_s=2.5)
     except InfraError as problem:
         _log(f"error: {problem}")
         return 1
