@@ -320,3 +320,23 @@ def test_envelope_type_matches_payload_type() -> None:
 
     assert isinstance(envelope, Envelope)
     assert (envelope.type, envelope.version) == (IncidentReported.TYPE, IncidentReported.VERSION)
+
+
+def test_an_envelope_carries_the_trace_it_was_made_in_so_an_outbox_publish_continues_it() -> None:
+    from datetime import UTC, datetime
+
+    from opentelemetry import trace
+
+    from aftercare.events.envelope import envelope_for
+    from aftercare.events.incidents import Channel, IncidentReported
+    from aftercare.events.tracing import configure_tracing, tracer
+
+    configure_tracing("tests")
+    data = IncidentReported(incident_id="i-1", number="INC-1001", title="Mail relay down", channel=Channel.EMAIL,
+                            reported_at=datetime.now(UTC))
+    outside = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
+    with tracer().start_as_current_span("accept report"):
+        trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+        inside = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
+    assert outside.traceparent is None
+    assert inside.traceparent is not None and inside.traceparent.split("-")[1] == trace_id

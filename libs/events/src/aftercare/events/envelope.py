@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
+from opentelemetry import propagate
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 
@@ -87,8 +88,15 @@ def envelope_for(
 
     ``caused_by`` links the new event to the one being handled: it inherits its correlation id
     and names it as the cause, so an incident's whole story can be followed across services.
+    The envelope takes the trace context current where it is made (the request or message
+    being handled), so an event published later from an outbox still continues that trace.
     """
     extra: dict[str, Any] = {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" in carrier:
+        extra["traceparent"] = carrier["traceparent"]
+        extra["tracestate"] = carrier.get("tracestate")
     if event_id is not None:
         extra["id"] = event_id
     if time is not None:
