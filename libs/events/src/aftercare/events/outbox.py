@@ -16,8 +16,10 @@ event id, so that is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
@@ -52,8 +54,14 @@ def stored(envelope: Envelope[Any]) -> dict[str, Any]:
 class OutboxRelay:
     """Publishes the events waiting in documents' outboxes."""
 
-    def __init__(self, producer: EventProducer) -> None:
+    def __init__(self, producer: EventProducer,
+                 turn: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None) -> None:
+        """``turn(document_id)``, when given, is held while the sweep changes a document: the
+        service's own writers take the same turn, because the embedded store does not make
+        concurrent updates of one document atomic (a $push racing the sweep's $pullAll could
+        be lost)."""
         self._producer = producer
+        self._turn = turn
 
     @staticmethod
     async def ensure_indexes(collection: AsyncCollection[dict[str, Any]]) -> None:
@@ -87,15 +95,18 @@ class OutboxRelay:
         """
         count = 0
         settled = time.time() - min_age_s
-        cursor = collection.find({FLAG: True}, {FIELD: 1}).limit(limit)
-        async for document in cursor:
-            entries = document.get(FIELD) or []
-            if not entries:
-                # Clear the flag only if nothing new arrived meanwhile.
-                await collection.update_one({"_id": document["_id"], FIELD: {"$size": 0}},
-                                            {"$set": {FLAG: False}})
-            elif min(entry.get("at", 0.0) for entry in entries) <= settled:
-                count += len(await self._publish(collection, document["_id"], entries))
+        candidates = [document["_id"] async for document in collection.find({FLAG: True}, {"_id": 1}).limit(limit)]
+        for document_id in candidates:
+            async with self._turn(document_id) if self._turn else contextlib.nullcontext():
+                # Read again inside the turn: the request that wrote it may have flushed it since.
+                document = await collection.find_one({"_id": document_id}, {FIELD: 1})
+                entries = (document or {}).get(FIELD) or []
+                if document is not None and not entries:
+                    # Clear the flag only if nothing new arrived meanwhile.
+                    await collection.update_one({"_id": document_id, FIELD: {"$size": 0}},
+                                                {"$set": {FLAG: False}})
+                elif entries and min(entry.get("at", 0.0) for entry in entries) <= settled:
+                    count += len(await self._publish(collection, document_id, entries))
         return count
 
     async def sweep_forever(self, collections: Sequence[AsyncCollection[dict[str, Any]]],

@@ -117,8 +117,9 @@ class IncidentDesk:
         self._numbers = BatchedCounter(database["counters"])
         self._open_keys = database["open_incident_keys"]
         self._producer = producer
-        self._relay = OutboxRelay(producer)
         self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # The sweep takes the same turns as the desk's own writes (see OutboxRelay).
+        self._relay = OutboxRelay(producer, turn=self._turn)
 
     async def ensure_indexes(self) -> None:
         await self.incidents.create_index([("tenant_id", ASCENDING), ("number", ASCENDING)], unique=True)
