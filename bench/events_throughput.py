@@ -85,23 +85,14 @@ def make_events(count: int, size: int) -> list[Envelope[Any]]:
 @contextlib.contextmanager
 def local_infrastructure() -> Iterator[tuple[str, str]]:
     sys.path.insert(0, str(REPO_ROOT / "infra"))
-    from localinfra import KafkaNode, StoreNode, free_port
+    from localinfra import throwaway_nodes
 
-    ports: list[int] = []
-    while len(ports) < 3:
-        if (port := free_port()) not in ports:
-            ports.append(port)
     base = Path(tempfile.mkdtemp(prefix="aftercare-bench-"))
-    kafka = KafkaNode(data_dir=base / "kafka", port=ports[0], controller_port=ports[1])
-    store = StoreNode(data_dir=base / "store", port=ports[2])
+    print(f"starting a local Kafka broker and store under {base} ...", flush=True)
     try:
-        print(f"starting a local Kafka broker and store under {base} ...", flush=True)
-        store.start()
-        kafka.start()
-        yield kafka.bootstrap_servers, store.url
+        with throwaway_nodes(base) as (kafka, store):
+            yield kafka.bootstrap_servers, store.url
     finally:
-        kafka.stop()
-        store.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -51,7 +51,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "infra"))
 
-from localinfra import KafkaNode, StoreNode, free_port  # noqa: E402
+from localinfra import free_port, throwaway_nodes  # noqa: E402
 
 INCIDENTS_TOPIC = "aftercare.incidents"
 
@@ -112,23 +112,14 @@ WATCHED: dict[str, int] = {}
 
 @contextlib.contextmanager
 def local_infrastructure() -> Iterator[tuple[str, str]]:
-    ports: list[int] = []
-    while len(ports) < 3:
-        if (port := free_port()) not in ports:
-            ports.append(port)
     base = Path(tempfile.mkdtemp(prefix="aftercare-bench-"))
-    kafka = KafkaNode(data_dir=base / "kafka", port=ports[0], controller_port=ports[1])
-    store = StoreNode(data_dir=base / "store", port=ports[2])
+    print(f"starting a local Kafka broker and store under {base} ...", flush=True)
     try:
-        print(f"starting a local Kafka broker and store under {base} ...", flush=True)
-        store.start()
-        kafka.start()
-        assert kafka.process is not None and store.process is not None
-        WATCHED.update(kafka=kafka.process.pid, store=store.process.pid)
-        yield kafka.bootstrap_servers, store.url
+        with throwaway_nodes(base) as (kafka, store):
+            assert kafka.process is not None and store.process is not None
+            WATCHED.update(kafka=kafka.process.pid, store=store.process.pid)
+            yield kafka.bootstrap_servers, store.url
     finally:
-        kafka.stop()
-        store.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,6 +448,25 @@ def _stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> 
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextlib.contextmanager
+def throwaway_nodes(base: Path, *, kafka_heap: str = "512m") -> Iterator[tuple[KafkaNode, StoreNode]]:
+    """A Kafka broker and a store of their own on free ports under ``base``, stopped afterwards
+    (for benchmarks and tests that must not share, or that restart, their infrastructure)."""
+    ports: list[int] = []
+    while len(ports) < 3:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    kafka = KafkaNode(data_dir=base / "kafka", port=ports[0], controller_port=ports[1], heap=kafka_heap)
+    store = StoreNode(data_dir=base / "store", port=ports[2])
+    try:
+        store.start()
+        kafka.start()
+        yield kafka, store
+    finally:
+        kafka.stop()
+        store.stop()
 
 
 def default_nodes(base: Path | None = None) -> tuple[KafkaNode, StoreNode]:

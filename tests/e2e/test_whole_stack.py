@@ -65,6 +65,7 @@ def stack(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFacto
         prefix = f"AFTERCARE_{service.upper()}_"
         env[prefix + "HTTP_PORT"] = str(ports[service])
         env[prefix + "DATABASE"] = databases[service]
+        env[prefix + "CONSUMER_GROUP_PREFIX"] = f"{run}-"
     processes = {}
     for service in SERVICES:
         with (log_dir / f"{service}.log").open("wb") as out:

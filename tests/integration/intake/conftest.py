@@ -102,6 +102,9 @@ def start_intake(infrastructure: Infrastructure, workdir: Path, *, extra_env: di
         "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
         "AFTERCARE_MONGO_URL": infrastructure.mongo_url,
         "AFTERCARE_INTAKE_DATABASE": database,
+        # Each test intake is a deployment of its own: sharing the "intake" group would split the
+        # partitions with the others, and an event could land on an intake without its incident.
+        "AFTERCARE_INTAKE_CONSUMER_GROUP_PREFIX": f"{database}-",
         "AFTERCARE_INTAKE_HTTP_PORT": str(http_port),
         "AFTERCARE_INTAKE_SMTP_PORT": str(smtp_port),
         "AFTERCARE_INTAKE_ADMIN_TOKEN": admin_token,

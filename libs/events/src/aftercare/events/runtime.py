@@ -208,7 +208,7 @@ class ServiceRuntime:
             for spec in self._consumer_specs:
                 runner = ConsumerRunner(
                     bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                    group_id=spec.group_id,
+                    group_id=self.settings.consumer_group_prefix + spec.group_id,
                     topics=spec.topics,
                     handlers=spec.handlers(self),
                     processed=ProcessedEventLog(self.db),

@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     database: str = Field(default="aftercare", description="This service's own MongoDB database.")
+    consumer_group_prefix: str = Field(
+        default="", description="Put before the service's consumer group names. Instances of one deployment share "
+        "their groups (and split the partitions); two deployments on one broker need different prefixes.")
 
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", validation_alias=_shared("KAFKA_BOOTSTRAP_SERVERS")
