@@ -369,6 +369,33 @@ async def test_a_faxed_pdf_and_tiff_are_kept_and_referenced_by_the_incident(
     assert stored is not None and stored["tenant_id"] == "tenant-a"
     assert bytes(stored["content"]) == FAX_PDF
 
+    # The operator downloads the fax as it arrived; another tenant cannot.
+    pdf_url = f"/v1/incidents/{incident['incident_id']}/attachments/{kept['fax-2024-05-02.pdf']['attachment_id']}"
+    download = await api.get(pdf_url, headers=intake.auth("tenant-a"))
+    assert download.status_code == 200
+    assert download.content == FAX_PDF
+    assert download.headers["content-type"] == "application/pdf"
+    assert 'filename="fax-2024-05-02.pdf"' in download.headers["content-disposition"]
+    assert (await api.get(pdf_url, headers=intake.auth("tenant-b"))).status_code == 404
+    missing = await api.get(f"/v1/incidents/{incident['incident_id']}/attachments/nope", headers=intake.auth("tenant-a"))
+    assert missing.status_code == 404 and "has no attachment" in missing.json()["detail"]
+
+
+async def test_an_attachment_with_a_non_ascii_name_downloads_under_that_name(
+        intake: IntakeUnderTest, api: httpx.AsyncClient) -> None:
+    subject = unique("Факс от бухгалтерии")
+    message = plain_email(subject, "См. вложение.", to=intake.tenants["tenant-a"].inbound_email)
+    message.add_attachment(FAX_PDF, maintype="application", subtype="pdf", filename="Счёт №42.pdf")
+    code, reply = await deliver(intake, message)
+    assert code == 250, reply
+    incident = await incident_titled(api, intake, subject)
+    (attachment,) = incident["attachments"]
+    download = await api.get(f"/v1/incidents/{incident['incident_id']}/attachments/{attachment['attachment_id']}",
+                             headers=intake.auth("tenant-a"))
+    assert download.status_code == 200
+    assert download.content == FAX_PDF
+    assert "filename*=UTF-8''%D0%A1%D1%87%D1%91%D1%82%20%E2%84%9642.pdf" in download.headers["content-disposition"]
+
 
 async def test_an_html_only_email_becomes_readable_text(intake: IntakeUnderTest, api: httpx.AsyncClient) -> None:
     subject = unique("Website shows error 502")

@@ -44,8 +44,9 @@ class AttachmentStore:
                              size_bytes=len(content))
 
     async def fetch(self, tenant_id: str, attachment_id: str) -> tuple[AttachmentRef, bytes] | None:
-        document = await self._files.find_one({"_id": attachment_id, "tenant_id": tenant_id})
-        if document is None:
+        # By _id alone (the one filter the embedded store answers from an index), tenant checked here.
+        document = await self._files.find_one({"_id": attachment_id})
+        if document is None or document.get("tenant_id") != tenant_id:
             return None
         ref = AttachmentRef(attachment_id=attachment_id, filename=document["filename"],
                             content_type=document["content_type"], size_bytes=document["size_bytes"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -207,3 +209,23 @@ async def close_incident(incident_id: str, body: Closing, intake: Components, ca
     """
     return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.close(
         caller.tenant_id, incident_id, by=body.by, reason=body.reason))
+
+
+@router.get("/{incident_id}/attachments/{attachment_id}", response_class=Response,
+            responses=PROBLEMS | {200: {"content": {"application/octet-stream": {}}}, 404: {}})
+async def download_attachment(incident_id: str, attachment_id: str, intake: Components, caller: ApiCaller) -> Response:
+    """A file that came with the incident (a faxed PDF, a screenshot), as it arrived."""
+    incident = await _load(intake.desk, caller.tenant_id, incident_id)
+    found = None
+    if any(ref.attachment_id == attachment_id for ref in incident.attachments):
+        found = await intake.attachments.fetch(caller.tenant_id, attachment_id)
+    if found is None:
+        raise Problem(404, "Attachment not found", f"{incident.number} has no attachment {attachment_id}; "
+                      "the incident lists its attachments under 'attachments'.", kind="attachment-not-found")
+    ref, content = found
+    # Served as a download, never rendered inline: the content comes from outside.
+    # HTTP headers are Latin-1: an ASCII fallback name plus the real one in RFC 5987 form.
+    fallback = ref.filename.encode("ascii", "replace").decode().replace("\\", "_").replace('"', "_")
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(ref.filename, safe='')}"
+    return Response(content, media_type=ref.content_type, headers={
+        "Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"})
