@@ -25,6 +25,7 @@ from aftercare.events.tenants import Priority
 from aftercare.events.triage import IncidentTriaged
 
 from .conftest import IntakeUnderTest
+from .incident_events import distinct
 from kafka_helpers import read_all, wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,12 +34,6 @@ pytestmark = pytest.mark.integration
 CONSUMED_WITHIN_S = 90.0
 
 
-def distinct(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first copy of each event. Kafka may carry an event twice (the outbox sweep can publish
-    an event its request is publishing too); consumers deduplicate by event id, and so do these
-    tests: a second *different* event is what must never appear."""
-    seen: set[str] = set()
-    return [event for event in events if not (event["id"] in seen or seen.add(event["id"]))]
 
 
 @pytest.fixture

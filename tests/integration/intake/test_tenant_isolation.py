@@ -18,6 +18,7 @@ import pytest
 from aftercare.events import topics
 
 from .conftest import IntakeUnderTest
+from .incident_events import distinct
 from kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
@@ -29,12 +30,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def distinct(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first copy of each event. Kafka may carry an event twice (the outbox sweep can publish
-    an event its request is publishing too); consumers deduplicate by event id, and so do these
-    tests: a second *different* event is what must never appear."""
-    seen: set[str] = set()
-    return [event for event in events if not (event["id"] in seen or seen.add(event["id"]))]
 
 
 @pytest.fixture
