@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 from kafka_helpers import Infrastructure, unique_name
 from localinfra import free_port
 
@@ -151,6 +152,13 @@ def stop_intake(service: IntakeUnderTest, *, kill: bool = False) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(intake: IntakeUnderTest) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the shared intake."""
+    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
+        yield http
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pymongo import AsyncMongoClient
 
 from aftercare.events import topics
 
+from .answers import assert_problem
 from .conftest import IntakeUnderTest
 from kafka_helpers import read_all
 
@@ -40,19 +41,8 @@ def unique_tenant() -> str:
     return f"harbour-{uuid.uuid4().hex[:10]}"
 
 
-def assert_problem(answer: httpx.Response, status: int) -> dict[str, Any]:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith("application/problem+json"), answer.headers
-    problem = answer.json()
-    assert problem["status"] == status and problem["title"]
-    assert len(problem["detail"]) > 10, problem
-    return dict(problem)
 
 
-@pytest.fixture
-async def client(intake: IntakeUnderTest) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        yield http
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from kafka_helpers import read_all
 from aftercare.events import topics
 
 from .incident_events import incident_events
+from .answers import assert_problem
 from .conftest import IntakeUnderTest
 
 pytestmark = pytest.mark.integration
@@ -64,18 +65,8 @@ async def topic_mentions(intake: IntakeUnderTest, marker: str) -> list[dict[str,
     return [json.loads(r.value) for r in records if marker.encode() in r.value]
 
 
-def assert_problem(answer: httpx.Response, status: int) -> dict[str, Any]:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith("application/problem+json")
-    body = answer.json()
-    assert body["status"] == status and body["detail"]
-    return dict(body)
 
 
-@pytest.fixture
-async def client(intake: IntakeUnderTest) -> Any:
-    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        yield http
 
 
 async def test_a_firing_alert_opens_an_incident_readable_through_the_api_and_announced_on_kafka(

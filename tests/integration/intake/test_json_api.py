@@ -22,6 +22,7 @@ from pymongo import AsyncMongoClient
 from aftercare.events import topics
 
 from .incident_events import distinct, incident_events, of_type
+from .answers import assert_problem
 from .conftest import IntakeUnderTest, start_intake, stop_intake
 from kafka_helpers import read_all
 
@@ -46,22 +47,8 @@ async def events_mentioning(intake: IntakeUnderTest, marker: str) -> list[dict[s
 
 
 
-def assert_problem(answer: httpx.Response, status: int) -> dict[str, Any]:
-    """An RFC 9457 problem with the given status and a detail a person can act on."""
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith("application/problem+json"), answer.headers
-    problem = answer.json()
-    assert problem["status"] == status
-    assert problem["type"].startswith("https://")
-    assert problem["title"]
-    assert len(problem["detail"]) > 10, problem
-    return dict(problem)
 
 
-@pytest.fixture
-async def client(intake: IntakeUnderTest) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        yield http
 
 
 async def report(client: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:

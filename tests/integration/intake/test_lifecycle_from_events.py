@@ -36,10 +36,6 @@ CONSUMED_WITHIN_S = 90.0
 
 
 
-@pytest.fixture
-async def client(intake: IntakeUnderTest) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        yield http
 
 
 @pytest.fixture

@@ -69,10 +69,6 @@ def assert_refused(answer: httpx.Response, *, status: str = "invalid event",
     return list(body["errors"])
 
 
-@pytest.fixture
-async def client(intake: IntakeUnderTest) -> Any:
-    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        yield http
 
 
 async def test_trigger_opens_an_incident_readable_through_the_api_and_announced_on_kafka(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -32,10 +31,6 @@ def unique(prefix: str) -> str:
 
 
 
-@pytest.fixture
-async def client(intake: IntakeUnderTest) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        yield http
 
 
 async def open_for(client: httpx.AsyncClient, intake: IntakeUnderTest, tenant: str, **fields: Any) -> dict[str, Any]:
