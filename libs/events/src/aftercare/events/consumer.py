@@ -116,18 +116,10 @@ class ConsumerRunner:
             auto_offset_reset="earliest",
         )
         self._stopping = asyncio.Event()
-        self._started = asyncio.Event()
         self._last_purge = 0.0
         # Once, not per message: the SDK builds a new tracer on every call. (Made before tracing
         # is configured, it is a proxy that follows the provider installed later.)
         self._tracer = tracer()
-
-    @property
-    def started(self) -> bool:
-        return self._started.is_set()
-
-    async def wait_started(self) -> None:
-        await self._started.wait()
 
     async def wait_assigned(self, timeout_s: float = 30.0) -> None:
         """Wait until the group gave this consumer its partitions (for tests and start-up)."""
@@ -144,7 +136,6 @@ class ConsumerRunner:
     async def run(self) -> None:
         """Consume until ``stop()``; returns after the final commit and close."""
         await self._consumer.start()
-        self._started.set()
         log.info("consumer started", group=self.group_id, topics=self.topics)
         try:
             while not self._stopping.is_set():
