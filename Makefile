@@ -15,11 +15,12 @@ UV := $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: run test setup python-env infra-setup infra-up infra-down infra-status bench schemas lint help
+.PHONY: run test setup python-env infra-setup infra-up infra-down infra-status bench schemas lint check help
 
 help:
 	@echo "make run     start Kafka, the store and all four services in the foreground (Ctrl-C stops all)"
 	@echo "make test    run every test against a real Kafka broker and store"
+	@echo "make check   ruff, the formatter's check and mypy --strict (what CI runs beside the tests)"
 	@echo "make bench   run the benchmarks under bench/ (by hand; prints ratios)"
 
 $(UV):
@@ -74,5 +75,14 @@ infra-status:
 schemas: python-env
 	$(UV) run --no-sync python -m aftercare.events.schema_export
 
+PY_PATHS := libs services tests bench infra
+MYPY_PACKAGES := -p aftercare.events -p aftercare.intake -p aftercare.triage -p aftercare.remediation -p aftercare.notifier
+
 lint: python-env
-	$(UV) run --no-sync ruff check libs services tests bench infra
+	$(UV) run --no-sync ruff check $(PY_PATHS)
+
+# The quality gates CI runs beside the tests: lint, formatting, strict types on every package.
+check: python-env
+	$(UV) run --no-sync ruff check $(PY_PATHS)
+	$(UV) run --no-sync ruff format --check $(PY_PATHS)
+	$(UV) run --no-sync mypy $(MYPY_PACKAGES)

@@ -69,13 +69,22 @@ def unique(prefix: str) -> str:
 
 def make_events(count: int, size: int) -> list[Envelope[Any]]:
     """``count`` incident.reported events whose JSON is ``size`` bytes (give or take a few)."""
+
     def build(index: int, description: str) -> Envelope[Any]:
         incident = f"inc-{index % INCIDENTS}"
         return envelope_for(
-            IncidentReported(incident_id=incident, number=f"INC-{index}", title="Checkout returns 502",
-                             description=description, channel=Channel.ALERTMANAGER,
-                             reported_at=datetime.now(UTC), labels={"env": "prod", "team": "shop"}),
-            source="bench", tenant_id="acme", incident_id=incident,
+            IncidentReported(
+                incident_id=incident,
+                number=f"INC-{index}",
+                title="Checkout returns 502",
+                description=description,
+                channel=Channel.ALERTMANAGER,
+                reported_at=datetime.now(UTC),
+                labels={"env": "prod", "team": "shop"},
+            ),
+            source="bench",
+            tenant_id="acme",
+            incident_id=incident,
         )
 
     padding = max(0, size - len(serialize(build(0, ""))))
@@ -121,8 +130,9 @@ class Clock:
         return Measured(events, time.perf_counter() - self._wall, time.process_time() - self._cpu)
 
 
-async def take_turns(rounds: int, ours: Callable[[], Awaitable[Measured]],
-                     bare: Callable[[], Awaitable[Measured]]) -> tuple[list[Measured], list[Measured]]:
+async def take_turns(
+    rounds: int, ours: Callable[[], Awaitable[Measured]], bare: Callable[[], Awaitable[Measured]]
+) -> tuple[list[Measured], list[Measured]]:
     ours_rounds: list[Measured] = []
     bare_rounds: list[Measured] = []
     for _ in range(rounds):
@@ -153,8 +163,13 @@ async def publish_bare(bootstrap: str, events: list[Envelope[Any]]) -> Measured:
     topic = unique("publish-bare")
     await ensure_topics(bootstrap, topic_specs([topic]), partitions=PARTITIONS)
     messages = [(envelope.key.encode(), serialize(envelope)) for envelope in events]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, client_id="bench-bare-producer",
-                                enable_idempotence=True, acks="all", linger_ms=LINGER_MS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="bench-bare-producer",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=LINGER_MS,
+    )
     await producer.start()
     try:
         await asyncio.gather(*[await producer.send(topic, value=v, key=k) for k, v in messages[:500]])
@@ -203,8 +218,14 @@ async def consume_with_runner(bootstrap: str, mongo_url: str, topic: str, count:
             result = clock.stop(count - 1)  # the first event's handling is not in the interval
             all_handled.set()
 
-    runner = ConsumerRunner(bootstrap_servers=bootstrap, group_id=unique("runner"), topics=[topic],
-                            handlers={IncidentReported: [handle]}, processed=processed, producer=producer)
+    runner = ConsumerRunner(
+        bootstrap_servers=bootstrap,
+        group_id=unique("runner"),
+        topics=[topic],
+        handlers={IncidentReported: [handle]},
+        processed=processed,
+        producer=producer,
+    )
     task = asyncio.create_task(runner.run())
     try:
         await asyncio.wait_for(all_handled.wait(), timeout=300)
@@ -219,8 +240,13 @@ async def consume_with_runner(bootstrap: str, mongo_url: str, topic: str, count:
 
 
 async def consume_bare(bootstrap: str, topic: str, count: int) -> Measured:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=unique("bare"),
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=unique("bare"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     seen = 0
     clock = Clock()
@@ -238,15 +264,19 @@ async def consume_bare(bootstrap: str, topic: str, count: int) -> Measured:
         await consumer.stop()
 
 
-def report(title: str, ours_name: str, ours_rounds: list[Measured], bare_rounds: list[Measured],
-           target: Callable[[float, float], str]) -> None:
+def report(
+    title: str,
+    ours_name: str,
+    ours_rounds: list[Measured],
+    bare_rounds: list[Measured],
+    target: Callable[[float, float], str],
+) -> None:
     ours = max(ours_rounds, key=lambda m: m.rate)
     bare = max(bare_rounds, key=lambda m: m.rate)
 
     def line(name: str, best: Measured, rounds: list[Measured]) -> str:
         each = ", ".join(f"{m.rate:,.0f}" for m in rounds)
-        return (f"  {name:<44} {best.rate:>8,.0f} events/s  {best.cpu_us:>5.0f} us CPU/event"
-                f"   (rounds: {each})")
+        return f"  {name:<44} {best.rate:>8,.0f} events/s  {best.cpu_us:>5.0f} us CPU/event   (rounds: {each})"
 
     print(f"\n{title}")
     print(line(ours_name, ours, ours_rounds))
@@ -258,20 +288,30 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> Non
     events = make_events(args.publish_events, args.size)
     print(f"tracing: {args.tracing}; {args.rounds} rounds per side, taking turns", flush=True)
     print(f"(a) publishing {len(events):,} events of {len(serialize(events[0]))} bytes ...", flush=True)
-    publish = await take_turns(args.rounds, lambda: publish_with_event_producer(bootstrap, events),
-                               lambda: publish_bare(bootstrap, events))
+    publish = await take_turns(
+        args.rounds, lambda: publish_with_event_producer(bootstrap, events), lambda: publish_bare(bootstrap, events)
+    )
 
     print(f"(b) consuming {args.consume_events:,} events ...", flush=True)
     topic = await filled_topic(bootstrap, args.consume_events, args.size)
-    consume = await take_turns(args.rounds,
-                               lambda: consume_with_runner(bootstrap, mongo_url, topic, args.consume_events),
-                               lambda: consume_bare(bootstrap, topic, args.consume_events))
+    consume = await take_turns(
+        args.rounds,
+        lambda: consume_with_runner(bootstrap, mongo_url, topic, args.consume_events),
+        lambda: consume_bare(bootstrap, topic, args.consume_events),
+    )
 
-    report("(a) publish, idempotent, acks=all, 1 call for all events", "EventProducer.publish_many", *publish,
-           lambda ours, bare: f"(target >= 80%: {'met' if ours / bare >= 0.8 else 'NOT met'})")
-    report("(b) consume, commit per batch, handler does nothing",
-           "ConsumerRunner (processed log on the store)", *consume,
-           lambda ours, bare: f"(target >= 2,000 events/s: {'met' if ours >= 2000 else 'NOT met'})")
+    report(
+        "(a) publish, idempotent, acks=all, 1 call for all events",
+        "EventProducer.publish_many",
+        *publish,
+        lambda ours, bare: f"(target >= 80%: {'met' if ours / bare >= 0.8 else 'NOT met'})",
+    )
+    report(
+        "(b) consume, commit per batch, handler does nothing",
+        "ConsumerRunner (processed log on the store)",
+        *consume,
+        lambda ours, bare: f"(target >= 2,000 events/s: {'met' if ours >= 2000 else 'NOT met'})",
+    )
 
 
 def main() -> int:
@@ -282,8 +322,12 @@ def main() -> int:
     parser.add_argument("--consume-events", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=1024, help="bytes per event (JSON)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tracing", choices=["service", "off"], default="service",
-                        help="'service': as services run (spans made, not exported); 'off': no tracer")
+    parser.add_argument(
+        "--tracing",
+        choices=["service", "off"],
+        default="service",
+        help="'service': as services run (spans made, not exported); 'off': no tracer",
+    )
     args = parser.parse_args()
     if args.tracing == "service":
         configure_tracing("bench", "none")

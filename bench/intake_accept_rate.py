@@ -90,8 +90,7 @@ def serve_bare(port: int) -> None:
         return {"status": "ready"}
 
     # The settings aftercare.events.runtime.serve gives every service.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=30,
-                access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=30, access_log=False)
 
 
 # --- infrastructure and servers ---------------------------------------------------------------
@@ -145,8 +144,10 @@ def wait_ready(server: Server, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}; see {server.log_file}:\n"
-                               + server.log_file.read_text(errors="replace")[-3000:])
+            raise RuntimeError(
+                f"{server.name} exited with {server.process.returncode}; see {server.log_file}:\n"
+                + server.log_file.read_text(errors="replace")[-3000:]
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(server.base_url + "/readyz", timeout=2.0).status_code == 200:
                 return
@@ -157,12 +158,19 @@ def wait_ready(server: Server, timeout_s: float = 120.0) -> None:
 def start_intake(bootstrap: str, mongo_url: str, workdir: Path, profile: Path | None) -> Server:
     port = free_port()
     api_key = "ak_bench_" + secrets.token_urlsafe(24)
-    seed = [{
-        "tenant_id": "bench-shop",
-        "profile": {"name": "Bench Shop", "tier": {"name": "gold", "sla": [
-            {"priority": "P1", "response_minutes": 15, "resolution_minutes": 240}]}},
-        "api_keys": [{"name": "bench", "key": api_key}],
-    }]
+    seed = [
+        {
+            "tenant_id": "bench-shop",
+            "profile": {
+                "name": "Bench Shop",
+                "tier": {
+                    "name": "gold",
+                    "sla": [{"priority": "P1", "response_minutes": 15, "resolution_minutes": 240}],
+                },
+            },
+            "api_keys": [{"name": "bench", "key": api_key}],
+        }
+    ]
     seed_file = workdir / "seed.json"
     seed_file.write_text(json.dumps(seed))
     env = dict(os.environ) | {
@@ -192,8 +200,9 @@ def start_bare(workdir: Path) -> Server:
     port = free_port()
     log_file = workdir / "bare.log"
     with log_file.open("ab") as out:
-        process = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     server = Server("bare", f"http://127.0.0.1:{port}", process, log_file)
     wait_ready(server)
     return server
@@ -221,10 +230,15 @@ class Result:
 
 def report_body(n: int) -> dict[str, object]:
     # A realistic monitoring report: a few hundred bytes of JSON.
-    return {"title": f"Checkout returns 502 on web-{n % 8:02d}", "severity": "critical",
-            "description": "HTTP 502 from the payment gateway for 3 of the last 10 checkouts.",
-            "system": "shop-frontend", "source": f"web-{n % 8:02d}.shop.example.net",
-            "labels": {"env": "prod", "team": "checkout"}, "reporter": {"system": "bench"}}
+    return {
+        "title": f"Checkout returns 502 on web-{n % 8:02d}",
+        "severity": "critical",
+        "description": "HTTP 502 from the payment gateway for 3 of the last 10 checkouts.",
+        "system": "shop-frontend",
+        "source": f"web-{n % 8:02d}.shop.example.net",
+        "labels": {"env": "prod", "team": "checkout"},
+        "reporter": {"system": "bench"},
+    }
 
 
 async def drive(server: Server, count: int, concurrency: int, label: str) -> Result:
@@ -234,6 +248,7 @@ async def drive(server: Server, count: int, concurrency: int, label: str) -> Res
     next_index = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60.0, limits=limits, headers=headers) as http:
+
         async def worker() -> None:
             nonlocal next_index, failed
             while next_index < count:
@@ -265,8 +280,9 @@ async def topic_size(bootstrap: str) -> int:
         (description,) = await admin.describe_topics([INCIDENTS_TOPIC])
     finally:
         await admin.close()
-    partitions = [TopicPartition(INCIDENTS_TOPIC, p.get("partition_index", p.get("partition")))
-                  for p in description["partitions"]]
+    partitions = [
+        TopicPartition(INCIDENTS_TOPIC, p.get("partition_index", p.get("partition"))) for p in description["partitions"]
+    ]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -278,9 +294,12 @@ async def topic_size(bootstrap: str) -> int:
 
 
 def print_result(result: Result) -> None:
-    print(f"  {result.name:<6} {result.rate:8.0f} incidents/s   p50 {result.percentile(0.50):7.1f} ms   "
-          f"p99 {result.percentile(0.99):7.1f} ms   ({result.accepted} accepted, {result.failed} failed, "
-          f"{result.seconds:.1f} s)", flush=True)
+    print(
+        f"  {result.name:<6} {result.rate:8.0f} incidents/s   p50 {result.percentile(0.50):7.1f} ms   "
+        f"p99 {result.percentile(0.99):7.1f} ms   ({result.accepted} accepted, {result.failed} failed, "
+        f"{result.seconds:.1f} s)",
+        flush=True,
+    )
 
 
 async def bench(bootstrap: str, mongo_url: str, args: argparse.Namespace) -> int:
@@ -300,8 +319,11 @@ async def bench(bootstrap: str, mongo_url: str, args: argparse.Namespace) -> int
                 result = await drive(server, args.requests, args.concurrency, server.name)
                 print_result(result)
                 used = {name: cpu_seconds(pid) - before_cpu[name] for name, pid in watched.items()}
-                print("         CPU per report: " + ", ".join(
-                    f"{name} {used[name] / result.accepted * 1000:.2f} ms" for name in watched), flush=True)
+                print(
+                    "         CPU per report: "
+                    + ", ".join(f"{name} {used[name] / result.accepted * 1000:.2f} ms" for name in watched),
+                    flush=True,
+                )
                 if server is intake:
                     accepted += result.accepted
                 if server.name not in best or result.rate > best[server.name].rate:
@@ -318,8 +340,10 @@ async def bench(bootstrap: str, mongo_url: str, args: argparse.Namespace) -> int
     print(f"  intake/bare = {ratio:.0%} ({verdict} the {TARGET_RATIO:.0%} target)")
     # At least one event per 202; a few more when the outbox sweep re-published an event whose
     # request was about to remove it (consumers deduplicate by event id).
-    print(f"  IncidentReported events on {INCIDENTS_TOPIC}: {published} for {accepted} reports accepted "
-          f"({'every accept is on Kafka' if published >= accepted else 'MISSING EVENTS'})")
+    print(
+        f"  IncidentReported events on {INCIDENTS_TOPIC}: {published} for {accepted} reports accepted "
+        f"({'every accept is on Kafka' if published >= accepted else 'MISSING EVENTS'})"
+    )
     if args.profile is not None:
         print(f"\nintake's own time per function (cProfile, {args.profile}):")
         pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(25)

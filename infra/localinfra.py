@@ -79,10 +79,7 @@ def kafka_libs_dir() -> Path:
 
 
 def store_binary() -> Path:
-    inputs = sorted(STORE_SOURCE_DIR.glob("*.go")) + [
-        STORE_SOURCE_DIR / "go.mod",
-        STORE_SOURCE_DIR / "go.sum",
-    ]
+    inputs = [*sorted(STORE_SOURCE_DIR.glob("*.go")), STORE_SOURCE_DIR / "go.mod", STORE_SOURCE_DIR / "go.sum"]
     # A changed patch must rebuild too.
     patches = hashlib.sha256(repr(sorted(FERRETDB_PATCHES.items())).encode()).hexdigest()[:8]
     return local_dir() / "cache" / f"store-{_digest(*inputs)}-{patches}" / "aftercare-store"
@@ -109,9 +106,18 @@ def fetch_kafka() -> Path:
     libs.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w") as out:
         result = subprocess.run(
-            [mvn, "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
-            stdout=out, stderr=subprocess.STDOUT, check=False,
+            [
+                mvn,
+                "-B",
+                "-f",
+                str(KAFKA_POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
     if result.returncode != 0:
         raise InfraError(f"downloading the Kafka jars failed (exit {result.returncode}); see {log_file}")
@@ -129,7 +135,7 @@ FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_PATCHES = {
     "internal/backends/sqlite/metadata/metadata.go": (
-        'IDColumn = DefaultColumn + "->\'$._id\'"',
+        "IDColumn = DefaultColumn + \"->'$._id'\"",
         'IDColumn = DefaultColumn + `->"_id"`',
     ),
 }
@@ -139,7 +145,11 @@ def _patched_ferretdb(go: str, workdir: Path, env: dict[str, str], out: Any) -> 
     """A copy of the FerretDB module from the module cache with FERRETDB_PATCHES applied."""
     downloaded = subprocess.run(
         [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
-        cwd=STORE_SOURCE_DIR, env=env, capture_output=True, text=True, check=False,
+        cwd=STORE_SOURCE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if downloaded.returncode != 0:
         out.write(downloaded.stdout + downloaded.stderr)
@@ -173,13 +183,15 @@ def build_store() -> Path:
         # Build with a copy of go.mod that replaces FerretDB by the patched copy; the committed
         # go.mod stays plain so `go` commands in infra/ferretdb keep working without the copy.
         modfile = binary.parent / "go.mod"
-        modfile.write_text((STORE_SOURCE_DIR / "go.mod").read_text()
-                           + f"\nreplace {FERRETDB_MODULE} => {patched}\n")
+        modfile.write_text((STORE_SOURCE_DIR / "go.mod").read_text() + f"\nreplace {FERRETDB_MODULE} => {patched}\n")
         shutil.copyfile(STORE_SOURCE_DIR / "go.sum", binary.parent / "go.sum")
         result = subprocess.run(
-            [go, "build", f"-modfile={modfile}", "-mod=mod", "-tags", "ferretdb_no_postgresql",
-             "-o", str(binary), "."],
-            cwd=STORE_SOURCE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
+            [go, "build", f"-modfile={modfile}", "-mod=mod", "-tags", "ferretdb_no_postgresql", "-o", str(binary), "."],
+            cwd=STORE_SOURCE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
     if result.returncode != 0:
         raise InfraError(f"building the store failed (exit {result.returncode}); see {log_file}")
@@ -230,8 +242,13 @@ def _mongo_ping(host: str, port: int) -> bool:
     Hand-rolled so this script needs no PyMongo; the BSON is two fields long.
     """
     body = (
-        b"\x10" + _bson_cstring("ping") + struct.pack("<i", 1)
-        + b"\x02" + _bson_cstring("$db") + struct.pack("<i", 6) + b"admin\x00"
+        b"\x10"
+        + _bson_cstring("ping")
+        + struct.pack("<i", 1)
+        + b"\x02"
+        + _bson_cstring("$db")
+        + struct.pack("<i", 6)
+        + b"admin\x00"
     )
     document = struct.pack("<i", len(body) + 5) + body + b"\x00"
     payload = struct.pack("<I", 0) + b"\x00" + document  # flagBits, section kind 0
@@ -253,14 +270,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log yet)"
 
 
-def _wait_ready(name: str, proc: subprocess.Popen[bytes] | None, ready, timeout_s: float,
-                log_file: Path) -> None:
+def _wait_ready(name: str, proc: subprocess.Popen[bytes] | None, ready, timeout_s: float, log_file: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise InfraError(
-                f"{name} exited with code {proc.returncode} while starting; see {log_file}:\n"
-                f"{_tail(log_file)}"
+                f"{name} exited with code {proc.returncode} while starting; see {log_file}:\n{_tail(log_file)}"
             )
         if ready():
             return
@@ -346,11 +361,17 @@ class KafkaNode:
     def _java(self, main_class: str, *args: str) -> list[str]:
         java = _require_tool("java", "run the Kafka broker (Java 17 or newer)")
         return [
-            java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+            java,
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.data_dir / 'logs'}",
-            "-cp", f"{fetch_kafka()}/*", main_class, *args,
+            "-cp",
+            f"{fetch_kafka()}/*",
+            main_class,
+            *args,
         ]
 
     def prepare(self) -> list[str]:
@@ -364,14 +385,23 @@ class KafkaNode:
                 )
         config = self._write_config()
         if not (self.data_dir / "data" / "meta.properties").exists():
-            cluster_id = subprocess.run(
-                self._java("kafka.tools.StorageTool", "random-uuid"),
-                capture_output=True, text=True, check=True,
-            ).stdout.strip().splitlines()[-1]
+            cluster_id = (
+                subprocess.run(
+                    self._java("kafka.tools.StorageTool", "random-uuid"),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             formatted = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
-                           str(config), "--standalone", "-g"),
-                capture_output=True, text=True, check=False,
+                self._java(
+                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--standalone", "-g"
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if formatted.returncode != 0:
                 raise InfraError(f"formatting the Kafka log dir failed:\n{formatted.stdout}{formatted.stderr}")
@@ -380,14 +410,18 @@ class KafkaNode:
     def start(self, timeout_s: float = KAFKA_READY_TIMEOUT_S) -> None:
         command = self.prepare()
         with self.log_file.open("ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = KAFKA_READY_TIMEOUT_S) -> None:
         # The broker opens its client port only once it can serve requests.
-        _wait_ready(f"Kafka on {self.bootstrap_servers}", self.process,
-                    lambda: _tcp_accepts(self.host, self.port), timeout_s, self.log_file)
+        _wait_ready(
+            f"Kafka on {self.bootstrap_servers}",
+            self.process,
+            lambda: _tcp_accepts(self.host, self.port),
+            timeout_s,
+            self.log_file,
+        )
 
     def stop(self, timeout_s: float = 60.0) -> None:
         _stop_process(self.process, timeout_s)
@@ -420,19 +454,28 @@ class StoreNode:
             )
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        return [str(build_store()), "-listen", f"{self.host}:{self.port}",
-                "-data", str((self.data_dir / "data").resolve())]
+        return [
+            str(build_store()),
+            "-listen",
+            f"{self.host}:{self.port}",
+            "-data",
+            str((self.data_dir / "data").resolve()),
+        ]
 
     def start(self, timeout_s: float = STORE_READY_TIMEOUT_S) -> None:
         command = self.prepare()
         with self.log_file.open("ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = STORE_READY_TIMEOUT_S) -> None:
-        _wait_ready(f"the store on {self.host}:{self.port}", self.process,
-                    lambda: _mongo_ping(self.host, self.port), timeout_s, self.log_file)
+        _wait_ready(
+            f"the store on {self.host}:{self.port}",
+            self.process,
+            lambda: _mongo_ping(self.host, self.port),
+            timeout_s,
+            self.log_file,
+        )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         _stop_process(self.process, timeout_s)
@@ -590,8 +633,7 @@ def _run_foreground(node: KafkaNode | StoreNode, stop_delay_s: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["setup", "up", "down", "status", "run-kafka", "run-store",
-                                            "wait"])
+    parser.add_argument("command", choices=["setup", "up", "down", "status", "run-kafka", "run-store", "wait"])
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":

@@ -36,8 +36,11 @@ ENV_INFRA = "AFTERCARE_TEST_INFRA"
 
 
 def _docker_available() -> bool:
-    if shutil.which("docker") is None and not os.path.exists("/var/run/docker.sock") \
-            and "DOCKER_HOST" not in os.environ:
+    if (
+        shutil.which("docker") is None
+        and not os.path.exists("/var/run/docker.sock")
+        and "DOCKER_HOST" not in os.environ
+    ):
         return False
     try:
         import docker
@@ -82,8 +85,7 @@ def _local(base: Path) -> Iterator[Infrastructure]:
             starts = [pool.submit(kafka.start), pool.submit(store.start)]
             for start in starts:
                 start.result()
-        yield Infrastructure(kafka.bootstrap_servers, store.url, "local",
-                             [kafka.log_file, store.log_file])
+        yield Infrastructure(kafka.bootstrap_servers, store.url, "local", [kafka.log_file, store.log_file])
     finally:
         kafka.stop()
         store.stop()
@@ -100,8 +102,10 @@ def infrastructure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infrast
         yield from _testcontainers()
     else:
         if os.environ.get(ENV_INFRA) == "testcontainers":
-            warnings.warn(f"{ENV_INFRA}=testcontainers but no Docker engine answers; "
-                          "starting the local Kafka and store instead", stacklevel=1)
+            warnings.warn(
+                f"{ENV_INFRA}=testcontainers but no Docker engine answers; starting the local Kafka and store instead",
+                stacklevel=1,
+            )
         yield from _local(tmp_path_factory.mktemp("infra"))
 
 
@@ -131,7 +135,7 @@ async def mongo_db(mongo_client: AsyncMongoClient[dict[str, Any]]) -> AsyncItera
 async def new_topic(infrastructure: Infrastructure) -> Callable[..., Awaitable[str]]:
     """Create a topic of a name no other test uses, with 3 partitions and its dead-letter twin.
 
-        topic = await new_topic("incidents")   # -> "incidents-1a2b3c4d5e6f"
+    topic = await new_topic("incidents")   # -> "incidents-1a2b3c4d5e6f"
     """
 
     async def make(prefix: str = "test", partitions: int = 3) -> str:

@@ -57,13 +57,19 @@ async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
         await admin.close()
     partitions = sorted(p.get("partition_index", p.get("partition")) for p in description["partitions"])
     if description["error_code"] != 0 or not partitions:
-        raise LookupError(f"topic {topic!r} does not exist on {bootstrap_servers} "
-                          f"(error code {description['error_code']})")
+        raise LookupError(
+            f"topic {topic!r} does not exist on {bootstrap_servers} (error code {description['error_code']})"
+        )
     return partitions
 
 
-async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,  # noqa: ASYNC109
-                   at_least: int = 0) -> list[Record]:
+async def read_all(
+    bootstrap_servers: str,
+    topic: str,
+    timeout: float = 30.0,  # noqa: ASYNC109
+    *,
+    at_least: int = 0,
+) -> list[Record]:
     """Every record on ``topic`` right now, all partitions, each partition's in offset order.
 
     Reads without a consumer group (commits nothing, disturbs no one). With ``at_least``, keeps
@@ -72,8 +78,12 @@ async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
     """
     deadline = time.monotonic() + timeout
     partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap_servers, topic)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", request_timeout_ms=10000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=10000,
+    )
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -93,8 +103,7 @@ async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30.0, *,
                 return found
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"expected at least {at_least} records on {topic!r} within {timeout}s, "
-                    f"found {len(found)}"
+                    f"expected at least {at_least} records on {topic!r} within {timeout}s, found {len(found)}"
                 )
             await asyncio.sleep(0.1)
     finally:
@@ -127,8 +136,12 @@ def headers_of(record: Record) -> dict[str, bytes]:
     return dict(record.headers or ())
 
 
-async def wait_until(check: Callable[[], Any], timeout: float = 30.0,  # noqa: ASYNC109
-                     interval: float = 0.1, message: str = "condition") -> Any:
+async def wait_until(
+    check: Callable[[], Any],
+    timeout: float = 30.0,  # noqa: ASYNC109
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
     """Call ``check`` until it returns something truthy and return that; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None

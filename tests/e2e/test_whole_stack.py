@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from kafka_helpers import Infrastructure, read_all, unique_name, wait_until
-from localinfra import free_port
 from pymongo import AsyncMongoClient
 
 from aftercare.events import parse_envelope, topics
+
+from kafka_helpers import Infrastructure, read_all, unique_name, wait_until
+from localinfra import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +45,22 @@ def stack(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFacto
     log_dir = tmp_path_factory.mktemp("stack")
     api_key = "ak_" + secrets.token_urlsafe(24)
     seed = log_dir / "seed.json"
-    seed.write_text(json.dumps([{
-        "tenant_id": "e2e-tenant",
-        "profile": {"name": "E2E Ltd", "tier": {"name": "standard", "sla": []},
-                    "contacts": [{"name": "Ops", "email": "ops@e2e.example.net"}],
-                    "systems": [{"name": "erp", "criticality": "high"}]},
-        "api_keys": [{"name": "e2e", "key": api_key}],
-    }]))
+    seed.write_text(
+        json.dumps(
+            [
+                {
+                    "tenant_id": "e2e-tenant",
+                    "profile": {
+                        "name": "E2E Ltd",
+                        "tier": {"name": "standard", "sla": []},
+                        "contacts": [{"name": "Ops", "email": "ops@e2e.example.net"}],
+                        "systems": [{"name": "erp", "criticality": "high"}],
+                    },
+                    "api_keys": [{"name": "e2e", "key": api_key}],
+                }
+            ]
+        )
+    )
     run = unique_name("e2e").replace("-", "_")
     ports = {service: free_port() for service in SERVICES}
     databases = {service: f"{run}_{service}" for service in SERVICES}
@@ -69,8 +79,9 @@ def stack(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFacto
     processes = {}
     for service in SERVICES:
         with (log_dir / f"{service}.log").open("wb") as out:
-            processes[service] = subprocess.Popen([sys.executable, "-m", f"aftercare.{service}"], env=env,
-                                                  stdout=out, stderr=subprocess.STDOUT)
+            processes[service] = subprocess.Popen(
+                [sys.executable, "-m", f"aftercare.{service}"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
     stack = RunningStack(ports=ports, databases=databases, api_key=api_key, log_dir=log_dir)
     try:
         yield stack
@@ -107,13 +118,17 @@ def test_all_four_services_become_ready_and_expose_metrics(stack: RunningStack) 
 
 
 async def test_a_reported_incident_is_durable_on_kafka_and_the_tenant_reaches_every_service(
-        stack: RunningStack, infrastructure: Infrastructure) -> None:
-    await wait_until(lambda: all(_ready(stack, service) for service in SERVICES), timeout=120,
-                     message="all services ready")
+    stack: RunningStack, infrastructure: Infrastructure
+) -> None:
+    await wait_until(
+        lambda: all(_ready(stack, service) for service in SERVICES), timeout=120, message="all services ready"
+    )
     async with httpx.AsyncClient(timeout=10) as client:
-        accepted = await client.post(stack.url("intake", "/v1/incidents"),
-                                     headers={"Authorization": f"Bearer {stack.api_key}"},
-                                     json={"title": "ERP logins fail", "system": "erp", "severity": "critical"})
+        accepted = await client.post(
+            stack.url("intake", "/v1/incidents"),
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+            json={"title": "ERP logins fail", "system": "erp", "severity": "critical"},
+        )
         assert accepted.status_code == 202, accepted.text
         incident_id = accepted.json()["incident_id"]
         status = await client.get(accepted.headers["Location"], headers={"Authorization": f"Bearer {stack.api_key}"})
@@ -129,8 +144,11 @@ async def test_a_reported_incident_is_durable_on_kafka_and_the_tenant_reaches_ev
     try:
         for service in ("triage", "remediation", "notifier"):
             tenants = client_db[stack.databases[service]]["tenants"]
-            copy = await wait_until(lambda tenants=tenants: tenants.find_one({"_id": "e2e-tenant"}), timeout=60,
-                                    message=f"{service} has the tenant")
+            copy = await wait_until(
+                lambda tenants=tenants: tenants.find_one({"_id": "e2e-tenant"}),
+                timeout=60,
+                message=f"{service} has the tenant",
+            )
             assert copy["name"] == "E2E Ltd"
             assert copy["systems"][0]["name"] == "erp"
     finally:

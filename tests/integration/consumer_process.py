@@ -93,16 +93,17 @@ async def main(args: argparse.Namespace) -> int:
         await runs.update_one({"_id": envelope.id}, {"$inc": {"runs": 1}}, upsert=True)
         key = envelope.incident_id
         if args.effect == "plain":
-            await effects.update_one({"_id": key}, {"$inc": {"count": 1}, "$push": {"applied": envelope.id}},
-                                     upsert=True)
+            await effects.update_one(
+                {"_id": key}, {"$inc": {"count": 1}, "$push": {"applied": envelope.id}}, upsert=True
+            )
         else:
             try:
-                await effects.update_one({"_id": key}, {"$setOnInsert": {"count": 0, "applied": []}},
-                                         upsert=True)
+                await effects.update_one({"_id": key}, {"$setOnInsert": {"count": 0, "applied": []}}, upsert=True)
             except DuplicateKeyError:
                 pass  # another instance created it at the same moment
-            await effects.update_one({"_id": key, "applied": {"$ne": envelope.id}},
-                                     {"$inc": {"count": 1}, "$push": {"applied": envelope.id}})
+            await effects.update_one(
+                {"_id": key, "applied": {"$ne": envelope.id}}, {"$inc": {"count": 1}, "$push": {"applied": envelope.id}}
+            )
         if args.park_at == "after-handler-write" and envelope.id == args.park_on:
             park(envelope.id)
         if envelope.id == args.hold_on:

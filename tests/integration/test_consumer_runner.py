@@ -53,17 +53,28 @@ FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0
 
 def reported(incident_id: str, title: str) -> Envelope[IncidentReported]:
     return envelope_for(
-        IncidentReported(incident_id=incident_id, number="INC-1", title=title, channel=Channel.API,
-                         reported_at=datetime.now(UTC)),
-        source="test", tenant_id="acme", incident_id=incident_id,
+        IncidentReported(
+            incident_id=incident_id, number="INC-1", title=title, channel=Channel.API, reported_at=datetime.now(UTC)
+        ),
+        source="test",
+        tenant_id="acme",
+        incident_id=incident_id,
     )
 
 
 def updated(incident_id: str, message: str) -> Envelope[IncidentUpdated]:
     return envelope_for(
-        IncidentUpdated(incident_id=incident_id, number="INC-1", channel=Channel.EMAIL, kind="comment",
-                        message=message, last_seen_at=datetime.now(UTC)),
-        source="test", tenant_id="acme", incident_id=incident_id,
+        IncidentUpdated(
+            incident_id=incident_id,
+            number="INC-1",
+            channel=Channel.EMAIL,
+            kind="comment",
+            message=message,
+            last_seen_at=datetime.now(UTC),
+        ),
+        source="test",
+        tenant_id="acme",
+        incident_id=incident_id,
     )
 
 
@@ -75,13 +86,18 @@ async def applied(db: Database, incident_id: str) -> list[str]:
 
 async def apply_to(db: Database, envelope: Envelope[Any]) -> None:
     """The plain, unguarded effect: run it twice and it counts twice."""
-    await db["effects"].update_one({"_id": envelope.incident_id},
-                                   {"$inc": {"count": 1}, "$push": {"applied": envelope.id}}, upsert=True)
+    await db["effects"].update_one(
+        {"_id": envelope.incident_id}, {"$inc": {"count": 1}, "$push": {"applied": envelope.id}}, upsert=True
+    )
 
 
 def consumed(group: str, topic: str, outcome: str) -> float:
-    return REGISTRY.get_sample_value("aftercare_events_consumed_total",
-                                     {"group": group, "topic": topic, "outcome": outcome}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "aftercare_events_consumed_total", {"group": group, "topic": topic, "outcome": outcome}
+        )
+        or 0.0
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -104,9 +120,15 @@ async def other_db(mongo_client: AsyncMongoClient[dict[str, Any]]) -> AsyncItera
         await mongo_client.drop_database(database.name)
 
 
-def runner_for(infrastructure: Infrastructure, producer: EventProducer, topic: str, group: str,
-               handler: Callable[[Envelope[Any]], Awaitable[None]], processed_db: Database,
-               **options: Any) -> ConsumerRunner:
+def runner_for(
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    topic: str,
+    group: str,
+    handler: Callable[[Envelope[Any]], Awaitable[None]],
+    processed_db: Database,
+    **options: Any,
+) -> ConsumerRunner:
     return ConsumerRunner(
         bootstrap_servers=infrastructure.bootstrap_servers,
         group_id=group,
@@ -128,8 +150,12 @@ def record_with_event_id(records: list[Any], event_id: str) -> Any:
 
 @pytest.mark.parametrize("max_batch", [1, 200], ids=["duplicate-in-a-later-batch", "duplicate-in-the-same-batch"])
 async def test_an_event_delivered_twice_has_its_effect_once(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]], max_batch: int) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+    max_batch: int,
+) -> None:
     topic, group = await new_topic("twice"), unique_name("group")
     event, after = reported("inc-a", "Disk full on db-01"), updated("inc-a", "still full")
     await producer.publish(event, topic)
@@ -158,8 +184,11 @@ async def _contains(db: Database, incident_id: str, event_id: str) -> bool:
 
 
 async def test_a_handler_that_keeps_failing_dead_letters_the_message_and_goes_on(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+) -> None:
     topic, group = await new_topic("failing"), unique_name("group")
     poison, good = reported("inc-b", "poison"), updated("inc-b", "a normal comment")
     await producer.publish_many([poison, good], topic)
@@ -190,15 +219,19 @@ async def test_a_handler_that_keeps_failing_dead_letters_the_message_and_goes_on
     assert headers["dead_letter.handler"].decode().endswith("handle")
     # Dead-lettered counts as done: the group moved past both messages.
     assert await committed_offsets(infrastructure.bootstrap_servers, group, topic) == {
-        original.partition: original.offset + 2}
+        original.partition: original.offset + 2
+    }
 
 
 # --- d. a malformed message goes to the dead-letter topic, the next good one is handled -----
 
 
 async def test_malformed_messages_are_dead_lettered_and_the_next_good_one_is_handled(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+) -> None:
     topic, group = await new_topic("malformed"), unique_name("group")
     key = b"inc-d"
     unknown = json.loads(serialize(reported("inc-d", "from the future")))
@@ -241,8 +274,12 @@ async def test_malformed_messages_are_dead_lettered_and_the_next_good_one_is_han
 
 
 async def test_stop_finishes_the_message_in_hand_commits_and_the_group_does_not_get_it_again(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database, other_db: Database,
-        new_topic: Callable[..., Awaitable[str]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    other_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+) -> None:
     topic, group = await new_topic("stop"), unique_name("group")
     in_hand, second, third = reported("inc-e", "slow"), updated("inc-e", "two"), updated("inc-e", "three")
     await producer.publish_many([in_hand, second, third], topic)
@@ -265,7 +302,8 @@ async def test_stop_finishes_the_message_in_hand_commits_and_the_group_does_not_
     on_kafka = await read_all(infrastructure.bootstrap_servers, topic)
     first = record_with_event_id(on_kafka, in_hand.id)
     assert await committed_offsets(infrastructure.bootstrap_servers, group, topic) == {
-        first.partition: first.offset + 1}
+        first.partition: first.offset + 1
+    }
 
     # A new instance of the group, with a processed log of its own so that a redelivery could not
     # hide behind the first runner's processed records.
@@ -284,8 +322,11 @@ async def test_stop_finishes_the_message_in_hand_commits_and_the_group_does_not_
 
 
 async def test_stop_while_idle_returns_promptly_and_closes(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+) -> None:
     topic = await new_topic("idle")
 
     async def handle(envelope: Envelope[Any]) -> None:
@@ -300,8 +341,7 @@ async def test_stop_while_idle_returns_promptly_and_closes(
 # --- the processed-event log itself ----------------------------------------------------------
 
 
-async def test_processed_records_written_again_are_kept_once_and_the_others_still_written(
-        mongo_db: Database) -> None:
+async def test_processed_records_written_again_are_kept_once_and_the_others_still_written(mongo_db: Database) -> None:
     processed = ProcessedEventLog(mongo_db)
     await processed.ensure_indexes()
     await processed.mark("group", "notify", "e1")
@@ -312,9 +352,13 @@ async def test_processed_records_written_again_are_kept_once_and_the_others_stil
     await processed.mark_many("group", batch)
     await processed.mark("group", "notify", "e2")
 
-    asked = [record_id("group", "notify", "e1"), record_id("group", "notify", "e2"),
-             record_id("group", "audit", "e1"), record_id("group", "notify", "e3"),
-             record_id("other-group", "notify", "e1")]
+    asked = [
+        record_id("group", "notify", "e1"),
+        record_id("group", "notify", "e2"),
+        record_id("group", "audit", "e1"),
+        record_id("group", "notify", "e3"),
+        record_id("other-group", "notify", "e1"),
+    ]
     assert await processed.already_processed(asked) == set(asked[:3])
     assert await processed.begin(asked) == set(asked[:3])
     assert await mongo_db[PROCESSED_COLLECTION].count_documents({}) == 3
@@ -333,7 +377,8 @@ async def test_begin_tells_new_from_processed_however_often_it_is_repeated(mongo
 
 
 async def test_purged_processed_records_are_forgotten_but_their_started_records_outlive_them(
-        mongo_db: Database) -> None:
+    mongo_db: Database,
+) -> None:
     processed = ProcessedEventLog(mongo_db)
     await processed.ensure_indexes()
     a = record_id("group", "notify", "a")
@@ -355,18 +400,32 @@ async def test_purged_processed_records_are_forgotten_but_their_started_records_
 class ConsumerProcess:
     """``consumer_process.py`` in a child process; see its docstring for the protocol."""
 
-    def __init__(self, infrastructure: Infrastructure, db: Database, topic: str, group: str,
-                 log_file: Path, *options: str) -> None:
-        self._command = [sys.executable, str(CONSUMER_PROCESS), "--bootstrap", infrastructure.bootstrap_servers,
-                         "--mongo-url", infrastructure.mongo_url, "--database", db.name, "--topic", topic,
-                         "--group", group, *options]
+    def __init__(
+        self, infrastructure: Infrastructure, db: Database, topic: str, group: str, log_file: Path, *options: str
+    ) -> None:
+        self._command = [
+            sys.executable,
+            str(CONSUMER_PROCESS),
+            "--bootstrap",
+            infrastructure.bootstrap_servers,
+            "--mongo-url",
+            infrastructure.mongo_url,
+            "--database",
+            db.name,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            *options,
+        ]
         self._log_file = log_file
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> ConsumerProcess:
         with self._log_file.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                *self._command, stdout=asyncio.subprocess.PIPE, stderr=log)
+                *self._command, stdout=asyncio.subprocess.PIPE, stderr=log
+            )
         return self
 
     async def expect(self, word: str, timeout: float = 90.0) -> str:  # noqa: ASYNC109
@@ -379,15 +438,17 @@ class ConsumerProcess:
             while line := (await self.process.stdout.readline()).decode():
                 seen.append(line.strip())
                 if line.split()[0] == word:
-                    return line[len(word):].strip()
-            raise AssertionError(f"the consumer process ended without saying {word} (said {seen}); "
-                                 f"its log:\n{self.log_tail()}")
+                    return line[len(word) :].strip()
+            raise AssertionError(
+                f"the consumer process ended without saying {word} (said {seen}); its log:\n{self.log_tail()}"
+            )
 
         try:
             return await asyncio.wait_for(read(), timeout=timeout)
         except TimeoutError:
-            raise AssertionError(f"no {word} from the consumer process within {timeout}s (said {seen}); "
-                                 f"its log:\n{self.log_tail()}") from None
+            raise AssertionError(
+                f"no {word} from the consumer process within {timeout}s (said {seen}); its log:\n{self.log_tail()}"
+            ) from None
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -407,13 +468,15 @@ class ConsumerProcess:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def consumer_processes(infrastructure: Infrastructure, mongo_db: Database, tmp_path: Path
-                             ) -> AsyncIterator[Callable[..., Awaitable[ConsumerProcess]]]:
+async def consumer_processes(
+    infrastructure: Infrastructure, mongo_db: Database, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[ConsumerProcess]]]:
     started: list[ConsumerProcess] = []
 
     async def start(topic: str, group: str, *options: str) -> ConsumerProcess:
-        child = ConsumerProcess(infrastructure, mongo_db, topic, group,
-                                tmp_path / f"consumer-{len(started)}.log", *options)
+        child = ConsumerProcess(
+            infrastructure, mongo_db, topic, group, tmp_path / f"consumer-{len(started)}.log", *options
+        )
         started.append(await child.start())
         return child
 
@@ -430,9 +493,12 @@ async def field_of(db: Database, collection: str, document_id: str, name: str) -
 
 
 async def test_killed_after_handling_and_marking_but_before_the_commit_the_event_is_redelivered_and_skipped(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]],
-        consumer_processes: Callable[..., Awaitable[ConsumerProcess]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+    consumer_processes: Callable[..., Awaitable[ConsumerProcess]],
+) -> None:
     topic, group = await new_topic("kill-marked"), unique_name("group")
     events = [reported("inc-c", "one"), updated("inc-c", "two"), updated("inc-c", "three")]
     target = events[1]
@@ -455,8 +521,9 @@ async def test_killed_after_handling_and_marking_but_before_the_commit_the_event
     # has been through everything before it.
     events.append(updated("inc-c", "four"))
     await producer.publish(events[-1], topic)
-    await wait_until(lambda: _contains(mongo_db, "inc-c", events[-1].id), timeout=90,
-                     message="the restarted consumer caught up")
+    await wait_until(
+        lambda: _contains(mongo_db, "inc-c", events[-1].id), timeout=90, message="the restarted consumer caught up"
+    )
     successor.signal(signal.SIGTERM)
     await successor.expect("STOPPED")
     assert await successor.wait() == 0
@@ -467,16 +534,20 @@ async def test_killed_after_handling_and_marking_but_before_the_commit_the_event
 
 
 async def test_killed_after_the_handlers_write_but_before_marking_an_idempotent_handler_keeps_the_effect_single(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]],
-        consumer_processes: Callable[..., Awaitable[ConsumerProcess]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+    consumer_processes: Callable[..., Awaitable[ConsumerProcess]],
+) -> None:
     topic, group = await new_topic("kill-written"), unique_name("group")
     events = [reported("inc-w", "one"), updated("inc-w", "two"), updated("inc-w", "three")]
     target = events[1]
     await producer.publish_many(events, topic)
 
-    doomed = await consumer_processes(topic, group, "--effect", "guarded",
-                                      "--park-on", target.id, "--park-at", "after-handler-write")
+    doomed = await consumer_processes(
+        topic, group, "--effect", "guarded", "--park-on", target.id, "--park-at", "after-handler-write"
+    )
     assert await doomed.expect("PARKED") == target.id
     doomed.signal(signal.SIGKILL)
     assert await doomed.wait() == -signal.SIGKILL
@@ -487,8 +558,9 @@ async def test_killed_after_the_handlers_write_but_before_marking_an_idempotent_
     successor = await consumer_processes(topic, group, "--effect", "guarded")
     events.append(updated("inc-w", "four"))
     await producer.publish(events[-1], topic)
-    await wait_until(lambda: _contains(mongo_db, "inc-w", events[-1].id), timeout=90,
-                     message="the restarted consumer caught up")
+    await wait_until(
+        lambda: _contains(mongo_db, "inc-w", events[-1].id), timeout=90, message="the restarted consumer caught up"
+    )
     successor.signal(signal.SIGTERM)
     assert await successor.wait() == 0
 
@@ -499,9 +571,12 @@ async def test_killed_after_the_handlers_write_but_before_marking_an_idempotent_
 
 
 async def test_sigterm_finishes_the_message_in_hand_commits_and_exits_cleanly(
-        infrastructure: Infrastructure, producer: EventProducer, mongo_db: Database,
-        new_topic: Callable[..., Awaitable[str]],
-        consumer_processes: Callable[..., Awaitable[ConsumerProcess]]) -> None:
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+    consumer_processes: Callable[..., Awaitable[ConsumerProcess]],
+) -> None:
     topic, group = await new_topic("sigterm"), unique_name("group")
     events = [reported("inc-t", "slow"), updated("inc-t", "two"), updated("inc-t", "three")]
     in_hand = events[0]
@@ -518,11 +593,13 @@ async def test_sigterm_finishes_the_message_in_hand_commits_and_exits_cleanly(
     assert await applied(mongo_db, "inc-t") == [in_hand.id]
     record = record_with_event_id(await read_all(infrastructure.bootstrap_servers, topic), in_hand.id)
     assert await committed_offsets(infrastructure.bootstrap_servers, group, topic) == {
-        record.partition: record.offset + 1}
+        record.partition: record.offset + 1
+    }
 
     successor = await consumer_processes(topic, group)
-    await wait_until(lambda: _contains(mongo_db, "inc-t", events[2].id), timeout=90,
-                     message="the next instance handled the rest")
+    await wait_until(
+        lambda: _contains(mongo_db, "inc-t", events[2].id), timeout=90, message="the next instance handled the rest"
+    )
     successor.signal(signal.SIGTERM)
     assert await successor.wait() == 0
 

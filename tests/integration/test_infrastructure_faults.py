@@ -17,8 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from kafka_helpers import create_topics, running, wait_until
-from localinfra import KafkaNode, StoreNode, free_port
 from pymongo import AsyncMongoClient
 
 from aftercare.events.consumer import ConsumerRunner, RetryPolicy
@@ -26,6 +24,9 @@ from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.incidents import Channel, IncidentReported
 from aftercare.events.processed import ProcessedEventLog
 from aftercare.events.producer import EventProducer
+
+from kafka_helpers import create_topics, running, wait_until
+from localinfra import KafkaNode, StoreNode, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +48,22 @@ def own_infrastructure(tmp_path: Path) -> Iterator[tuple[KafkaNode, StoreNode]]:
 def _reported(number: int) -> Envelope[IncidentReported]:
     incident_id = f"incident-{number}"
     return envelope_for(
-        IncidentReported(incident_id=incident_id, number=f"INC-{1000 + number}", title=f"disk full #{number}",
-                         channel=Channel.API, reported_at=datetime.now(UTC)),
-        source="test", tenant_id="tenant-a", incident_id=incident_id,
+        IncidentReported(
+            incident_id=incident_id,
+            number=f"INC-{1000 + number}",
+            title=f"disk full #{number}",
+            channel=Channel.API,
+            reported_at=datetime.now(UTC),
+        ),
+        source="test",
+        tenant_id="tenant-a",
+        incident_id=incident_id,
     )
 
 
 async def test_events_published_across_a_broker_restart_are_each_handled_once(
-        own_infrastructure: tuple[KafkaNode, StoreNode]) -> None:
+    own_infrastructure: tuple[KafkaNode, StoreNode],
+) -> None:
     kafka, store = own_infrastructure
     await asyncio.to_thread(store.start)
     await asyncio.to_thread(kafka.start)
@@ -71,8 +80,12 @@ async def test_events_published_across_a_broker_restart_are_each_handled_once(
     producer = EventProducer(kafka.bootstrap_servers, client_id="restart-test", request_timeout_ms=60000)
     await producer.start()
     runner = ConsumerRunner(
-        bootstrap_servers=kafka.bootstrap_servers, group_id="restart-group", topics=[topic],
-        handlers={IncidentReported: [count_incident]}, processed=ProcessedEventLog(database), producer=producer,
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id="restart-group",
+        topics=[topic],
+        handlers={IncidentReported: [count_incident]},
+        processed=ProcessedEventLog(database),
+        producer=producer,
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=1.0),
     )
     try:
@@ -83,8 +96,7 @@ async def test_events_published_across_a_broker_restart_are_each_handled_once(
             # The broker goes away (clean SIGTERM, as on a rolling restart) and comes back on the
             # same ports and data. Publishing meanwhile must wait, not lose events.
             await asyncio.to_thread(kafka.stop)
-            publishing = asyncio.create_task(producer.publish_many([_reported(n) for n in range(20, 40)],
-                                                                   topic=topic))
+            publishing = asyncio.create_task(producer.publish_many([_reported(n) for n in range(20, 40)], topic=topic))
             await asyncio.sleep(2)
             await asyncio.to_thread(kafka.start)
             await asyncio.wait_for(publishing, timeout=90)
@@ -103,7 +115,8 @@ async def _count(collection: Any, expected: int) -> bool:
 
 
 def test_a_service_started_before_its_infrastructure_waits_and_becomes_ready(
-        own_infrastructure: tuple[KafkaNode, StoreNode], tmp_path: Path) -> None:
+    own_infrastructure: tuple[KafkaNode, StoreNode], tmp_path: Path
+) -> None:
     kafka, store = own_infrastructure
     http_port = free_port()
     env = dict(os.environ) | {
@@ -114,8 +127,9 @@ def test_a_service_started_before_its_infrastructure_waits_and_becomes_ready(
     }
     log_file = tmp_path / "triage.log"
     with log_file.open("wb") as out:
-        service = subprocess.Popen([sys.executable, "-m", "aftercare.triage"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        service = subprocess.Popen(
+            [sys.executable, "-m", "aftercare.triage"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{http_port}"
     try:
         alive = _poll(lambda: httpx.get(base + "/healthz", timeout=2).status_code == 200, 30)

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import structlog
-from kafka_helpers import Infrastructure, running, wait_until
 from opentelemetry import trace
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -20,12 +19,14 @@ from aftercare.events.processed import ProcessedEventLog
 from aftercare.events.producer import EventProducer
 from aftercare.events.tracing import configure_tracing, current_trace_id, tracer
 
+from kafka_helpers import Infrastructure, running, wait_until
+
 pytestmark = pytest.mark.integration
 
 
 async def test_the_handler_runs_in_the_publishers_trace_with_log_context_bound(
-        infrastructure: Infrastructure, mongo_db: AsyncDatabase[dict[str, Any]],
-        new_topic: Callable[..., Awaitable[str]]) -> None:
+    infrastructure: Infrastructure, mongo_db: AsyncDatabase[dict[str, Any]], new_topic: Callable[..., Awaitable[str]]
+) -> None:
     configure_tracing("tests")
     topic = await new_topic("traced")
     seen: list[dict[str, Any]] = []
@@ -35,17 +36,30 @@ async def test_the_handler_runs_in_the_publishers_trace_with_log_context_bound(
 
     producer = EventProducer(infrastructure.bootstrap_servers, client_id="trace-test")
     await producer.start()
-    runner = ConsumerRunner(bootstrap_servers=infrastructure.bootstrap_servers, group_id=f"{topic}-group",
-                            topics=[topic], handlers={IncidentReported: [remember_context]},
-                            processed=ProcessedEventLog(mongo_db), producer=producer)
+    runner = ConsumerRunner(
+        bootstrap_servers=infrastructure.bootstrap_servers,
+        group_id=f"{topic}-group",
+        topics=[topic],
+        handlers={IncidentReported: [remember_context]},
+        processed=ProcessedEventLog(mongo_db),
+        producer=producer,
+    )
     try:
         async with running(runner):
             with tracer().start_as_current_span("intake accepts a report"):
                 publisher_trace = format(trace.get_current_span().get_span_context().trace_id, "032x")
                 event = envelope_for(
-                    IncidentReported(incident_id="inc-traced", number="INC-1001", title="VPN down",
-                                     channel=Channel.API, reported_at=datetime.now(UTC)),
-                    source="test", tenant_id="tenant-traced", incident_id="inc-traced")
+                    IncidentReported(
+                        incident_id="inc-traced",
+                        number="INC-1001",
+                        title="VPN down",
+                        channel=Channel.API,
+                        reported_at=datetime.now(UTC),
+                    ),
+                    source="test",
+                    tenant_id="tenant-traced",
+                    incident_id="inc-traced",
+                )
                 published = await producer.publish(event, topic=topic)
             await wait_until(lambda: seen, message="handler ran")
     finally:

@@ -15,9 +15,15 @@ from aftercare.intake.domain.alertmanager import AlertStatus, WebhookMessage
 
 def message(*alerts: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return {
-        "version": "4", "groupKey": '{}:{alertname="DiskFull"}', "truncatedAlerts": 0, "status": "firing",
-        "receiver": "aftercare", "groupLabels": {"alertname": "DiskFull"}, "commonLabels": {},
-        "commonAnnotations": {}, "externalURL": "http://alertmanager.example.com:9093",
+        "version": "4",
+        "groupKey": '{}:{alertname="DiskFull"}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "aftercare",
+        "groupLabels": {"alertname": "DiskFull"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example.com:9093",
         "alerts": list(alerts),
     } | overrides
 
@@ -27,8 +33,10 @@ def alert(**overrides: Any) -> dict[str, Any]:
         "status": "firing",
         "labels": {"alertname": "DiskFull", "instance": "db1:9100", "severity": "critical", "job": "node"},
         "annotations": {"summary": "Disk almost full on db1", "description": "Only 1% left on /var."},
-        "startsAt": "2024-05-01T10:00:00.123456789Z", "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://prometheus.example.com/graph?g0.expr=disk", "fingerprint": "c5a1b2d3e4f5a6b7",
+        "startsAt": "2024-05-01T10:00:00.123456789Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus.example.com/graph?g0.expr=disk",
+        "fingerprint": "c5a1b2d3e4f5a6b7",
     } | overrides
 
 
@@ -68,11 +76,21 @@ def test_a_multi_line_summary_becomes_a_one_line_title() -> None:
     assert alertmanager.title(parsed.alerts[0]) == "Disk almost full"
 
 
-@pytest.mark.parametrize(("label", "expected"), [
-    ("critical", Severity.CRITICAL), ("page", Severity.CRITICAL), ("error", Severity.ERROR),
-    ("High", Severity.ERROR), ("warning", Severity.WARNING), ("warn", Severity.WARNING),
-    ("info", Severity.INFO), ("none", Severity.INFO), ("whatever", Severity.ERROR), (None, Severity.ERROR),
-])
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("critical", Severity.CRITICAL),
+        ("page", Severity.CRITICAL),
+        ("error", Severity.ERROR),
+        ("High", Severity.ERROR),
+        ("warning", Severity.WARNING),
+        ("warn", Severity.WARNING),
+        ("info", Severity.INFO),
+        ("none", Severity.INFO),
+        ("whatever", Severity.ERROR),
+        (None, Severity.ERROR),
+    ],
+)
 def test_severity_label_maps_to_severity_and_unknown_is_error(label: str | None, expected: Severity) -> None:
     labels = {"alertname": "X"} | ({"severity": label} if label is not None else {})
     assert alertmanager.severity(labels) == expected
@@ -82,14 +100,21 @@ def test_alertmanagers_zero_time_means_no_end_yet() -> None:
     parsed = read(message(alert()))
     assert alertmanager.real_time(parsed.alerts[0].endsAt) is None
     resolved = read(message(alert(status="resolved", endsAt="2024-05-01T11:00:00Z")))
-    assert alertmanager.resolution(resolved.alerts[0]) == ("Alertmanager reports the alert resolved "
-                                                          "(ended 2024-05-01T11:00:00+00:00)")
+    assert alertmanager.resolution(resolved.alerts[0]) == (
+        "Alertmanager reports the alert resolved (ended 2024-05-01T11:00:00+00:00)"
+    )
 
 
 def test_without_a_fingerprint_the_label_set_gives_a_stable_one() -> None:
     first = read(message(alert(fingerprint=None)))
-    reordered = read(message(alert(fingerprint=None, labels={
-        "job": "node", "severity": "critical", "instance": "db1:9100", "alertname": "DiskFull"})))
+    reordered = read(
+        message(
+            alert(
+                fingerprint=None,
+                labels={"job": "node", "severity": "critical", "instance": "db1:9100", "alertname": "DiskFull"},
+            )
+        )
+    )
     other = read(message(alert(fingerprint=None, labels={"alertname": "DiskFull", "instance": "db2:9100"})))
     assert alertmanager.fingerprint(first.alerts[0]) == alertmanager.fingerprint(reordered.alerts[0])
     assert alertmanager.fingerprint(first.alerts[0]) != alertmanager.fingerprint(other.alerts[0])
@@ -101,21 +126,23 @@ def test_label_names_with_dots_are_kept_in_a_storable_form() -> None:
     assert report.labels == {"alertname": "X", "k8s\uff0enamespace": "prod"}
 
 
-@pytest.mark.parametrize(("version", "refused"), [("4", False), (4, False), (None, False), ("3", True),
-                                                  ("5", True)])
+@pytest.mark.parametrize(("version", "refused"), [("4", False), (4, False), (None, False), ("3", True), ("5", True)])
 def test_only_payload_version_4_is_read(version: Any, refused: bool) -> None:
     document = message(alert()) | {"version": version}
     assert (alertmanager.version_problem(document) is not None) is refused
 
 
-@pytest.mark.parametrize(("document", "field"), [
-    (message(alert(status="burning")), ("alerts", 0, "status")),
-    (message(alert(labels={})), ("alerts", 0, "labels")),
-    (message(alert(labels={"alertname": 5})), ("alerts", 0, "labels", "alertname")),
-    (message(alert(startsAt="last tuesday")), ("alerts", 0, "startsAt")),
-    ({k: v for k, v in message(alert()).items() if k != "alerts"}, ("alerts",)),
-    (message(alert(), status="meh"), ("status",)),
-])
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        (message(alert(status="burning")), ("alerts", 0, "status")),
+        (message(alert(labels={})), ("alerts", 0, "labels")),
+        (message(alert(labels={"alertname": 5})), ("alerts", 0, "labels", "alertname")),
+        (message(alert(startsAt="last tuesday")), ("alerts", 0, "startsAt")),
+        ({k: v for k, v in message(alert()).items() if k != "alerts"}, ("alerts",)),
+        (message(alert(), status="meh"), ("status",)),
+    ],
+)
 def test_malformed_messages_name_the_field_to_fix(document: dict[str, Any], field: tuple[Any, ...]) -> None:
     with pytest.raises(ValidationError) as invalid:
         read(document)

@@ -47,8 +47,9 @@ def reported(**overrides: Any) -> IncidentReported:
         "source": "web-01",
         "dedup_key": "checkout-502",
         "labels": {"env": "prod", "team": "shop"},
-        "attachments": [AttachmentRef(attachment_id="a1", filename="trace.pdf",
-                                      content_type="application/pdf", size_bytes=1234)],
+        "attachments": [
+            AttachmentRef(attachment_id="a1", filename="trace.pdf", content_type="application/pdf", size_bytes=1234)
+        ],
         "reported_at": REPORTED_AT,
     }
     fields.update(overrides)
@@ -57,9 +58,10 @@ def reported(**overrides: Any) -> IncidentReported:
 
 def acknowledged_document(**overrides: Any) -> dict[str, Any]:
     envelope = envelope_for(
-        IncidentAcknowledged(incident_id="inc-1", number="INC-1042", by="ops@example.com",
-                             channel=Channel.PHONE),
-        source="intake", tenant_id="acme", incident_id="inc-1",
+        IncidentAcknowledged(incident_id="inc-1", number="INC-1042", by="ops@example.com", channel=Channel.PHONE),
+        source="intake",
+        tenant_id="acme",
+        incident_id="inc-1",
     )
     document: dict[str, Any] = json.loads(serialize(envelope))
     document.update(overrides)
@@ -101,7 +103,10 @@ def test_a_caused_event_continues_the_chain_of_its_cause() -> None:
     cause = envelope_for(reported(), source="intake", tenant_id="acme", incident_id="inc-1")
     effect = envelope_for(
         IncidentAcknowledged(incident_id="inc-1", number="INC-1042", by="triage", channel=Channel.API),
-        source="triage", tenant_id="acme", incident_id="inc-1", caused_by=cause,
+        source="triage",
+        tenant_id="acme",
+        incident_id="inc-1",
+        caused_by=cause,
     )
 
     assert effect.correlation_id == cause.correlation_id
@@ -122,8 +127,12 @@ def test_headers_name_the_event_without_parsing_its_value() -> None:
 
     headers = dict(event_headers(envelope))
 
-    assert headers == {"event_id": envelope.id.encode(), "event_type": b"incident.reported",
-                       "event_version": b"1", "tenant_id": b"acme"}
+    assert headers == {
+        "event_id": envelope.id.encode(),
+        "event_type": b"incident.reported",
+        "event_version": b"1",
+        "tenant_id": b"acme",
+    }
 
 
 def test_every_event_type_is_registered_once_with_a_topic() -> None:
@@ -256,8 +265,11 @@ def test_an_old_version_is_upcast_to_the_current_one(monkeypatch: pytest.MonkeyP
 def test_upcasters_chain_across_several_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(IncidentAcknowledged, "VERSION", 3)
     monkeypatch.setitem(catalog.UPCASTERS, ("incident.acknowledged", 1), upcast_acknowledged_v1_v2)
-    monkeypatch.setitem(catalog.UPCASTERS, ("incident.acknowledged", 2),
-                        lambda payload: {**payload, "note": payload.get("note") or "(upcast from v2)"})
+    monkeypatch.setitem(
+        catalog.UPCASTERS,
+        ("incident.acknowledged", 2),
+        lambda payload: {**payload, "note": payload.get("note") or "(upcast from v2)"},
+    )
 
     parsed = parse_envelope(json.dumps(old_acknowledged_v1()))
 
@@ -267,7 +279,8 @@ def test_upcasters_chain_across_several_versions(monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_old_version_without_an_upcaster_is_rejected_naming_the_missing_step(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(IncidentAcknowledged, "VERSION", 2)
 
     with pytest.raises(InvalidEvent, match=re.escape("no upcaster from incident.acknowledged v1 to v2")):
@@ -332,8 +345,13 @@ def test_an_envelope_carries_the_trace_it_was_made_in_so_an_outbox_publish_conti
     from aftercare.events.tracing import configure_tracing, tracer
 
     configure_tracing("tests")
-    data = IncidentReported(incident_id="i-1", number="INC-1001", title="Mail relay down", channel=Channel.EMAIL,
-                            reported_at=datetime.now(UTC))
+    data = IncidentReported(
+        incident_id="i-1",
+        number="INC-1001",
+        title="Mail relay down",
+        channel=Channel.EMAIL,
+        reported_at=datetime.now(UTC),
+    )
     outside = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
     with tracer().start_as_current_span("accept report"):
         trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")

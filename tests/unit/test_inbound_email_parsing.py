@@ -25,8 +25,14 @@ def raw_email(*headers: str, body: bytes = b"Hello.") -> bytes:
 
 
 def text_email(body: bytes, charset: str, subject: str = "Printer") -> bytes:
-    return raw_email("From: customer@example.org", f"Subject: {subject}", "MIME-Version: 1.0",
-                     f"Content-Type: text/plain; charset={charset}", "Content-Transfer-Encoding: 8bit", body=body)
+    return raw_email(
+        "From: customer@example.org",
+        f"Subject: {subject}",
+        "MIME-Version: 1.0",
+        f"Content-Type: text/plain; charset={charset}",
+        "Content-Transfer-Encoding: 8bit",
+        body=body,
+    )
 
 
 # --- headers -----------------------------------------------------------------------------
@@ -101,10 +107,15 @@ def test_a_subject_in_an_unknown_charset_that_is_not_utf8_is_refused() -> None:
         parse_inbound_email(raw_email("Subject: =?x-legacy?b?8NLJ18XU?="))
 
 
-@pytest.mark.parametrize("headers", [
-    ("Auto-Submitted: auto-replied",), ("Precedence: bulk",), ("List-Id: <ops.lists.customer.example>",),
-    ("X-Autoreply: yes",),
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ("Auto-Submitted: auto-replied",),
+        ("Precedence: bulk",),
+        ("List-Id: <ops.lists.customer.example>",),
+        ("X-Autoreply: yes",),
+    ],
+)
 def test_auto_replies_bounces_and_list_mail_are_marked_automated(headers: tuple[str, ...]) -> None:
     assert parse_inbound_email(raw_email("Subject: Out of office", *headers)).automated
 
@@ -118,20 +129,25 @@ def test_the_content_digest_ignores_headers_a_relay_adds_on_retry() -> None:
     retried = raw_email("Received: from relay.example by mx.example", "Subject: x", body=b"same body")
 
     assert parse_inbound_email(first).content_digest == parse_inbound_email(retried).content_digest
-    assert parse_inbound_email(first).content_digest != parse_inbound_email(
-        raw_email("Subject: x", body=b"another body")).content_digest
+    assert (
+        parse_inbound_email(first).content_digest
+        != parse_inbound_email(raw_email("Subject: x", body=b"another body")).content_digest
+    )
 
 
 # --- bodies and charsets -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("charset", "text"), [
-    ("utf-8", "Grüße – der Server ist down ✔"),  # noqa: RUF001
-    ("iso-8859-1", "Grüße aus Köln: der Drucker streikt."),
-    ("windows-1252", "Schaden: 5 000 € pro Stunde – „dringend“"),  # noqa: RUF001
-    ("koi8-r", "Сервер базы данных не отвечает."),
-    ("cp1251", "Сервер не отвечает."),
-])
+@pytest.mark.parametrize(
+    ("charset", "text"),
+    [
+        ("utf-8", "Grüße – der Server ist down ✔"),  # noqa: RUF001
+        ("iso-8859-1", "Grüße aus Köln: der Drucker streikt."),
+        ("windows-1252", "Schaden: 5 000 € pro Stunde – „dringend“"),  # noqa: RUF001
+        ("koi8-r", "Сервер базы данных не отвечает."),
+        ("cp1251", "Сервер не отвечает."),
+    ],
+)
 def test_a_body_in_any_known_charset_is_decoded(charset: str, text: str) -> None:
     email = parse_inbound_email(text_email(text.encode(charset), charset))
 
@@ -167,8 +183,9 @@ def test_invalid_bytes_in_a_known_charset_are_replaced_and_counted() -> None:
     email = parse_inbound_email(text_email(b"caf\xe9 is closed \xc3\xa9", "utf-8"))
 
     assert email.body == "caf\ufffd is closed é"
-    assert email.notes == ("The text/plain part was not valid utf-8; 1 undecodable character(s) were replaced by "
-                           "\ufffd.",)
+    assert email.notes == (
+        "The text/plain part was not valid utf-8; 1 undecodable character(s) were replaced by \ufffd.",
+    )
 
 
 def test_an_unknown_charset_holding_utf8_is_read_and_noted() -> None:
@@ -190,13 +207,17 @@ def test_an_html_only_email_becomes_readable_text() -> None:
     message.set_content(
         "<html><head><title>x</title><style>p{color:red}</style><script>alert(1)</script></head><body>"
         "<h1>Checkout&nbsp;fails</h1><p>Since <b>10:00</b> &amp; only for EU customers.</p>"
-        "<ul><li>error 502</li><li>see <a href=\"https://shop.example/err\">the error page</a></li></ul>"
-        "<table><tr><td>host</td><td>web-1</td></tr></table>Regards<br>Anna</body></html>", subtype="html")
+        '<ul><li>error 502</li><li>see <a href="https://shop.example/err">the error page</a></li></ul>'
+        "<table><tr><td>host</td><td>web-1</td></tr></table>Regards<br>Anna</body></html>",
+        subtype="html",
+    )
 
     email = parse_inbound_email(wire(message))
 
-    assert email.body == ("Checkout fails\n\nSince 10:00 & only for EU customers.\n\n- error 502\n"
-                          "- see the error page <https://shop.example/err>\n\nhost web-1\n\nRegards\nAnna")
+    assert email.body == (
+        "Checkout fails\n\nSince 10:00 & only for EU customers.\n\n- error 502\n"
+        "- see the error page <https://shop.example/err>\n\nhost web-1\n\nRegards\nAnna"
+    )
 
 
 def test_a_link_whose_text_is_its_address_is_not_repeated() -> None:
@@ -240,8 +261,9 @@ def test_a_very_long_body_is_cut_and_the_cut_noted() -> None:
     email = parse_inbound_email(text_email(b"x" * (MAX_BODY_CHARS + 10), "us-ascii"))
 
     assert len(email.body) == MAX_BODY_CHARS
-    assert email.notes == (f"The text was {MAX_BODY_CHARS + 10} characters long; only the first {MAX_BODY_CHARS} "
-                           "are kept.",)
+    assert email.notes == (
+        f"The text was {MAX_BODY_CHARS + 10} characters long; only the first {MAX_BODY_CHARS} are kept.",
+    )
 
 
 # --- attachments -------------------------------------------------------------------------
@@ -259,13 +281,20 @@ def test_faxed_pdf_and_tiff_attachments_are_read_with_their_bytes() -> None:
 
     assert email.body == "2 pages"
     assert [(a.filename, a.content_type, a.content) for a in email.attachments] == [
-        ("fax.pdf", "application/pdf", pdf), ("fax.tif", "image/tiff", tiff)]
+        ("fax.pdf", "application/pdf", pdf),
+        ("fax.tif", "image/tiff", tiff),
+    ]
     assert email.attachments[0].size_bytes == len(pdf)
 
 
 def test_a_fax_that_is_only_a_pdf_has_an_empty_body_and_one_attachment() -> None:
-    raw = raw_email("Subject: Fax", "MIME-Version: 1.0", "Content-Type: application/pdf",
-                    "Content-Transfer-Encoding: base64", body=b"JVBERi0xLjQ=")
+    raw = raw_email(
+        "Subject: Fax",
+        "MIME-Version: 1.0",
+        "Content-Type: application/pdf",
+        "Content-Transfer-Encoding: base64",
+        body=b"JVBERi0xLjQ=",
+    )
 
     email = parse_inbound_email(raw)
 
@@ -304,10 +333,14 @@ def test_a_forwarded_message_is_one_attachment() -> None:
 
 
 def test_a_damaged_base64_attachment_is_kept_and_noted() -> None:
-    raw = raw_email("Subject: x", "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"',
-                    body=b"--b\r\nContent-Type: text/plain\r\n\r\nsee scan\r\n--b\r\nContent-Type: image/tiff\r\n"
-                         b"Content-Disposition: attachment; filename=scan.tif\r\n"
-                         b"Content-Transfer-Encoding: base64\r\n\r\nSUkqAA!!\r\n--b--")
+    raw = raw_email(
+        "Subject: x",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="b"',
+        body=b"--b\r\nContent-Type: text/plain\r\n\r\nsee scan\r\n--b\r\nContent-Type: image/tiff\r\n"
+        b"Content-Disposition: attachment; filename=scan.tif\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nSUkqAA!!\r\n--b--",
+    )
 
     email = parse_inbound_email(raw)
 
@@ -334,14 +367,18 @@ def test_a_boundary_that_never_appears_is_refused_naming_it() -> None:
 
 
 def test_a_message_cut_off_before_its_closing_boundary_is_read_and_noted() -> None:
-    raw = raw_email("Subject: x", 'Content-Type: multipart/mixed; boundary="b"',
-                    body=b"--b\r\nContent-Type: text/plain\r\n\r\nfirst part only")
+    raw = raw_email(
+        "Subject: x",
+        'Content-Type: multipart/mixed; boundary="b"',
+        body=b"--b\r\nContent-Type: text/plain\r\n\r\nfirst part only",
+    )
 
     email = parse_inbound_email(raw)
 
     assert email.body == "first part only"
-    assert email.notes == ("The multipart/mixed part ended without its closing MIME boundary; the message may "
-                           "have been cut off.",)
+    assert email.notes == (
+        "The multipart/mixed part ended without its closing MIME boundary; the message may have been cut off.",
+    )
 
 
 def test_parts_nested_beyond_reason_are_refused() -> None:

@@ -32,7 +32,9 @@ def test_only_a_resolved_incident_can_be_reopened(current: Status) -> None:
 
 def test_resolved_can_only_be_reopened_or_closed_and_closed_is_final() -> None:
     assert {target for target in Status if lifecycle.can_move(Status.RESOLVED, target)} == {
-        Status.REOPENED, Status.CLOSED}
+        Status.REOPENED,
+        Status.CLOSED,
+    }
     assert not any(lifecycle.can_move(Status.CLOSED, target) for target in Status)
 
 
@@ -59,34 +61,40 @@ def test_an_allowed_move_is_not_refused() -> None:
     lifecycle.require_move(Status.ESCALATED, Status.RESOLVED)
 
 
-@pytest.mark.parametrize(("current", "proposed", "expected"), [
-    (Status.REPORTED, Status.TRIAGED, Status.TRIAGED),
-    (Status.REOPENED, Status.TRIAGED, Status.TRIAGED),
-    (Status.TRIAGED, Status.REMEDIATING, Status.REMEDIATING),
-    (Status.REMEDIATING, Status.RESOLVED, Status.RESOLVED),
-    (Status.REMEDIATING, Status.ESCALATED, Status.ESCALATED),
-    (Status.ESCALATED, Status.RESOLVED, Status.RESOLVED),
-    # A result that overtook the triage event still moves the incident forward.
-    (Status.REPORTED, Status.RESOLVED, Status.RESOLVED),
-    (Status.REPORTED, Status.REMEDIATING, Status.REMEDIATING),
-    (Status.ACKNOWLEDGED, Status.REMEDIATING, Status.REMEDIATING),
-])
+@pytest.mark.parametrize(
+    ("current", "proposed", "expected"),
+    [
+        (Status.REPORTED, Status.TRIAGED, Status.TRIAGED),
+        (Status.REOPENED, Status.TRIAGED, Status.TRIAGED),
+        (Status.TRIAGED, Status.REMEDIATING, Status.REMEDIATING),
+        (Status.REMEDIATING, Status.RESOLVED, Status.RESOLVED),
+        (Status.REMEDIATING, Status.ESCALATED, Status.ESCALATED),
+        (Status.ESCALATED, Status.RESOLVED, Status.RESOLVED),
+        # A result that overtook the triage event still moves the incident forward.
+        (Status.REPORTED, Status.RESOLVED, Status.RESOLVED),
+        (Status.REPORTED, Status.REMEDIATING, Status.REMEDIATING),
+        (Status.ACKNOWLEDGED, Status.REMEDIATING, Status.REMEDIATING),
+    ],
+)
 def test_automation_moves_an_incident_forward(current: Status, proposed: Status, expected: Status) -> None:
     assert lifecycle.automated_move(current, proposed) == expected
 
 
-@pytest.mark.parametrize(("current", "proposed"), [
-    # Late or repeated events never move an incident back.
-    (Status.REMEDIATING, Status.TRIAGED),
-    (Status.ESCALATED, Status.TRIAGED),
-    (Status.TRIAGED, Status.TRIAGED),
-    (Status.RESOLVED, Status.TRIAGED),
-    (Status.RESOLVED, Status.REMEDIATING),
-    (Status.RESOLVED, Status.RESOLVED),
-    (Status.CLOSED, Status.RESOLVED),
-    (Status.CLOSED, Status.ESCALATED),
-    # A person on it stays visible when triage arrives afterwards.
-    (Status.ACKNOWLEDGED, Status.TRIAGED),
-])
+@pytest.mark.parametrize(
+    ("current", "proposed"),
+    [
+        # Late or repeated events never move an incident back.
+        (Status.REMEDIATING, Status.TRIAGED),
+        (Status.ESCALATED, Status.TRIAGED),
+        (Status.TRIAGED, Status.TRIAGED),
+        (Status.RESOLVED, Status.TRIAGED),
+        (Status.RESOLVED, Status.REMEDIATING),
+        (Status.RESOLVED, Status.RESOLVED),
+        (Status.CLOSED, Status.RESOLVED),
+        (Status.CLOSED, Status.ESCALATED),
+        # A person on it stays visible when triage arrives afterwards.
+        (Status.ACKNOWLEDGED, Status.TRIAGED),
+    ],
+)
 def test_automation_leaves_the_status_where_a_move_would_go_back(current: Status, proposed: Status) -> None:
     assert lifecycle.automated_move(current, proposed) is None

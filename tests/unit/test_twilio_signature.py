@@ -58,15 +58,18 @@ def test_a_repeated_parameter_signs_each_value_in_sorted_order() -> None:
     assert twilio_signature.is_valid(TOKEN, URL, params, expected)
 
 
-@pytest.mark.parametrize(("url", "signature"), [
-    # Twilio signed without the port, we see it with one: the port is dropped and it matches.
-    ("https://mycompany.com:1234/myapp.php?foo=1&bar=2", DOCUMENTED_SIGNATURE),
-    # Twilio signed with the port it connected to.
-    ("http://mycompany.com:1234/myapp.php?foo=1&bar=2", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
-    # Twilio signed with the scheme's default port made explicit.
-    ("https://mycompany.com/myapp.php?foo=1&bar=2", "kvajT1Ptam85bY51eRf/AJRuM3w="),
-    ("http://mycompany.com/myapp.php?foo=1&bar=2", "0ZXoZLH/DfblKGATFgpif+LLRf4="),
-])
+@pytest.mark.parametrize(
+    ("url", "signature"),
+    [
+        # Twilio signed without the port, we see it with one: the port is dropped and it matches.
+        ("https://mycompany.com:1234/myapp.php?foo=1&bar=2", DOCUMENTED_SIGNATURE),
+        # Twilio signed with the port it connected to.
+        ("http://mycompany.com:1234/myapp.php?foo=1&bar=2", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+        # Twilio signed with the scheme's default port made explicit.
+        ("https://mycompany.com/myapp.php?foo=1&bar=2", "kvajT1Ptam85bY51eRf/AJRuM3w="),
+        ("http://mycompany.com/myapp.php?foo=1&bar=2", "0ZXoZLH/DfblKGATFgpif+LLRf4="),
+    ],
+)
 def test_the_url_matches_with_and_without_its_port(url: str, signature: str) -> None:
     assert twilio_signature.is_valid(TOKEN, url, PARAMS, signature)
 

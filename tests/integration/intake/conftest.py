@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+
 from kafka_helpers import Infrastructure, unique_name
 from localinfra import free_port
 
@@ -81,8 +82,14 @@ def _tenant_seed(tenant_id: str, phone: str) -> tuple[dict[str, object], SeededT
     return entry, seeded
 
 
-def start_intake(infrastructure: Infrastructure, workdir: Path, *, extra_env: dict[str, str] | None = None,
-                 database: str | None = None, seed: list[dict[str, object]] | None = None) -> IntakeUnderTest:
+def start_intake(
+    infrastructure: Infrastructure,
+    workdir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    database: str | None = None,
+    seed: list[dict[str, object]] | None = None,
+) -> IntakeUnderTest:
     """Start ``python -m aftercare.intake`` and wait for /readyz; the caller stops it."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, smtp_port = free_port(), free_port()
@@ -99,27 +106,40 @@ def start_intake(infrastructure: Infrastructure, workdir: Path, *, extra_env: di
     seed_file = workdir / "seed.json"
     seed_file.write_text(json.dumps(entries))
     base_url = f"http://127.0.0.1:{http_port}"
-    env = dict(os.environ) | {
-        "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
-        "AFTERCARE_MONGO_URL": infrastructure.mongo_url,
-        "AFTERCARE_INTAKE_DATABASE": database,
-        # Each test intake is a deployment of its own: sharing the "intake" group would split the
-        # partitions with the others, and an event could land on an intake without its incident.
-        "AFTERCARE_INTAKE_CONSUMER_GROUP_PREFIX": f"{database}-",
-        "AFTERCARE_INTAKE_HTTP_PORT": str(http_port),
-        "AFTERCARE_INTAKE_SMTP_PORT": str(smtp_port),
-        "AFTERCARE_INTAKE_ADMIN_TOKEN": admin_token,
-        "AFTERCARE_INTAKE_SEED_FILE": str(seed_file),
-        "AFTERCARE_INTAKE_PUBLIC_BASE_URL": base_url,
-        "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "60",
-    } | (extra_env or {})
+    env = (
+        dict(os.environ)
+        | {
+            "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
+            "AFTERCARE_MONGO_URL": infrastructure.mongo_url,
+            "AFTERCARE_INTAKE_DATABASE": database,
+            # Each test intake is a deployment of its own: sharing the "intake" group would split the
+            # partitions with the others, and an event could land on an intake without its incident.
+            "AFTERCARE_INTAKE_CONSUMER_GROUP_PREFIX": f"{database}-",
+            "AFTERCARE_INTAKE_HTTP_PORT": str(http_port),
+            "AFTERCARE_INTAKE_SMTP_PORT": str(smtp_port),
+            "AFTERCARE_INTAKE_ADMIN_TOKEN": admin_token,
+            "AFTERCARE_INTAKE_SEED_FILE": str(seed_file),
+            "AFTERCARE_INTAKE_PUBLIC_BASE_URL": base_url,
+            "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "60",
+        }
+        | (extra_env or {})
+    )
     log_file = workdir / "intake.log"
     with log_file.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "aftercare.intake"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    service = IntakeUnderTest(base_url=base_url, smtp_host="127.0.0.1", smtp_port=smtp_port,
-                              admin_token=admin_token, database=database, infrastructure=infrastructure,
-                              tenants=tenants, log_file=log_file, process=process)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aftercare.intake"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    service = IntakeUnderTest(
+        base_url=base_url,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        admin_token=admin_token,
+        database=database,
+        infrastructure=infrastructure,
+        tenants=tenants,
+        log_file=log_file,
+        process=process,
+    )
     wait_ready(service)
     return service
 
@@ -129,8 +149,10 @@ def wait_ready(service: IntakeUnderTest, timeout_s: float = 90.0) -> None:
     last = "no answer"
     while time.monotonic() < deadline:
         if service.process is not None and service.process.poll() is not None:
-            raise RuntimeError(f"intake exited with {service.process.returncode}; see {service.log_file}:\n"
-                               + service.log_file.read_text(errors="replace")[-3000:])
+            raise RuntimeError(
+                f"intake exited with {service.process.returncode}; see {service.log_file}:\n"
+                + service.log_file.read_text(errors="replace")[-3000:]
+            )
         try:
             answer = httpx.get(service.base_url + "/readyz", timeout=2.0)
             if answer.status_code == 200:
@@ -181,9 +203,14 @@ def limited_intake(intake: IntakeUnderTest, tmp_path_factory: pytest.TempPathFac
     Limits are counted per credential; each channel's tests use their own kind of credential
     (routing key, Alertmanager token, phone line, portal), so they never share a count.
     """
-    service = start_intake(intake.infrastructure, tmp_path_factory.mktemp("limited"),
-                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(LIMITED_INTAKE_RATE_LIMIT),
-                                      "AFTERCARE_INTAKE_SMTP_ENABLED": "false"})
+    service = start_intake(
+        intake.infrastructure,
+        tmp_path_factory.mktemp("limited"),
+        extra_env={
+            "AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(LIMITED_INTAKE_RATE_LIMIT),
+            "AFTERCARE_INTAKE_SMTP_ENABLED": "false",
+        },
+    )
     try:
         yield service
     finally:

@@ -22,8 +22,9 @@ def distinct(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def incident_events(intake: IntakeUnderTest, incident_id: str) -> list[dict[str, Any]]:
     """Every event on the incidents topic for one incident (its Kafka key), in publish order."""
     records = await read_all(intake.infrastructure.bootstrap_servers, topics.INCIDENTS)
-    return distinct([json.loads(r.value) | {"_headers": headers_of(r)} for r in records
-                     if r.key == incident_id.encode()])
+    return distinct(
+        [json.loads(r.value) | {"_headers": headers_of(r)} for r in records if r.key == incident_id.encode()]
+    )
 
 
 def of_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:

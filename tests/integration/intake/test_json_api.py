@@ -21,9 +21,9 @@ from pymongo import AsyncMongoClient
 
 from aftercare.events import topics
 
-from .incident_events import distinct, incident_events, of_type
 from .answers import assert_problem
 from .conftest import IntakeUnderTest, start_intake, stop_intake
+from .incident_events import distinct, incident_events, of_type
 from kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
@@ -36,24 +36,13 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-
-
-
-
 async def events_mentioning(intake: IntakeUnderTest, marker: str) -> list[dict[str, Any]]:
     records = await read_all(intake.infrastructure.bootstrap_servers, topics.INCIDENTS)
     return distinct([json.loads(r.value) for r in records if marker.encode() in r.value])
 
 
-
-
-
-
-
-
 async def report(client: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
-    answer = await client.post(INCIDENTS, json={"title": unique("Disk full on billing-db")} | fields,
-                               headers=headers)
+    answer = await client.post(INCIDENTS, json={"title": unique("Disk full on billing-db")} | fields, headers=headers)
     assert answer.status_code == 202, answer.text
     return dict(answer.json())
 
@@ -61,8 +50,9 @@ async def report(client: httpx.AsyncClient, headers: dict[str, str], **fields: A
 async def new_tenant_key(client: httpx.AsyncClient, intake: IntakeUnderTest) -> dict[str, str]:
     """A tenant of its own (through the admin API), so counts and pages are exactly this test's."""
     tenant_id = unique("shop")
-    created = await client.put(f"/admin/tenants/{tenant_id}", headers=intake.admin(),
-                               json={"name": "Corner Shop", "tier": TIER})
+    created = await client.put(
+        f"/admin/tenants/{tenant_id}", headers=intake.admin(), json={"name": "Corner Shop", "tier": TIER}
+    )
     assert created.status_code == 201, created.text
     issued = await client.post(f"/admin/tenants/{tenant_id}/api-keys", headers=intake.admin(), json={"name": "ci"})
     assert issued.status_code == 201, issued.text
@@ -73,12 +63,22 @@ async def new_tenant_key(client: httpx.AsyncClient, intake: IntakeUnderTest) -> 
 
 
 async def test_report_is_accepted_with_number_and_status_url_and_announced_on_kafka(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     title = unique("Checkout returns 502")
-    answer = await client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={
-        "title": title, "description": "Since 09:12, every third checkout fails.", "severity": "critical",
-        "system": "billing-db", "source": "web-03", "labels": {"team": "payments"},
-        "reporter": {"name": "Dana Ops", "email": "dana@tenant-a.example.net"}})
+    answer = await client.post(
+        INCIDENTS,
+        headers=intake.auth("tenant-a"),
+        json={
+            "title": title,
+            "description": "Since 09:12, every third checkout fails.",
+            "severity": "critical",
+            "system": "billing-db",
+            "source": "web-03",
+            "labels": {"team": "payments"},
+            "reporter": {"name": "Dana Ops", "email": "dana@tenant-a.example.net"},
+        },
+    )
 
     assert answer.status_code == 202, answer.text
     accepted = answer.json()
@@ -116,32 +116,39 @@ async def test_unknown_incident_is_a_404_problem(client: httpx.AsyncClient, inta
 
 
 async def test_list_filters_by_status_channel_and_since_and_pages_newest_first(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     key = await new_tenant_key(client, intake)
     first = await report(client, key)
     second = await report(client, key)
     third = await report(client, key)
-    acknowledged = await client.post(f"{INCIDENTS}/{second['incident_id']}/acknowledge", headers=key,
-                                     json={"by": "Sam at the support desk"})
+    acknowledged = await client.post(
+        f"{INCIDENTS}/{second['incident_id']}/acknowledge", headers=key, json={"by": "Sam at the support desk"}
+    )
     assert acknowledged.status_code == 200, acknowledged.text
 
     everything = (await client.get(INCIDENTS, headers=key)).json()
     assert everything["total"] == 3
     assert [item["incident_id"] for item in everything["items"]] == [
-        third["incident_id"], second["incident_id"], first["incident_id"]]
+        third["incident_id"],
+        second["incident_id"],
+        first["incident_id"],
+    ]
     assert all(item["timeline"] == [] for item in everything["items"])  # timelines only on the incident itself
 
     page_one = (await client.get(INCIDENTS, headers=key, params={"limit": 2, "offset": 0})).json()
     page_two = (await client.get(INCIDENTS, headers=key, params={"limit": 2, "offset": 2})).json()
     assert (page_one["total"], page_one["limit"], page_one["offset"]) == (3, 2, 0)
     assert [i["incident_id"] for i in page_one["items"] + page_two["items"]] == [
-        i["incident_id"] for i in everything["items"]]
+        i["incident_id"] for i in everything["items"]
+    ]
     assert page_two["offset"] == 2 and len(page_two["items"]) == 1
 
     only_acknowledged = (await client.get(INCIDENTS, headers=key, params={"status": "acknowledged"})).json()
     assert [i["incident_id"] for i in only_acknowledged["items"]] == [second["incident_id"]]
-    both = (await client.get(INCIDENTS, headers=key, params=[("status", "acknowledged"),
-                                                                 ("status", "reported")])).json()
+    both = (
+        await client.get(INCIDENTS, headers=key, params=[("status", "acknowledged"), ("status", "reported")])
+    ).json()
     assert both["total"] == 3
 
     assert (await client.get(INCIDENTS, headers=key, params={"channel": "api"})).json()["total"] == 3
@@ -155,17 +162,18 @@ async def test_list_filters_by_status_channel_and_since_and_pages_newest_first(
 
 
 async def test_list_refuses_a_page_size_out_of_range(client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
-    problem = assert_problem(await client.get(INCIDENTS, headers=intake.auth("tenant-a"), params={"limit": 0}),
-                             422)
+    problem = assert_problem(await client.get(INCIDENTS, headers=intake.auth("tenant-a"), params={"limit": 0}), 422)
     assert any(error["field"].endswith("limit") for error in problem["errors"])
 
 
-async def test_reports_at_the_same_moment_get_distinct_numbers(client: httpx.AsyncClient,
-                                                               intake: IntakeUnderTest) -> None:
+async def test_reports_at_the_same_moment_get_distinct_numbers(
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     key = await new_tenant_key(client, intake)  # a new tenant: even its number counter starts in the race
 
-    answers = await asyncio.gather(*(client.post(INCIDENTS, headers=key, json={"title": unique("Power dip")})
-                                     for _ in range(20)))
+    answers = await asyncio.gather(
+        *(client.post(INCIDENTS, headers=key, json={"title": unique("Power dip")}) for _ in range(20))
+    )
 
     assert [answer.status_code for answer in answers] == [202] * 20, [a.text for a in answers if a.status_code != 202]
     numbers = sorted(int(answer.json()["number"].removeprefix("INC-")) for answer in answers)
@@ -176,7 +184,8 @@ async def test_reports_at_the_same_moment_get_distinct_numbers(client: httpx.Asy
 
 
 async def test_same_dedup_key_adds_an_occurrence_to_the_open_incident(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     dedup_key = unique("billing-db/disk")
     first = await report(client, intake.auth("tenant-a"), dedup_key=dedup_key)
     again = await report(client, intake.auth("tenant-a"), dedup_key=dedup_key, title="Disk still full")
@@ -194,11 +203,20 @@ async def test_same_dedup_key_adds_an_occurrence_to_the_open_incident(
 
 
 async def test_a_burst_of_the_same_alert_opens_one_incident_and_counts_every_report(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     dedup_key = unique("ups-07/on-battery")
 
-    answers = await asyncio.gather(*(client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={
-        "title": f"UPS 7 on battery ({n})", "dedup_key": dedup_key}) for n in range(12)))
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                INCIDENTS,
+                headers=intake.auth("tenant-a"),
+                json={"title": f"UPS 7 on battery ({n})", "dedup_key": dedup_key},
+            )
+            for n in range(12)
+        )
+    )
 
     assert [answer.status_code for answer in answers] == [202] * 12, [a.text for a in answers]
     (incident_id,) = {answer.json()["incident_id"] for answer in answers}
@@ -211,7 +229,8 @@ async def test_a_burst_of_the_same_alert_opens_one_incident_and_counts_every_rep
 
 
 async def test_idempotency_key_retry_returns_the_same_incident_and_publishes_once(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     body = {"title": unique("Nightly backup failed"), "severity": "warning"}
     headers = intake.auth("tenant-a") | {"Idempotency-Key": unique("retry")}
 
@@ -226,7 +245,8 @@ async def test_idempotency_key_retry_returns_the_same_incident_and_publishes_onc
 
 
 async def test_idempotency_key_with_dedup_key_retry_adds_no_second_occurrence(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     dedup_key = unique("web-03/http-5xx")
     opened = await report(client, intake.auth("tenant-a"), dedup_key=dedup_key)
     body = {"title": unique("5xx rate still high"), "dedup_key": dedup_key}
@@ -242,7 +262,8 @@ async def test_idempotency_key_with_dedup_key_retry_adds_no_second_occurrence(
 
 
 async def test_idempotency_key_reused_with_another_body_is_a_409_problem(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     headers = intake.auth("tenant-a") | {"Idempotency-Key": unique("reused")}
     first = await client.post(INCIDENTS, headers=headers, json={"title": unique("VPN down")})
     assert first.status_code == 202, first.text
@@ -258,7 +279,8 @@ async def test_idempotency_key_reused_with_another_body_is_a_409_problem(
 
 
 async def test_acknowledge_resolve_and_reopen_move_the_incident_and_announce_each_move(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     auth = intake.auth("tenant-a")
     opened = await report(client, auth)
     url = opened["status_url"]
@@ -275,7 +297,11 @@ async def test_acknowledge_resolve_and_reopen_move_the_incident_and_announce_eac
     assert [entry["kind"] for entry in incident["timeline"]] == ["reported", "acknowledged", "resolved", "reopened"]
     events = await incident_events(intake, opened["incident_id"])
     assert [event["type"] for event in events] == [
-        "incident.reported", "incident.acknowledged", "incident.resolved", "incident.reopened"]
+        "incident.reported",
+        "incident.acknowledged",
+        "incident.resolved",
+        "incident.reopened",
+    ]
     assert events[1]["data"]["by"] == "Sam" and events[1]["data"]["note"] == "Looking"
     assert events[2]["data"]["resolution"] == "Disk cleaned"
     assert events[3]["data"]["reason"] == "Full again"
@@ -283,7 +309,8 @@ async def test_acknowledge_resolve_and_reopen_move_the_incident_and_announce_eac
 
 
 async def test_resolving_a_resolved_or_closed_incident_again_changes_nothing(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     auth = intake.auth("tenant-a")
     opened = await report(client, auth)
     url = opened["status_url"]
@@ -296,8 +323,9 @@ async def test_resolving_a_resolved_or_closed_incident_again_changes_nothing(
     # No endpoint closes incidents yet; close this one in the store as a closing job would.
     store: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(intake.infrastructure.mongo_url, tz_aware=True)
     try:
-        await store[intake.database]["incidents"].update_one({"_id": opened["incident_id"]},
-                                                             {"$set": {"status": "closed"}})
+        await store[intake.database]["incidents"].update_one(
+            {"_id": opened["incident_id"]}, {"$set": {"status": "closed"}}
+        )
     finally:
         await store.close()
     closed = await client.post(f"{url}/resolve", headers=auth, json={"by": "Kim"})
@@ -306,12 +334,12 @@ async def test_resolving_a_resolved_or_closed_incident_again_changes_nothing(
 
 
 async def test_a_move_the_lifecycle_forbids_is_a_409_problem_that_says_what_is_possible(
-        client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     auth = intake.auth("tenant-a")
     opened = await report(client, auth)
 
-    problem = assert_problem(await client.post(f"{opened['status_url']}/reopen", headers=auth, json={"by": "Sam"}),
-                             409)
+    problem = assert_problem(await client.post(f"{opened['status_url']}/reopen", headers=auth, json={"by": "Sam"}), 409)
 
     assert "reported cannot become reopened" in problem["detail"]
     assert "acknowledged" in problem["detail"] and "resolved" in problem["detail"]
@@ -324,34 +352,47 @@ async def test_a_move_the_lifecycle_forbids_is_a_409_problem_that_says_what_is_p
 
 async def test_invalid_json_is_a_400_problem(client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
     marker = unique("broken")
-    answer = await client.post(INCIDENTS, content=b'{"title": "' + marker.encode() + b'",',
-                               headers=intake.auth("tenant-a") | {"Content-Type": "application/json"})
+    answer = await client.post(
+        INCIDENTS,
+        content=b'{"title": "' + marker.encode() + b'",',
+        headers=intake.auth("tenant-a") | {"Content-Type": "application/json"},
+    )
     problem = assert_problem(answer, 400)
     assert "JSON" in problem["detail"]
     assert await events_mentioning(intake, marker) == []
 
 
-async def test_missing_title_is_a_422_problem_naming_the_field(client: httpx.AsyncClient,
-                                                                intake: IntakeUnderTest) -> None:
+async def test_missing_title_is_a_422_problem_naming_the_field(
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     marker = unique("no title")
-    problem = assert_problem(await client.post(INCIDENTS, headers=intake.auth("tenant-a"),
-                                               json={"description": marker}), 422)
+    problem = assert_problem(
+        await client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={"description": marker}), 422
+    )
     assert {"field": "title", "message": "Field required"} in problem["errors"]
     assert await events_mentioning(intake, marker) == []
 
 
-async def test_an_unknown_field_is_a_422_problem_naming_it(client: httpx.AsyncClient,
-                                                            intake: IntakeUnderTest) -> None:
-    problem = assert_problem(await client.post(INCIDENTS, headers=intake.auth("tenant-a"),
-                                               json={"title": unique("x"), "priority": "P1"}), 422)
+async def test_an_unknown_field_is_a_422_problem_naming_it(client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
+    problem = assert_problem(
+        await client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={"title": unique("x"), "priority": "P1"}),
+        422,
+    )
     assert [error["field"] for error in problem["errors"]] == ["priority"]
 
 
-async def test_a_label_name_the_store_cannot_keep_is_a_422_problem(client: httpx.AsyncClient,
-                                                                    intake: IntakeUnderTest) -> None:
+async def test_a_label_name_the_store_cannot_keep_is_a_422_problem(
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     marker = unique("dotted label")
-    problem = assert_problem(await client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={
-        "title": marker, "labels": {"app.kubernetes.io/name": "billing"}}), 422)
+    problem = assert_problem(
+        await client.post(
+            INCIDENTS,
+            headers=intake.auth("tenant-a"),
+            json={"title": marker, "labels": {"app.kubernetes.io/name": "billing"}},
+        ),
+        422,
+    )
     assert problem["errors"][0]["field"] == "labels" and "'.'" in problem["errors"][0]["message"]
     assert await events_mentioning(intake, marker) == []
 
@@ -376,8 +417,11 @@ async def test_a_wrong_api_key_is_a_401_problem(client: httpx.AsyncClient) -> No
 
 @pytest.fixture(scope="module")
 def strict_intake(infrastructure: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntakeUnderTest]:
-    service = start_intake(infrastructure, tmp_path_factory.mktemp("strict-intake"), extra_env={
-        "AFTERCARE_INTAKE_MAX_BODY_BYTES": "2048", "AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "3"})
+    service = start_intake(
+        infrastructure,
+        tmp_path_factory.mktemp("strict-intake"),
+        extra_env={"AFTERCARE_INTAKE_MAX_BODY_BYTES": "2048", "AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "3"},
+    )
     try:
         yield service
     finally:
@@ -391,7 +435,7 @@ async def test_a_body_over_the_limit_is_a_413_problem(strict_intake: IntakeUnder
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit must hold while reading
         for start in range(0, len(body), 512):
-            yield body[start:start + 512]
+            yield body[start : start + 512]
 
     async with httpx.AsyncClient(base_url=strict_intake.base_url, timeout=30.0) as http:
         declared = await http.post(INCIDENTS, content=body, headers=headers)
@@ -405,7 +449,8 @@ async def test_a_body_over_the_limit_is_a_413_problem(strict_intake: IntakeUnder
 
 
 async def test_over_the_rate_limit_is_a_429_problem_with_retry_after_and_nothing_published(
-        strict_intake: IntakeUnderTest) -> None:
+    strict_intake: IntakeUnderTest,
+) -> None:
     titles = [unique("Burst report") for _ in range(7)]
     answers = []
     async with httpx.AsyncClient(base_url=strict_intake.base_url, timeout=30.0) as http:

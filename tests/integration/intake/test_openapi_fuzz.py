@@ -38,10 +38,14 @@ EXAMPLES_PER_OPERATION = 25
 
 
 @pytest.fixture(scope="module")
-def fuzzed_intake(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[IntakeUnderTest]:
-    service = start_intake(infrastructure, tmp_path_factory.mktemp("fuzzed-intake"),
-                           extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "1000000"})
+def fuzzed_intake(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IntakeUnderTest]:
+    service = start_intake(
+        infrastructure,
+        tmp_path_factory.mktemp("fuzzed-intake"),
+        extra_env={"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "1000000"},
+    )
     try:
         yield service
     finally:
@@ -63,9 +67,15 @@ def credentials_for(path: str, intake: IntakeUnderTest) -> dict[str, str]:
 
 
 @spec.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+)
 def test_no_input_makes_intake_fail_with_a_server_error(case: Any, fuzzed_intake: IntakeUnderTest) -> None:
-    case.call_and_validate(base_url=fuzzed_intake.base_url, headers=credentials_for(case.path, fuzzed_intake),
-                           checks=[not_a_server_error], timeout=30)
+    case.call_and_validate(
+        base_url=fuzzed_intake.base_url,
+        headers=credentials_for(case.path, fuzzed_intake),
+        checks=[not_a_server_error],
+        timeout=30,
+    )

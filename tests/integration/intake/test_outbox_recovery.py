@@ -65,33 +65,85 @@ def document_left_by_a_crash(tenant_id: str, incident_id: str, number: str, titl
     both events still in its outbox: the process died before it could publish either."""
     opened_at = datetime.now(UTC)
     reported = envelope_for(
-        IncidentReported(incident_id=incident_id, number=number, title=title, channel=Channel.API,
-                         reporter=Reporter(name="Nagios"), reported_at=opened_at),
-        source="intake", tenant_id=tenant_id, incident_id=incident_id, time=opened_at)
+        IncidentReported(
+            incident_id=incident_id,
+            number=number,
+            title=title,
+            channel=Channel.API,
+            reporter=Reporter(name="Nagios"),
+            reported_at=opened_at,
+        ),
+        source="intake",
+        tenant_id=tenant_id,
+        incident_id=incident_id,
+        time=opened_at,
+    )
     repeated = envelope_for(
-        IncidentUpdated(incident_id=incident_id, number=number, channel=Channel.API, kind="occurrence",
-                        message=title, author=Reporter(name="Nagios"), occurrence_count=2,
-                        last_seen_at=opened_at),
-        source="intake", tenant_id=tenant_id, incident_id=incident_id, time=opened_at)
+        IncidentUpdated(
+            incident_id=incident_id,
+            number=number,
+            channel=Channel.API,
+            kind="occurrence",
+            message=title,
+            author=Reporter(name="Nagios"),
+            occurrence_count=2,
+            last_seen_at=opened_at,
+        ),
+        source="intake",
+        tenant_id=tenant_id,
+        incident_id=incident_id,
+        time=opened_at,
+    )
     timeline = [
-        {"at": opened_at, "kind": "reported", "summary": f"Reported by api: {title}", "by": "Nagios",
-         "channel": "api", "event_id": reported.id},
-        {"at": opened_at, "kind": "occurrence", "summary": f"Seen again (2x): {title}", "by": "Nagios",
-         "channel": "api", "event_id": repeated.id},
+        {
+            "at": opened_at,
+            "kind": "reported",
+            "summary": f"Reported by api: {title}",
+            "by": "Nagios",
+            "channel": "api",
+            "event_id": reported.id,
+        },
+        {
+            "at": opened_at,
+            "kind": "occurrence",
+            "summary": f"Seen again (2x): {title}",
+            "by": "Nagios",
+            "channel": "api",
+            "event_id": repeated.id,
+        },
     ]
     return {
-        "_id": incident_id, "tenant_id": tenant_id, "number": number, "title": title, "description": "",
-        "channel": "api", "severity": "error", "status": "reported",
-        "reporter": {"name": "Nagios", "email": None, "phone": None, "system": None}, "system": None,
-        "source": None, "dedup_key": None, "labels": {}, "attachments": [], "occurrence_count": 2,
-        "first_seen_at": opened_at, "last_seen_at": opened_at, "created_at": opened_at, "updated_at": opened_at,
-        "details": {}, "email_message_ids": [], "timeline": timeline, "applied_events": [],
-        outbox.FIELD: [outbox.stored(reported), outbox.stored(repeated)], outbox.FLAG: True,
+        "_id": incident_id,
+        "tenant_id": tenant_id,
+        "number": number,
+        "title": title,
+        "description": "",
+        "channel": "api",
+        "severity": "error",
+        "status": "reported",
+        "reporter": {"name": "Nagios", "email": None, "phone": None, "system": None},
+        "system": None,
+        "source": None,
+        "dedup_key": None,
+        "labels": {},
+        "attachments": [],
+        "occurrence_count": 2,
+        "first_seen_at": opened_at,
+        "last_seen_at": opened_at,
+        "created_at": opened_at,
+        "updated_at": opened_at,
+        "details": {},
+        "email_message_ids": [],
+        "timeline": timeline,
+        "applied_events": [],
+        outbox.FIELD: [outbox.stored(reported), outbox.stored(repeated)],
+        outbox.FLAG: True,
     }
 
 
 async def test_events_a_crash_left_in_the_outbox_are_published_when_intake_starts_again(
-        infrastructure: Infrastructure, tmp_path: Path, store: AsyncMongoClient[dict[str, Any]]) -> None:
+    infrastructure: Infrastructure, tmp_path: Path, store: AsyncMongoClient[dict[str, Any]]
+) -> None:
     crashed = start_intake(infrastructure, tmp_path / "before")
     stop_intake(crashed, kill=True)
     incidents = store[crashed.database]["incidents"]
@@ -102,8 +154,9 @@ async def test_events_a_crash_left_in_the_outbox_are_published_when_intake_start
 
     restarted = start_intake(infrastructure, tmp_path / "after", database=crashed.database)
     try:
-        events = await wait_until(lambda: _at_least(infrastructure, incident_id, 2), timeout=60,
-                                  message="the pending events on Kafka")
+        events = await wait_until(
+            lambda: _at_least(infrastructure, incident_id, 2), timeout=60, message="the pending events on Kafka"
+        )
         assert [event["id"] for event in events] == [entry["id"] for entry in left[outbox.FIELD]]
         assert [event["type"] for event in events] == ["incident.reported", "incident.updated"]
         assert events[0]["data"]["title"] == title and events[0]["tenant_id"] == "tenant-a"
@@ -111,6 +164,7 @@ async def test_events_a_crash_left_in_the_outbox_are_published_when_intake_start
         async def outbox_emptied() -> bool:
             document = await incidents.find_one({"_id": incident_id})
             return document is not None and document[outbox.FIELD] == [] and document[outbox.FLAG] is False
+
         await wait_until(outbox_emptied, timeout=30, message="the outbox emptied")
 
         async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30.0) as http:
@@ -127,16 +181,20 @@ async def _at_least(infrastructure: Infrastructure, incident_id: str, count: int
 
 
 async def test_every_202_is_on_kafka_even_when_intake_is_killed_right_after_answering(
-        infrastructure: Infrastructure, tmp_path: Path, store: AsyncMongoClient[dict[str, Any]]) -> None:
+    infrastructure: Infrastructure, tmp_path: Path, store: AsyncMongoClient[dict[str, Any]]
+) -> None:
     service = start_intake(infrastructure, tmp_path / "killed")
     batch = uuid.uuid4().hex[:8]
     accepted: list[dict[str, Any]] = []
     try:
-        async with httpx.AsyncClient(base_url=service.base_url, timeout=30.0,
-                                     limits=httpx.Limits(max_connections=20)) as http:
+        async with httpx.AsyncClient(
+            base_url=service.base_url, timeout=30.0, limits=httpx.Limits(max_connections=20)
+        ) as http:
+
             async def report(n: int) -> None:
-                answer = await http.post("/v1/incidents", headers=service.auth("tenant-a"),
-                                         json={"title": f"Crash batch {batch} report {n}"})
+                answer = await http.post(
+                    "/v1/incidents", headers=service.auth("tenant-a"), json={"title": f"Crash batch {batch} report {n}"}
+                )
                 if answer.status_code == 202:
                     accepted.append(answer.json())
                     if len(accepted) == 1:
@@ -159,9 +217,11 @@ async def test_every_202_is_on_kafka_even_when_intake_is_killed_right_after_answ
     assert answered_ids <= written
     restarted = start_intake(infrastructure, tmp_path / "restarted", database=service.database)
     try:
+
         async def all_published() -> bool:
             events = await incident_events(infrastructure, written)
             return {e["incident_id"] for e in events if e["type"] == "incident.reported"} == written
+
         await wait_until(all_published, timeout=60, message="every written incident announced")
         await wait_until(lambda: _no_pending(database), timeout=30, message="no outbox left pending")
     finally:
@@ -173,12 +233,16 @@ async def _no_pending(database: AsyncDatabase[dict[str, Any]]) -> bool:
 
 
 async def test_an_accepted_report_leaves_nothing_pending_in_its_outbox(
-        intake: IntakeUnderTest, store: AsyncMongoClient[dict[str, Any]]) -> None:
+    intake: IntakeUnderTest, store: AsyncMongoClient[dict[str, Any]]
+) -> None:
     # The normal path publishes and then removes the event in the request itself: nothing is left
     # for the sweep, which would otherwise publish every incident a second time.
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30.0) as http:
-        answer = await http.post("/v1/incidents", headers=intake.auth("tenant-a"),
-                                 json={"title": f"Tape library offline {uuid.uuid4().hex[:8]}"})
+        answer = await http.post(
+            "/v1/incidents",
+            headers=intake.auth("tenant-a"),
+            json={"title": f"Tape library offline {uuid.uuid4().hex[:8]}"},
+        )
     assert answer.status_code == 202, answer.text
     incident_id = answer.json()["incident_id"]
 

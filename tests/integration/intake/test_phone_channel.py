@@ -19,9 +19,10 @@ import uuid
 from typing import Any
 
 import httpx
-from kafka_helpers import read_all, wait_until
 
 from intake.conftest import IntakeUnderTest
+
+from kafka_helpers import read_all, wait_until
 
 INCIDENTS_TOPIC = "aftercare.incidents"
 VOICE = "/v1/phone/twilio/voice"
@@ -38,8 +39,9 @@ def new_caller() -> str:
     return "+1555" + "".join(secrets.choice("0123456789") for _ in range(7))
 
 
-def call_params(intake: IntakeUnderTest, caller: str, *, tenant: str = "tenant-a", call_sid: str | None = None,
-                **extra: str) -> dict[str, str]:
+def call_params(
+    intake: IntakeUnderTest, caller: str, *, tenant: str = "tenant-a", call_sid: str | None = None, **extra: str
+) -> dict[str, str]:
     return {
         "AccountSid": "AC" + uuid.uuid4().hex,
         "CallSid": call_sid or "CA" + uuid.uuid4().hex,
@@ -53,8 +55,15 @@ def call_params(intake: IntakeUnderTest, caller: str, *, tenant: str = "tenant-a
     }
 
 
-async def post_signed(client: httpx.AsyncClient, intake: IntakeUnderTest, path: str, params: dict[str, str], *,
-                      token: str | None = None, tenant: str = "tenant-a") -> httpx.Response:
+async def post_signed(
+    client: httpx.AsyncClient,
+    intake: IntakeUnderTest,
+    path: str,
+    params: dict[str, str],
+    *,
+    token: str | None = None,
+    tenant: str = "tenant-a",
+) -> httpx.Response:
     signature = twilio_sign(token or intake.tenants[tenant].phone_auth_token, intake.base_url + path, params)
     return await client.post(path, data=params, headers={"X-Twilio-Signature": signature})
 
@@ -66,8 +75,9 @@ def spoken_number(twiml: str) -> str:
     return "INC-" + match.group(1).replace(" ", "")
 
 
-async def incidents_of_caller(client: httpx.AsyncClient, intake: IntakeUnderTest, caller: str,
-                              tenant: str = "tenant-a") -> list[dict[str, Any]]:
+async def incidents_of_caller(
+    client: httpx.AsyncClient, intake: IntakeUnderTest, caller: str, tenant: str = "tenant-a"
+) -> list[dict[str, Any]]:
     answer = await client.get("/v1/incidents", params={"channel": "phone", "limit": 200}, headers=intake.auth(tenant))
     assert answer.status_code == 200, answer.text
     return [item for item in answer.json()["items"] if item["reporter"]["phone"] == caller]
@@ -99,13 +109,19 @@ async def events_of(intake: IntakeUnderTest, incident_id: str, *, at_least: int)
 
 
 async def test_a_signed_call_with_its_transcription_opens_a_phone_incident_and_reads_the_number_back(
-        intake: IntakeUnderTest) -> None:
+    intake: IntakeUnderTest,
+) -> None:
     caller = new_caller()
-    params = call_params(intake, caller, CallStatus="completed",
-                         TranscriptionText="The billing database is down. Nobody can send invoices since 9 am.",
-                         TranscriptionStatus="completed", TranscriptionSid="TR" + uuid.uuid4().hex,
-                         RecordingSid="RE" + uuid.uuid4().hex,
-                         RecordingUrl="https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1")
+    params = call_params(
+        intake,
+        caller,
+        CallStatus="completed",
+        TranscriptionText="The billing database is down. Nobody can send invoices since 9 am.",
+        TranscriptionStatus="completed",
+        TranscriptionSid="TR" + uuid.uuid4().hex,
+        RecordingSid="RE" + uuid.uuid4().hex,
+        RecordingUrl="https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1",
+    )
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
         answer = await post_signed(client, intake, VOICE, params)
         assert answer.status_code == 200, answer.text
@@ -130,8 +146,7 @@ async def test_a_signed_call_with_its_transcription_opens_a_phone_incident_and_r
     assert reported["data"]["reporter"]["phone"] == caller
 
 
-async def test_a_call_records_a_message_whose_transcription_joins_the_incident_later(
-        intake: IntakeUnderTest) -> None:
+async def test_a_call_records_a_message_whose_transcription_joins_the_incident_later(intake: IntakeUnderTest) -> None:
     caller = new_caller()
     call_sid = "CA" + uuid.uuid4().hex
     recording_sid = "RE" + uuid.uuid4().hex
@@ -145,17 +160,41 @@ async def test_a_call_records_a_message_whose_transcription_joins_the_incident_l
         assert f'transcribeCallback="{intake.base_url}{TRANSCRIPTION}"' in ringing.text
         assert 'transcribe="true"' in ringing.text
 
-        recorded = await post_signed(client, intake, RECORDED, call_params(
-            intake, caller, call_sid=call_sid, CallStatus="in-progress", RecordingUrl=recording_url,
-            RecordingSid=recording_sid, RecordingDuration="14", Digits="#"))
+        recorded = await post_signed(
+            client,
+            intake,
+            RECORDED,
+            call_params(
+                intake,
+                caller,
+                call_sid=call_sid,
+                CallStatus="in-progress",
+                RecordingUrl=recording_url,
+                RecordingSid=recording_sid,
+                RecordingDuration="14",
+                Digits="#",
+            ),
+        )
         assert recorded.status_code == 200, recorded.text
         assert spoken_number(recorded.text) == number
         assert "<Hangup/>" in recorded.text
 
-        transcribed = await post_signed(client, intake, TRANSCRIPTION, call_params(
-            intake, caller, call_sid=call_sid, CallStatus="completed", RecordingUrl=recording_url,
-            RecordingSid=recording_sid, TranscriptionSid="TR" + uuid.uuid4().hex, TranscriptionStatus="completed",
-            TranscriptionText="The label printer in the warehouse prints blank pages."))
+        transcribed = await post_signed(
+            client,
+            intake,
+            TRANSCRIPTION,
+            call_params(
+                intake,
+                caller,
+                call_sid=call_sid,
+                CallStatus="completed",
+                RecordingUrl=recording_url,
+                RecordingSid=recording_sid,
+                TranscriptionSid="TR" + uuid.uuid4().hex,
+                TranscriptionStatus="completed",
+                TranscriptionText="The label printer in the warehouse prints blank pages.",
+            ),
+        )
         assert transcribed.status_code == 200, transcribed.text
         assert transcribed.text.endswith("<Response></Response>")
 
@@ -176,11 +215,23 @@ async def test_a_call_records_a_message_whose_transcription_joins_the_incident_l
 async def test_a_second_call_from_the_same_caller_updates_the_open_incident(intake: IntakeUnderTest) -> None:
     caller = new_caller()
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
-        first = await post_signed(client, intake, VOICE, call_params(
-            intake, caller, TranscriptionText="Our VPN is down.", TranscriptionStatus="completed"))
-        second = await post_signed(client, intake, VOICE, call_params(
-            intake, caller, TranscriptionText="It is still down and now email fails too.",
-            TranscriptionStatus="completed"))
+        first = await post_signed(
+            client,
+            intake,
+            VOICE,
+            call_params(intake, caller, TranscriptionText="Our VPN is down.", TranscriptionStatus="completed"),
+        )
+        second = await post_signed(
+            client,
+            intake,
+            VOICE,
+            call_params(
+                intake,
+                caller,
+                TranscriptionText="It is still down and now email fails too.",
+                TranscriptionStatus="completed",
+            ),
+        )
         assert first.status_code == second.status_code == 200, second.text
         assert spoken_number(second.text) == spoken_number(first.text)
         assert "added this call to your open incident" in second.text
@@ -196,8 +247,9 @@ async def test_a_second_call_from_the_same_caller_updates_the_open_incident(inta
 
 async def test_a_retried_webhook_with_the_same_call_sid_opens_one_incident(intake: IntakeUnderTest) -> None:
     caller = new_caller()
-    params = call_params(intake, caller, TranscriptionText="The web shop shows error 502.",
-                         TranscriptionStatus="completed")
+    params = call_params(
+        intake, caller, TranscriptionText="The web shop shows error 502.", TranscriptionStatus="completed"
+    )
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
         # Twilio retries when it got no answer in time: one retry racing the first, one after it.
         racing = await asyncio.gather(*(post_signed(client, intake, VOICE, params) for _ in range(2)))
@@ -221,8 +273,7 @@ def _refusal_is_a_403_problem(answer: httpx.Response) -> dict[str, Any]:
     return body
 
 
-async def _nothing_reached_kafka_or_the_store(client: httpx.AsyncClient, intake: IntakeUnderTest,
-                                              caller: str) -> None:
+async def _nothing_reached_kafka_or_the_store(client: httpx.AsyncClient, intake: IntakeUnderTest, caller: str) -> None:
     assert await incidents_of_caller(client, intake, caller) == []
     mentioning = [event for event in await kafka_events(intake) if caller in json.dumps(event)]
     assert mentioning == []
@@ -284,14 +335,13 @@ async def test_a_body_that_is_not_a_form_is_refused_with_415(intake: IntakeUnder
     assert "application/x-www-form-urlencoded" in answer.json()["detail"]
 
 
-
-
 async def test_a_line_over_its_rate_limit_gets_429_with_retry_after(limited_intake: IntakeUnderTest) -> None:
     caller = new_caller()
     async with httpx.AsyncClient(base_url=limited_intake.base_url, timeout=30) as client:
         # 3 a minute: 8 quick calls span at most two one-minute windows, so at least 2 are refused.
-        answers = [await post_signed(client, limited_intake, VOICE, call_params(limited_intake, caller))
-                   for _ in range(8)]
+        answers = [
+            await post_signed(client, limited_intake, VOICE, call_params(limited_intake, caller)) for _ in range(8)
+        ]
     statuses = [answer.status_code for answer in answers]
     assert set(statuses) == {200, 429}, statuses
     refused = next(answer for answer in answers if answer.status_code == 429)

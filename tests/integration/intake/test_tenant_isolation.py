@@ -29,13 +29,10 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-
-
-
-
 async def open_for(client: httpx.AsyncClient, intake: IntakeUnderTest, tenant: str, **fields: Any) -> dict[str, Any]:
-    answer = await client.post(INCIDENTS, headers=intake.auth(tenant),
-                               json={"title": unique(f"Mail server down at {tenant}")} | fields)
+    answer = await client.post(
+        INCIDENTS, headers=intake.auth(tenant), json={"title": unique(f"Mail server down at {tenant}")} | fields
+    )
     assert answer.status_code == 202, answer.text
     return dict(answer.json())
 
@@ -51,8 +48,7 @@ def assert_not_found(answer: httpx.Response) -> None:
     assert answer.json()["type"].endswith("/incident-not-found")
 
 
-async def test_another_tenants_incident_reads_as_not_found(client: httpx.AsyncClient,
-                                                           intake: IntakeUnderTest) -> None:
+async def test_another_tenants_incident_reads_as_not_found(client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
     theirs = await open_for(client, intake, "tenant-a")
 
     as_b = await client.get(f"{INCIDENTS}/{theirs['incident_id']}", headers=intake.auth("tenant-b"))
@@ -63,12 +59,14 @@ async def test_another_tenants_incident_reads_as_not_found(client: httpx.AsyncCl
     # The same answer as for an id that does not exist: nothing tells B that A's incident exists.
     assert as_b.json()["title"] == nowhere.json()["title"]
     assert theirs["number"] not in as_b.text and "tenant-a" not in as_b.text
-    assert (await client.get(f"{INCIDENTS}/{theirs['incident_id']}", headers=intake.auth("tenant-a"))).status_code \
-        == 200
+    assert (
+        await client.get(f"{INCIDENTS}/{theirs['incident_id']}", headers=intake.auth("tenant-a"))
+    ).status_code == 200
 
 
-async def test_another_tenants_incident_is_never_in_the_list(client: httpx.AsyncClient,
-                                                             intake: IntakeUnderTest) -> None:
+async def test_another_tenants_incident_is_never_in_the_list(
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     theirs = await open_for(client, intake, "tenant-a")
     ours = await open_for(client, intake, "tenant-b")
 
@@ -77,24 +75,30 @@ async def test_another_tenants_incident_is_never_in_the_list(client: httpx.Async
     ids = {item["incident_id"] for item in listed["items"]}
     assert ours["incident_id"] in ids and theirs["incident_id"] not in ids
     assert {item["tenant_id"] for item in listed["items"]} == {"tenant-b"}
-    everything_b = (await client.get(INCIDENTS, headers=intake.auth("tenant-b"),
-                                     params={"limit": 200, "offset": 0})).json()["total"]
+    everything_b = (
+        await client.get(INCIDENTS, headers=intake.auth("tenant-b"), params={"limit": 200, "offset": 0})
+    ).json()["total"]
     everything_a = (await client.get(INCIDENTS, headers=intake.auth("tenant-a"))).json()["total"]
     assert everything_b == listed["total"] and everything_a >= 1
 
 
 @pytest.mark.parametrize("move", ["acknowledge", "resolve", "reopen"])
-async def test_another_tenants_incident_cannot_be_moved(client: httpx.AsyncClient, intake: IntakeUnderTest,
-                                                        move: str) -> None:
+async def test_another_tenants_incident_cannot_be_moved(
+    client: httpx.AsyncClient, intake: IntakeUnderTest, move: str
+) -> None:
     theirs = await open_for(client, intake, "tenant-a")
     if move == "reopen":  # so that reopening would be allowed, were it B's incident
-        resolved = await client.post(f"{INCIDENTS}/{theirs['incident_id']}/resolve", headers=intake.auth("tenant-a"),
-                                     json={"by": "A's operator"})
+        resolved = await client.post(
+            f"{INCIDENTS}/{theirs['incident_id']}/resolve", headers=intake.auth("tenant-a"), json={"by": "A's operator"}
+        )
         assert resolved.status_code == 200, resolved.text
     before = (await client.get(f"{INCIDENTS}/{theirs['incident_id']}", headers=intake.auth("tenant-a"))).json()
 
-    answer = await client.post(f"{INCIDENTS}/{theirs['incident_id']}/{move}", headers=intake.auth("tenant-b"),
-                               json={"by": "Mallory at tenant-b"})
+    answer = await client.post(
+        f"{INCIDENTS}/{theirs['incident_id']}/{move}",
+        headers=intake.auth("tenant-b"),
+        json={"by": "Mallory at tenant-b"},
+    )
 
     assert_not_found(answer)
     after = (await client.get(f"{INCIDENTS}/{theirs['incident_id']}", headers=intake.auth("tenant-a"))).json()
@@ -102,8 +106,9 @@ async def test_another_tenants_incident_cannot_be_moved(client: httpx.AsyncClien
     assert "Mallory" not in json.dumps(await incident_events(intake, theirs["incident_id"]))
 
 
-async def test_the_same_dedup_key_at_another_tenant_opens_its_own_incident(client: httpx.AsyncClient,
-                                                                          intake: IntakeUnderTest) -> None:
+async def test_the_same_dedup_key_at_another_tenant_opens_its_own_incident(
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     dedup_key = unique("host-01/disk")  # e.g. both customers monitor a host they both call host-01
     theirs = await open_for(client, intake, "tenant-a", dedup_key=dedup_key)
 
@@ -119,19 +124,23 @@ async def test_the_same_dedup_key_at_another_tenant_opens_its_own_incident(clien
     assert b_view["tenant_id"] == "tenant-b" and b_view["occurrence_count"] == 2
 
     # Resolving B's incident frees B's key only: A's report with it still joins A's open incident.
-    resolved = await client.post(f"{INCIDENTS}/{ours['incident_id']}/resolve", headers=intake.auth("tenant-b"),
-                                 json={"by": "B's operator"})
+    resolved = await client.post(
+        f"{INCIDENTS}/{ours['incident_id']}/resolve", headers=intake.auth("tenant-b"), json={"by": "B's operator"}
+    )
     assert resolved.status_code == 200, resolved.text
     theirs_again = await open_for(client, intake, "tenant-a", dedup_key=dedup_key)
     assert theirs_again["incident_id"] == theirs["incident_id"] and theirs_again["created"] is False
 
 
-async def test_an_idempotency_key_reused_by_another_tenant_is_not_a_conflict(client: httpx.AsyncClient,
-                                                                            intake: IntakeUnderTest) -> None:
+async def test_an_idempotency_key_reused_by_another_tenant_is_not_a_conflict(
+    client: httpx.AsyncClient, intake: IntakeUnderTest
+) -> None:
     key = unique("monitoring-retry")
-    a = await client.post(INCIDENTS, headers=intake.auth("tenant-a") | {"Idempotency-Key": key},
-                          json={"title": unique("A's problem")})
-    b = await client.post(INCIDENTS, headers=intake.auth("tenant-b") | {"Idempotency-Key": key},
-                          json={"title": unique("B's problem")})
+    a = await client.post(
+        INCIDENTS, headers=intake.auth("tenant-a") | {"Idempotency-Key": key}, json={"title": unique("A's problem")}
+    )
+    b = await client.post(
+        INCIDENTS, headers=intake.auth("tenant-b") | {"Idempotency-Key": key}, json={"title": unique("B's problem")}
+    )
     assert a.status_code == b.status_code == 202, (a.text, b.text)
     assert a.json()["incident_id"] != b.json()["incident_id"]

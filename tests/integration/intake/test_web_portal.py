@@ -10,9 +10,10 @@ import uuid
 from typing import Any
 
 import httpx
-from kafka_helpers import read_all, wait_until
 
 from intake.conftest import IntakeUnderTest
+
+from kafka_helpers import read_all, wait_until
 
 INCIDENTS_TOPIC = "aftercare.incidents"
 
@@ -61,6 +62,7 @@ def incident_id_of(path: str) -> str:
 
 async def kafka_events_of(intake: IntakeUnderTest, incident_id: str, *, at_least: int) -> list[dict[str, Any]]:
     """The incident's events once each (the outbox publishes at least once; ids deduplicate)."""
+
     async def enough() -> list[dict[str, Any]] | None:
         records = await read_all(intake.infrastructure.bootstrap_servers, INCIDENTS_TOPIC, timeout=20)
         unique: dict[str, dict[str, Any]] = {}
@@ -116,8 +118,12 @@ async def test_a_valid_report_redirects_to_a_status_page_with_the_incident_numbe
     assert stored["description"] == sent["description"]
     assert stored["severity"] == "critical"
     assert stored["system"] == "billing-db"
-    assert stored["reporter"] == {"name": "Dana Kowalski", "email": "dana@customer.example.net",
-                                  "phone": "+44 20 7946 0000", "system": None}
+    assert stored["reporter"] == {
+        "name": "Dana Kowalski",
+        "email": "dana@customer.example.net",
+        "phone": "+44 20 7946 0000",
+        "system": None,
+    }
 
     (reported,) = await kafka_events_of(intake, incident_id, at_least=1)
     assert reported["type"] == "incident.reported"
@@ -129,13 +135,17 @@ async def test_a_valid_report_redirects_to_a_status_page_with_the_incident_numbe
 
 async def test_the_status_page_shows_the_current_status_when_reloaded(intake: IntakeUnderTest) -> None:
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
-        answer = await client.post(portal(intake), data=filled_form(await open_form(client, intake)),
-                                   follow_redirects=False)
+        answer = await client.post(
+            portal(intake), data=filled_form(await open_form(client, intake)), follow_redirects=False
+        )
         path = status_path(answer, intake).split("?")[0]
         incident_id = incident_id_of(path)
         before = await client.get(path)
-        resolved = await client.post(f"/v1/incidents/{incident_id}/resolve", headers=intake.auth("tenant-a"),
-                                     json={"by": "operator", "resolution": "internal: restarted spooler on db-7"})
+        resolved = await client.post(
+            f"/v1/incidents/{incident_id}/resolve",
+            headers=intake.auth("tenant-a"),
+            json={"by": "operator", "resolution": "internal: restarted spooler on db-7"},
+        )
         assert resolved.status_code == 200, resolved.text
         after = await client.get(path)
     assert "Received, waiting for an engineer" in before.text
@@ -145,12 +155,13 @@ async def test_the_status_page_shows_the_current_status_when_reloaded(intake: In
     assert "restarted spooler" not in after.text  # operators' notes stay internal
 
 
-async def test_invalid_input_comes_back_with_a_message_per_field_and_the_values_kept(
-        intake: IntakeUnderTest) -> None:
+async def test_invalid_input_comes_back_with_a_message_per_field_and_the_values_kept(intake: IntakeUnderTest) -> None:
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
         token = await open_form(client, intake)
-        answer = await client.post(portal(intake), data=filled_form(
-            token, title="   ", email="dana-at-customer", impact="", name="Dana \"DK\" Kowalski"))
+        answer = await client.post(
+            portal(intake),
+            data=filled_form(token, title="   ", email="dana-at-customer", impact="", name='Dana "DK" Kowalski'),
+        )
     assert answer.status_code == 422
     assert answer.headers["content-type"].startswith("text/html")
     page = answer.text
@@ -179,8 +190,9 @@ async def test_an_unknown_portal_link_gets_a_404_page_saying_the_link_is_wrong(i
 
 async def test_an_incident_of_another_tenant_is_not_shown_on_this_portal(intake: IntakeUnderTest) -> None:
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
-        answer = await client.post(portal(intake, "tenant-b"), data=filled_form(await open_form(client, intake,
-                                                                                                "tenant-b")))
+        answer = await client.post(
+            portal(intake, "tenant-b"), data=filled_form(await open_form(client, intake, "tenant-b"))
+        )
         path_b = status_path(answer, intake, "tenant-b")
         on_a = await client.get(portal(intake, "tenant-a") + "/incidents/" + incident_id_of(path_b))
         nonsense = await client.get(portal(intake, "tenant-a") + "/incidents/not-an-id")
@@ -204,11 +216,14 @@ async def test_sending_the_same_form_twice_gives_the_same_incident(intake: Intak
 async def test_html_in_what_the_customer_typed_is_shown_as_text(intake: IntakeUnderTest) -> None:
     title = "<script>alert('pwned')</script> printer & <b>scanner</b>"
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
-        answer = await client.post(portal(intake), data=filled_form(await open_form(client, intake), title=title,
-                                                                    name="<img src=x onerror=alert(1)>"))
+        answer = await client.post(
+            portal(intake),
+            data=filled_form(await open_form(client, intake), title=title, name="<img src=x onerror=alert(1)>"),
+        )
         page = await client.get(status_path(answer, intake))
-        invalid = await client.post(portal(intake), data=filled_form(await open_form(client, intake),
-                                                                     title=title, email="bad"))
+        invalid = await client.post(
+            portal(intake), data=filled_form(await open_form(client, intake), title=title, email="bad")
+        )
     for body in (page.text, invalid.text):
         assert "<script>alert" not in body
         assert "<b>scanner</b>" not in body
@@ -216,15 +231,13 @@ async def test_html_in_what_the_customer_typed_is_shown_as_text(intake: IntakeUn
     assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; printer &amp; &lt;b&gt;scanner&lt;/b&gt;" in page.text
 
 
-
-
-async def test_a_portal_over_its_rate_limit_gets_a_429_page_with_retry_after(
-        limited_intake: IntakeUnderTest) -> None:
+async def test_a_portal_over_its_rate_limit_gets_a_429_page_with_retry_after(limited_intake: IntakeUnderTest) -> None:
     async with httpx.AsyncClient(base_url=limited_intake.base_url, timeout=30) as client:
         # 3 a minute: 8 quick reports span at most two one-minute windows, so at least 2 are refused.
-        answers = [await client.post(portal(limited_intake),
-                                     data=filled_form(await open_form(client, limited_intake)))
-                   for _ in range(8)]
+        answers = [
+            await client.post(portal(limited_intake), data=filled_form(await open_form(client, limited_intake)))
+            for _ in range(8)
+        ]
     statuses = [answer.status_code for answer in answers]
     assert set(statuses) == {303, 429}, statuses
     refused = next(answer for answer in answers if answer.status_code == 429)

@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from aftercare.events.envelope import Envelope, Event
 from aftercare.events.incidents import (
     IncidentAcknowledged,
@@ -33,7 +35,6 @@ from aftercare.events.remediation import (
 )
 from aftercare.events.tenants import TenantUpserted
 from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
-from pydantic import ValidationError
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     TenantUpserted,

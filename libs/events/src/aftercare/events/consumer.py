@@ -27,6 +27,12 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pymongo.errors import ConnectionFailure
+
 from aftercare.events.catalog import EventRejected, parse_envelope
 from aftercare.events.envelope import Envelope, Event
 from aftercare.events.metrics import EVENTS_CONSUMED, HANDLER_FAILURES, HANDLER_SECONDS
@@ -34,11 +40,6 @@ from aftercare.events.processed import ProcessedEventLog, record_id
 from aftercare.events.producer import EventProducer
 from aftercare.events.topics import dead_letter_topic
 from aftercare.events.tracing import current_trace_id, extract_trace_context, tracer
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
-from pymongo.errors import ConnectionFailure
 
 log = structlog.stdlib.get_logger("aftercare.events.consumer")
 
@@ -168,13 +169,13 @@ class ConsumerRunner:
         for partition, records in batch.items():
             for record in records:
                 try:
-                    envelope: Envelope[Event] | EventRejected = parse_envelope(record.value or b"")
+                    accepted = parse_envelope(record.value or b"")
                 except EventRejected as rejection:
-                    envelope = rejection
-                else:
-                    for handler in self._handlers.get(envelope.type, ()):
-                        wanted_records.append(record_id(self.group_id, handler_name(handler), envelope.id))
-                parsed.append((partition, record, envelope))
+                    parsed.append((partition, record, rejection))
+                    continue
+                for handler in self._handlers.get(accepted.type, ()):
+                    wanted_records.append(record_id(self.group_id, handler_name(handler), accepted.id))
+                parsed.append((partition, record, accepted))
 
         # One write for the whole batch instead of a query per message; see ProcessedEventLog.begin.
         done = await self._transient_retry(lambda: self._processed.begin(wanted_records), "store")
@@ -206,9 +207,13 @@ class ConsumerRunner:
             if next_offset <= records[-1].offset:
                 self._consumer.seek(partition, next_offset)
 
-    async def _handle_record(self, record: ConsumerRecord[bytes, bytes],
-                             envelope: Envelope[Event] | EventRejected, done: set[str],
-                             marks: list[tuple[str, str]]) -> bool:
+    async def _handle_record(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        envelope: Envelope[Event] | EventRejected,
+        done: set[str],
+        marks: list[tuple[str, str]],
+    ) -> bool:
         """Handle one message; False if the runner is stopping and the message was not finished."""
         if isinstance(envelope, EventRejected):
             await self._dead_letter(record, envelope, attempts=0)
@@ -219,11 +224,17 @@ class ConsumerRunner:
             return True
 
         context = extract_trace_context(record.headers)
-        with self._tracer.start_as_current_span(
-            f"handle {envelope.type}", context=context, kind=SpanKind.CONSUMER
-        ) as span, structlog.contextvars.bound_contextvars(
-            tenant_id=envelope.tenant_id, incident_id=envelope.incident_id, event_id=envelope.id,
-            event_type=envelope.type, trace_id=current_trace_id(),
+        with (
+            self._tracer.start_as_current_span(
+                f"handle {envelope.type}", context=context, kind=SpanKind.CONSUMER
+            ) as span,
+            structlog.contextvars.bound_contextvars(
+                tenant_id=envelope.tenant_id,
+                incident_id=envelope.incident_id,
+                event_id=envelope.id,
+                event_type=envelope.type,
+                trace_id=current_trace_id(),
+            ),
         ):
             span.set_attribute("messaging.system", "kafka")
             span.set_attribute("messaging.destination.name", record.topic)
@@ -253,8 +264,9 @@ class ConsumerRunner:
                 log.info("event already handled, skipped")
             return True
 
-    async def _run_with_retries(self, handler: Handler, name: str, envelope: Envelope[Event],
-                                record: ConsumerRecord[bytes, bytes]) -> str:
+    async def _run_with_retries(
+        self, handler: Handler, name: str, envelope: Envelope[Event], record: ConsumerRecord[bytes, bytes]
+    ) -> str:
         attempt = 0
         transient_waits = 0
         while True:
@@ -267,20 +279,26 @@ class ConsumerRunner:
                 attempt -= 1
                 transient_waits += 1
                 delay = self._retry.backoff(min(transient_waits, 10))
-                log.warning("infrastructure unavailable while handling; waiting", handler=name,
-                            error=str(error), retry_in_s=delay)
+                log.warning(
+                    "infrastructure unavailable while handling; waiting",
+                    handler=name,
+                    error=str(error),
+                    retry_in_s=delay,
+                )
             except _Stopping:
                 return "stopped"
             except Exception as error:
                 HANDLER_FAILURES.labels(group=self.group_id, type=envelope.type).inc()
                 if attempt >= self._retry.max_attempts:
-                    log.error("handler failed for good; dead-lettering", handler=name, attempts=attempt,
-                              error=repr(error))
+                    log.error(
+                        "handler failed for good; dead-lettering", handler=name, attempts=attempt, error=repr(error)
+                    )
                     await self._dead_letter(record, error, attempts=attempt, handler=name)
                     return "failed"
                 delay = self._retry.backoff(attempt)
-                log.warning("handler failed; will retry", handler=name, attempt=attempt,
-                            retry_in_s=delay, error=repr(error))
+                log.warning(
+                    "handler failed; will retry", handler=name, attempt=attempt, retry_in_s=delay, error=repr(error)
+                )
             if await self._sleep_unless_stopping(delay):
                 return "stopped"
 
@@ -302,10 +320,12 @@ class ConsumerRunner:
                 if await self._sleep_unless_stopping(delay):
                     raise _Stopping() from error
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: BaseException, *,
-                           attempts: int, handler: str | None = None) -> None:
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, *, attempts: int, handler: str | None = None
+    ) -> None:
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-        headers = list(record.headers or ()) + [
+        headers = [
+            *list(record.headers or ()),
             (DLQ_ERROR, detail.encode("utf-8", "replace")[:8000]),
             (DLQ_ERROR_TYPE, type(error).__name__.encode()),
             (DLQ_ATTEMPTS, str(attempts).encode()),
@@ -315,12 +335,15 @@ class ConsumerRunner:
         if handler:
             headers.append(("dead_letter.handler", handler.encode()))
         target = dead_letter_topic(record.topic)
-        await self._transient_retry(
-            lambda: self._producer.send_raw(target, record.value, record.key, headers), "Kafka"
-        )
+        await self._transient_retry(lambda: self._producer.send_raw(target, record.value, record.key, headers), "Kafka")
         EVENTS_CONSUMED.labels(group=self.group_id, topic=record.topic, outcome="dead_lettered").inc()
-        log.error("message dead-lettered", dead_letter_topic=target, origin=f"{record.topic}/"
-                  f"{record.partition}/{record.offset}", error=detail, attempts=attempts)
+        log.error(
+            "message dead-lettered",
+            dead_letter_topic=target,
+            origin=f"{record.topic}/{record.partition}/{record.offset}",
+            error=detail,
+            attempts=attempts,
+        )
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:

@@ -55,9 +55,7 @@ class Envelope(BaseModel, Generic[EventT]):
     incident_id: str | None = Field(
         default=None, description="The incident it concerns; also the Kafka key when present."
     )
-    correlation_id: str = Field(
-        default_factory=new_event_id, description="Shared by every event of one chain of work."
-    )
+    correlation_id: str = Field(default_factory=new_event_id, description="Shared by every event of one chain of work.")
     causation_id: str | None = Field(default=None, description="Id of the event that caused this one.")
     traceparent: str | None = Field(default=None, description="W3C trace context of the publisher.")
     tracestate: str | None = Field(default=None, description="W3C trace state of the publisher.")
@@ -104,7 +102,7 @@ def envelope_for(
     if caused_by is not None:
         extra["correlation_id"] = caused_by.correlation_id
         extra["causation_id"] = caused_by.id
-    return Envelope[type(data)](  # type: ignore[misc]
+    return Envelope[type(data)](  # type: ignore[misc,operator,no-any-return]
         type=data.TYPE,
         version=data.VERSION,
         source=source,

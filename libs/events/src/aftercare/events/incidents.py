@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from aftercare.events import topics
 from aftercare.events.envelope import Event
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class Channel(StrEnum):

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-EVENTS_PUBLISHED = Counter(
-    "aftercare_events_published_total", "Events acknowledged by Kafka.", ["topic", "type"]
-)
+EVENTS_PUBLISHED = Counter("aftercare_events_published_total", "Events acknowledged by Kafka.", ["topic", "type"])
 EVENTS_CONSUMED = Counter(
     "aftercare_events_consumed_total",
     "Messages taken off Kafka, by outcome (handled, duplicate, ignored, dead_lettered).",
     ["group", "topic", "outcome"],
 )
-HANDLER_FAILURES = Counter(
-    "aftercare_event_handler_failures_total", "Handler attempts that raised.", ["group", "type"]
-)
+HANDLER_FAILURES = Counter("aftercare_event_handler_failures_total", "Handler attempts that raised.", ["group", "type"])
 HANDLER_SECONDS = Histogram(
     "aftercare_event_handler_seconds", "Time spent handling one event (all its handlers).", ["group", "type"]
 )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from aftercare.events import topics
 from aftercare.events.envelope import Event
 from aftercare.events.tenants import NotificationChannel
-from pydantic import Field
 
 
 class NotificationSent(Event):

@@ -23,10 +23,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
+from pymongo.asynchronous.collection import AsyncCollection
+
 from aftercare.events.catalog import parse_envelope
 from aftercare.events.envelope import Envelope
 from aftercare.events.producer import EventProducer
-from pymongo.asynchronous.collection import AsyncCollection
 
 log = structlog.stdlib.get_logger("aftercare.events.outbox")
 
@@ -47,15 +48,15 @@ def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str
 def stored(envelope: Envelope[Any]) -> dict[str, Any]:
     # Kept as the exact JSON that will go on Kafka, so what is published is what was decided;
     # ``at`` lets the sweep leave fresh entries to the request that is flushing them.
-    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": envelope.model_dump_json(),
-            "at": time.time()}
+    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": envelope.model_dump_json(), "at": time.time()}
 
 
 class OutboxRelay:
     """Publishes the events waiting in documents' outboxes."""
 
-    def __init__(self, producer: EventProducer,
-                 turn: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None) -> None:
+    def __init__(
+        self, producer: EventProducer, turn: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None
+    ) -> None:
         """``turn(document_id)``, when given, is held while the sweep changes a document: the
         service's own writers take the same turn, because the embedded store does not make
         concurrent updates of one document atomic (a $push racing the sweep's $pullAll could
@@ -74,8 +75,9 @@ class OutboxRelay:
             return []
         return await self._publish(collection, document_id, document[FIELD])
 
-    async def _publish(self, collection: AsyncCollection[dict[str, Any]], document_id: Any,
-                       entries: Sequence[dict[str, Any]]) -> list[Envelope[Any]]:
+    async def _publish(
+        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
+    ) -> list[Envelope[Any]]:
         envelopes = [parse_envelope(entry["json"]) for entry in entries]
         # Keep the exact stored ids/trace context: parse_envelope returns them unchanged.
         published = await self._producer.publish_many(envelopes)
@@ -86,8 +88,9 @@ class OutboxRelay:
         await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: list(entries)}})
         return published
 
-    async def sweep(self, collection: AsyncCollection[dict[str, Any]], limit: int = 500,
-                    min_age_s: float = 10.0) -> int:
+    async def sweep(
+        self, collection: AsyncCollection[dict[str, Any]], limit: int = 500, min_age_s: float = 10.0
+    ) -> int:
         """Publish what was left pending in ``collection``; returns the number of events.
 
         Entries younger than ``min_age_s`` are left alone: the request that wrote them is
@@ -103,22 +106,21 @@ class OutboxRelay:
                 entries = (document or {}).get(FIELD) or []
                 if document is not None and not entries:
                     # Clear the flag only if nothing new arrived meanwhile.
-                    await collection.update_one({"_id": document_id, FIELD: {"$size": 0}},
-                                                {"$set": {FLAG: False}})
+                    await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
                 elif entries and min(entry.get("at", 0.0) for entry in entries) <= settled:
                     count += len(await self._publish(collection, document_id, entries))
         return count
 
-    async def sweep_forever(self, collections: Sequence[AsyncCollection[dict[str, Any]]],
-                            interval_s: float = 5.0) -> None:
+    async def sweep_forever(
+        self, collections: Sequence[AsyncCollection[dict[str, Any]]], interval_s: float = 5.0
+    ) -> None:
         """Background loop: publish what requests or crashes left pending."""
         while True:
             for collection in collections:
                 try:
                     published = await self.sweep(collection)
                     if published:
-                        log.info("outbox sweep published pending events", collection=collection.name,
-                                 events=published)
+                        log.info("outbox sweep published pending events", collection=collection.name, events=published)
                 except Exception as error:  # keep sweeping; Kafka or the store may be back soon
                     log.warning("outbox sweep failed; will retry", collection=collection.name, error=str(error))
             await asyncio.sleep(interval_s)

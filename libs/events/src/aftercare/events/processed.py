@@ -43,8 +43,13 @@ def record_id(group: str, handler: str, event_id: str) -> str:
 
 
 def _record(group: str, handler: str, event_id: str, at: datetime) -> dict[str, object]:
-    return {"_id": record_id(group, handler, event_id), "group": group, "handler": handler,
-            "event_id": event_id, "processed_at": at}
+    return {
+        "_id": record_id(group, handler, event_id),
+        "group": group,
+        "handler": handler,
+        "event_id": event_id,
+        "processed_at": at,
+    }
 
 
 class ProcessedEventLog:
@@ -121,5 +126,6 @@ class ProcessedEventLog:
 def _raise_unless_only_duplicates(error: BulkWriteError) -> None:
     details = error.details or {}
     if details.get("writeConcernErrors") or any(
-            failure.get("code") != _DUPLICATE_KEY for failure in details.get("writeErrors", ())):
+        failure.get("code") != _DUPLICATE_KEY for failure in details.get("writeErrors", ())
+    ):
         raise error

@@ -11,13 +11,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from aftercare.events.catalog import serialize
 from aftercare.events.envelope import Envelope
 from aftercare.events.metrics import EVENTS_PUBLISHED
 from aftercare.events.tracing import inject_trace_headers, tracer
-from aiokafka import AIOKafkaProducer
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 # Header names carried with every event, so a consumer or a person reading a dead-letter topic
 # can route and trace a message without parsing its value.
@@ -44,8 +45,9 @@ def event_headers(envelope: Envelope[Any]) -> list[tuple[str, bytes]]:
 class EventProducer:
     """The one way services put events on Kafka."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str, linger_ms: int = 5,
-                 request_timeout_ms: int = 30000) -> None:
+    def __init__(
+        self, bootstrap_servers: str, *, client_id: str, linger_ms: int = 5, request_timeout_ms: int = 30000
+    ) -> None:
         self._kafka = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
@@ -76,8 +78,7 @@ class EventProducer:
         (published,) = await self.publish_many([envelope], topic=topic)
         return published
 
-    async def publish_many(self, envelopes: Iterable[Envelope[Any]], topic: str | None = None
-                           ) -> list[Envelope[Any]]:
+    async def publish_many(self, envelopes: Iterable[Envelope[Any]], topic: str | None = None) -> list[Envelope[Any]]:
         """Publish several events in one round of batches; returns once all are acknowledged.
 
         Events with the same key keep their order (one partition, idempotent producer).
@@ -101,13 +102,19 @@ class EventProducer:
                 target = topic or envelope.data.TOPIC
                 if envelope.traceparent is None and trace_context:
                     envelope = envelope.model_copy(
-                        update={"traceparent": trace_context.get("traceparent"),
-                                "tracestate": trace_context.get("tracestate")}
+                        update={
+                            "traceparent": trace_context.get("traceparent"),
+                            "tracestate": trace_context.get("tracestate"),
+                        }
                     )
-                pending.append(await self._kafka.send(
-                    target, value=serialize(envelope), key=envelope.key.encode(),
-                    headers=event_headers(envelope),
-                ))
+                pending.append(
+                    await self._kafka.send(
+                        target,
+                        value=serialize(envelope),
+                        key=envelope.key.encode(),
+                        headers=event_headers(envelope),
+                    )
+                )
                 published.append(envelope)
                 counts[(target, envelope.type)] += 1
             await asyncio.gather(*pending)
@@ -115,8 +122,9 @@ class EventProducer:
             EVENTS_PUBLISHED.labels(topic=target, type=event_type).inc(count)
         return published
 
-    async def send_raw(self, topic: str, value: bytes | None, key: bytes | None,
-                       headers: Sequence[tuple[str, bytes]]) -> None:
+    async def send_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
         """Send bytes as they are (used for dead letters, which may not be valid events)."""
         await self._kafka.send_and_wait(topic, value=value, key=key, headers=list(headers))
 

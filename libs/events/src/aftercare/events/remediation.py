@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field
+
 from aftercare.events import topics
 from aftercare.events.envelope import Event
-from pydantic import Field
 
 
 class RemediationStarted(Event):

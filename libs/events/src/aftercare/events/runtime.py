@@ -23,13 +23,6 @@ from typing import Any
 
 import structlog
 import uvicorn
-from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
-from aftercare.events.logs import configure_logging
-from aftercare.events.processed import ProcessedEventLog
-from aftercare.events.producer import EventProducer
-from aftercare.events.settings import ServiceSettings
-from aftercare.events.topics import TopicSpec, topic_specs
-from aftercare.events.tracing import configure_tracing
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from fastapi import APIRouter, FastAPI, Response
@@ -37,6 +30,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+
+from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
+from aftercare.events.logs import configure_logging
+from aftercare.events.processed import ProcessedEventLog
+from aftercare.events.producer import EventProducer
+from aftercare.events.settings import ServiceSettings
+from aftercare.events.topics import TopicSpec, topic_specs
+from aftercare.events.tracing import configure_tracing
 
 log = structlog.stdlib.get_logger("aftercare.events.runtime")
 
@@ -61,8 +62,9 @@ class ConsumerSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-async def retry_until_ready(what: str, attempt: Callable[[], Awaitable[Any]], *, timeout_s: float,
-                            stopping: asyncio.Event | None = None) -> Any:
+async def retry_until_ready(
+    what: str, attempt: Callable[[], Awaitable[Any]], *, timeout_s: float, stopping: asyncio.Event | None = None
+) -> Any:
     """Call ``attempt`` until it succeeds, with backoff and a log line naming what is awaited."""
     deadline = time.monotonic() + timeout_s
     delay = 0.5
@@ -87,8 +89,9 @@ async def retry_until_ready(what: str, attempt: Callable[[], Awaitable[Any]], *,
             delay = min(delay * 2, 10.0)
 
 
-async def ensure_topics(bootstrap_servers: str, specs: Sequence[TopicSpec], partitions: int,
-                        replication_factor: int = 1) -> None:
+async def ensure_topics(
+    bootstrap_servers: str, specs: Sequence[TopicSpec], partitions: int, replication_factor: int = 1
+) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
     await admin.start()
@@ -168,21 +171,30 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once."""
-        self.mongo = AsyncMongoClient(self.settings.mongo_url, serverSelectionTimeoutMS=3000,
-                                      connectTimeoutMS=3000, tz_aware=True)
+        self.mongo = AsyncMongoClient(
+            self.settings.mongo_url, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000, tz_aware=True
+        )
         self._connect_task = asyncio.create_task(self._connect(), name=f"{self.name}-connect")
-        log.info("service starting", service=self.name, http_port=self.settings.http_port,
-                 kafka=self.settings.kafka_bootstrap_servers, store=self.settings.mongo_url,
-                 database=self.settings.database)
+        log.info(
+            "service starting",
+            service=self.name,
+            http_port=self.settings.http_port,
+            kafka=self.settings.kafka_bootstrap_servers,
+            store=self.settings.mongo_url,
+            database=self.settings.database,
+        )
 
     async def _connect(self) -> None:
         timeout = self.settings.startup_timeout_seconds
         try:
             assert self.mongo is not None
             mongo = self.mongo
-            await retry_until_ready(f"the store at {self.settings.mongo_url}",
-                                    lambda: mongo.admin.command("ping"), timeout_s=timeout,
-                                    stopping=self._stopping)
+            await retry_until_ready(
+                f"the store at {self.settings.mongo_url}",
+                lambda: mongo.admin.command("ping"),
+                timeout_s=timeout,
+                stopping=self._stopping,
+            )
             await ProcessedEventLog(self.db).ensure_indexes()
             if self._on_store_ready is not None:
                 await self._on_store_ready(self)
@@ -191,14 +203,17 @@ class ServiceRuntime:
             specs = topic_specs()
             await retry_until_ready(
                 f"Kafka at {self.settings.kafka_bootstrap_servers}",
-                lambda: ensure_topics(self.settings.kafka_bootstrap_servers, specs,
-                                      self.settings.topic_partitions,
-                                      self.settings.topic_replication_factor),
-                timeout_s=timeout, stopping=self._stopping,
+                lambda: ensure_topics(
+                    self.settings.kafka_bootstrap_servers,
+                    specs,
+                    self.settings.topic_partitions,
+                    self.settings.topic_replication_factor,
+                ),
+                timeout_s=timeout,
+                stopping=self._stopping,
             )
             producer = EventProducer(self.settings.kafka_bootstrap_servers, client_id=self.name)
-            await retry_until_ready("the Kafka producer", producer.start, timeout_s=timeout,
-                                    stopping=self._stopping)
+            await retry_until_ready("the Kafka producer", producer.start, timeout_s=timeout, stopping=self._stopping)
             self.producer = producer
             log.info("Kafka connected", kafka=self.settings.kafka_bootstrap_servers)
             if self._on_connected is not None:
@@ -285,12 +300,16 @@ class ServiceRuntime:
                 checks["kafka"] = "ok"
             except Exception as error:
                 checks["kafka"] = f"unreachable: {error or type(error).__name__}"
-        stopped = [runner.group_id for runner, task in zip(self.runners, self._runner_tasks, strict=True)
-                   if task.done()]
+        stopped = [
+            runner.group_id for runner, task in zip(self.runners, self._runner_tasks, strict=True) if task.done()
+        ]
         if self.startup_error is not None:
             checks["startup"] = f"failed: {self.startup_error}"
-        checks["consumers"] = "ok" if not stopped and self.connected.is_set() else (
-            f"stopped: {', '.join(stopped)}" if stopped else "not started yet")
+        checks["consumers"] = (
+            "ok"
+            if not stopped and self.connected.is_set()
+            else (f"stopped: {', '.join(stopped)}" if stopped else "not started yet")
+        )
         return checks
 
     def operations_router(self) -> APIRouter:
@@ -301,16 +320,21 @@ class ServiceRuntime:
             """Always 200 while the process runs; for restarts on hang, not for routing."""
             return {"status": "alive", "service": self.name}
 
-        @router.get("/readyz", summary="Readiness: Kafka and the store really answer",
-                    responses={503: {"description": "Kafka, the store or a consumer is not ready"}})
+        @router.get(
+            "/readyz",
+            summary="Readiness: Kafka and the store really answer",
+            responses={503: {"description": "Kafka, the store or a consumer is not ready"}},
+        )
         async def readyz() -> JSONResponse:
             """200 when the store answers a ping, Kafka answers a metadata request and every
             consumer loop runs; 503 with the failing checks otherwise."""
             checks = await self.readiness()
             ready = all(value == "ok" for value in checks.values())
             SERVICE_READY.labels(service=self.name).set(1 if ready else 0)
-            return JSONResponse({"status": "ready" if ready else "not ready", "service": self.name,
-                                 "checks": checks}, status_code=200 if ready else 503)
+            return JSONResponse(
+                {"status": "ready" if ready else "not ready", "service": self.name, "checks": checks},
+                status_code=200 if ready else 503,
+            )
 
         @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
         async def metrics() -> Response:
@@ -323,5 +347,11 @@ class ServiceRuntime:
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run the service until SIGTERM/SIGINT (uvicorn then runs the lifespan's shutdown)."""
     configure_logging(settings.service_name, settings.log_level)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
-                timeout_graceful_shutdown=30, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        access_log=False,
+    )

@@ -28,19 +28,17 @@ class ServiceSettings(BaseSettings):
     http_port: int = 8000
     database: str = Field(default="aftercare", description="This service's own MongoDB database.")
     consumer_group_prefix: str = Field(
-        default="", description="Put before the service's consumer group names. Instances of one deployment share "
-        "their groups (and split the partitions); two deployments on one broker need different prefixes.")
-
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", validation_alias=_shared("KAFKA_BOOTSTRAP_SERVERS")
+        default="",
+        description="Put before the service's consumer group names. Instances of one deployment share "
+        "their groups (and split the partitions); two deployments on one broker need different prefixes.",
     )
+
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", validation_alias=_shared("KAFKA_BOOTSTRAP_SERVERS"))
     mongo_url: str = Field(default="mongodb://127.0.0.1:27017/", validation_alias=_shared("MONGO_URL"))
     topic_partitions: int = Field(default=3, ge=1, validation_alias=_shared("TOPIC_PARTITIONS"))
     topic_replication_factor: int = Field(default=1, ge=1, validation_alias=_shared("TOPIC_REPLICATION_FACTOR"))
     log_level: str = Field(default="INFO", validation_alias=_shared("LOG_LEVEL"))
-    otel_exporter: Literal["none", "console", "otlp"] = Field(
-        default="none", validation_alias=_shared("OTEL_EXPORTER")
-    )
+    otel_exporter: Literal["none", "console", "otlp"] = Field(default="none", validation_alias=_shared("OTEL_EXPORTER"))
     otel_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint")
     )

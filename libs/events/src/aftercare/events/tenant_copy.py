@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from aftercare.events.envelope import Envelope
-from aftercare.events.tenants import TenantUpserted
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from aftercare.events.envelope import Envelope
+from aftercare.events.tenants import TenantUpserted
 
 COLLECTION = "tenants"
 

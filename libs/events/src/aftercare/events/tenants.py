@@ -10,9 +10,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from aftercare.events import topics
 from aftercare.events.envelope import Event
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class Priority(StrEnum):

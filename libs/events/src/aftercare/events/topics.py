@@ -34,8 +34,13 @@ class TopicSpec:
 
 def topic_specs(names: list[str] | None = None) -> list[TopicSpec]:
     """Every topic of the system (or of ``names``) with its dead-letter twin."""
-    main = [TopicSpec(TENANTS, compacted=True), TopicSpec(INCIDENTS), TopicSpec(TRIAGE),
-            TopicSpec(REMEDIATION), TopicSpec(NOTIFICATIONS)]
+    main = [
+        TopicSpec(TENANTS, compacted=True),
+        TopicSpec(INCIDENTS),
+        TopicSpec(TRIAGE),
+        TopicSpec(REMEDIATION),
+        TopicSpec(NOTIFICATIONS),
+    ]
     if names is not None:
         known = {spec.name: spec for spec in main}
         main = [known.get(name, TopicSpec(name)) for name in names]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from aftercare.events import topics
 from aftercare.events.envelope import Event
 from aftercare.events.tenants import Priority
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class IncidentTriaged(Event):

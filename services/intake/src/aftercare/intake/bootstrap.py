@@ -30,8 +30,11 @@ OUTBOX_SWEEP_SECONDS = 5.0
 
 def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
-    app = FastAPI(title="Aftercare intake", version="0.1.0",
-                  description="Every channel a support company's customers and systems use, into one incident.")
+    app = FastAPI(
+        title="Aftercare intake",
+        version="0.1.0",
+        description="Every channel a support company's customers and systems use, into one incident.",
+    )
 
     async def on_store_and_kafka(runtime: ServiceRuntime) -> None:
         intake = IntakeComponents.build(runtime, settings)
@@ -39,8 +42,10 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         if settings.seed_file is not None:
             await intake.tenants.load_seed(settings.seed_file)
         # Publish whatever a crash left in outboxes, then keep sweeping in the background.
-        runtime.spawn(intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants],
-                                                      OUTBOX_SWEEP_SECONDS), "outbox-sweep")
+        runtime.spawn(
+            intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS),
+            "outbox-sweep",
+        )
         runtime.spawn(housekeeping.run_forever(intake), "housekeeping")
         app.state.intake = intake
         if settings.smtp_enabled:
@@ -55,8 +60,13 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
 
     runtime = ServiceRuntime(
         settings,
-        consumers=[ConsumerSpec(group_id=consumer.CONSUMER_GROUP, topics=consumer.TOPICS,
-                                handlers=lambda rt: consumer.handlers(app.state.intake.desk))],
+        consumers=[
+            ConsumerSpec(
+                group_id=consumer.CONSUMER_GROUP,
+                topics=consumer.TOPICS,
+                handlers=lambda rt: consumer.handlers(app.state.intake.desk),
+            )
+        ],
         on_connected=on_store_and_kafka,
         on_shutdown=on_shutdown,
     )

@@ -15,12 +15,14 @@ from aftercare.intake.components import IntakeComponents
 
 log = structlog.stdlib.get_logger("aftercare.intake.housekeeping")
 
+
 async def run_once(intake: IntakeComponents) -> int:
     cutoff = datetime.now(UTC) - timedelta(hours=intake.settings.auto_close_after_hours)
     closed = await intake.desk.close_resolved_before(cutoff)
     if closed:
-        log.info("closed incidents that stayed resolved", closed=closed,
-                 after_hours=intake.settings.auto_close_after_hours)
+        log.info(
+            "closed incidents that stayed resolved", closed=closed, after_hours=intake.settings.auto_close_after_hours
+        )
     await intake.limiter.forget_old_windows()
     return closed
 

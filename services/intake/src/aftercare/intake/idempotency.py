@@ -39,8 +39,9 @@ class IdempotencyKeys:
         key_id = f"{tenant_id}|{key}"
         incident_id = str(uuid.uuid4())
         try:
-            await self._keys.insert_one({"_id": key_id, "digest": digest, "incident_id": incident_id,
-                                         "at": datetime.now(UTC)})
+            await self._keys.insert_one(
+                {"_id": key_id, "digest": digest, "incident_id": incident_id, "at": datetime.now(UTC)}
+            )
             return Claim(incident_id, first_use=True)
         except DuplicateKeyError:
             existing = await self._keys.find_one({"_id": key_id})

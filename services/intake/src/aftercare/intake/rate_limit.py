@@ -41,8 +41,9 @@ class BatchedCounter:
     number, one batch at a time per document. Used for rate-limit windows and incident numbers.
     """
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]],
-                 on_insert: Callable[[str], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, collection: AsyncCollection[dict[str, Any]], on_insert: Callable[[str], dict[str, Any]] | None = None
+    ) -> None:
         self._collection = collection
         self._on_insert = on_insert
         self._waiting: dict[str, list[asyncio.Future[int]]] = {}
@@ -83,12 +84,14 @@ class BatchedCounter:
             update["$setOnInsert"] = self._on_insert(counter_id)
         try:
             document = await self._collection.find_one_and_update(
-                {"_id": counter_id}, update, upsert=True, return_document=ReturnDocument.AFTER)
+                {"_id": counter_id}, update, upsert=True, return_document=ReturnDocument.AFTER
+            )
         except DuplicateKeyError:
             # Created at the same moment by another instance (both upserts inserted; one lost):
             # it exists now, so incrementing it works.
             document = await self._collection.find_one_and_update(
-                {"_id": counter_id}, update, upsert=True, return_document=ReturnDocument.AFTER)
+                {"_id": counter_id}, update, upsert=True, return_document=ReturnDocument.AFTER
+            )
         assert document is not None  # upsert with ReturnDocument.AFTER always returns one
         return int(document["value"])
 

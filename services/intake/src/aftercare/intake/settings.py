@@ -18,17 +18,20 @@ class IntakeSettings(ServiceSettings):
     http_port: int = 8001
     database: str = "aftercare_intake"
 
-    public_base_url: str = Field(default="http://127.0.0.1:8001",
-                                 description="How customers reach intake; used in status links and TwiML.")
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8001", description="How customers reach intake; used in status links and TwiML."
+    )
     admin_token: str | None = Field(default=None, description="Bearer token for /admin; admin API is off if unset.")
     seed_file: Path | None = Field(default=None, description="JSON tenants to register at start (demo, tests).")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest HTTP request body accepted.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per minute per integration key.")
 
-    auto_close_after_hours: float = Field(default=72.0, gt=0,
-                                          description="A resolved incident is closed after this long.")
-    housekeeping_interval_seconds: float = Field(default=600.0, gt=0,
-                                                 description="How often auto-close and clean-up run.")
+    auto_close_after_hours: float = Field(
+        default=72.0, gt=0, description="A resolved incident is closed after this long."
+    )
+    housekeeping_interval_seconds: float = Field(
+        default=600.0, gt=0, description="How often auto-close and clean-up run."
+    )
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525

@@ -9,6 +9,7 @@ Collections (intake's own database):
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,9 +83,18 @@ class TenantRegistry:
         slug = profile.portal_slug or (current or {}).get("portal_slug") or new_portal_slug()
         tenant = Tenant(tenant_id=tenant_id, **(profile.model_dump() | {"portal_slug": slug}))
         event = envelope_for(
-            TenantUpserted(tenant_id=tenant_id, name=tenant.name, active=tenant.active, tier=tenant.tier,
-                           contacts=tenant.contacts, systems=tenant.systems, status_page_slug=slug),
-            source="intake", tenant_id=tenant_id, time=now,
+            TenantUpserted(
+                tenant_id=tenant_id,
+                name=tenant.name,
+                active=tenant.active,
+                tier=tenant.tier,
+                contacts=tenant.contacts,
+                systems=tenant.systems,
+                status_page_slug=slug,
+            ),
+            source="intake",
+            tenant_id=tenant_id,
+            time=now,
         )
         # The slug first: if another tenant holds it, CredentialTaken leaves the tenant unchanged
         # and unannounced (a 409 must mean nothing happened).
@@ -138,8 +148,9 @@ class TenantRegistry:
         await self.get(tenant_id)
         for address in emails.addresses:
             await self._register(EMAIL, address, tenant_id, name=address)
-        await self._credentials.delete_many({"kind": EMAIL, "tenant_id": tenant_id,
-                                             "value": {"$nin": emails.addresses}})
+        await self._credentials.delete_many(
+            {"kind": EMAIL, "tenant_id": tenant_id, "value": {"$nin": emails.addresses}}
+        )
         return emails.addresses
 
     async def set_phone_line(self, tenant_id: str, line: PhoneLine) -> None:
@@ -149,8 +160,10 @@ class TenantRegistry:
 
     async def list_credentials(self, tenant_id: str) -> list[Credential]:
         cursor = self._credentials.find({"tenant_id": tenant_id}).sort([("kind", 1), ("credential_id", 1)])
-        return [Credential(tenant_id=d["tenant_id"], kind=d["kind"], credential_id=d["credential_id"],
-                           name=d.get("name")) async for d in cursor]
+        return [
+            Credential(tenant_id=d["tenant_id"], kind=d["kind"], credential_id=d["credential_id"], name=d.get("name"))
+            async for d in cursor
+        ]
 
     # --- lookups the channels make -------------------------------------------------------
 
@@ -176,14 +189,35 @@ class TenantRegistry:
         document = await self._credentials.find_one({"_id": f"{kind}|{value}"})
         if document is None:
             return None
-        return Credential(tenant_id=document["tenant_id"], kind=kind, credential_id=document["credential_id"],
-                          name=document.get("name"), secret=document.get("secret"))
+        return Credential(
+            tenant_id=document["tenant_id"],
+            kind=kind,
+            credential_id=document["credential_id"],
+            name=document.get("name"),
+            secret=document.get("secret"),
+        )
 
-    async def _register(self, kind: str, value: str, tenant_id: str, *, name: str | None = None,
-                        credential_id: str | None = None, secret: str | None = None, replace: bool = False) -> None:
-        document = {"_id": f"{kind}|{value}", "kind": kind, "value": value, "tenant_id": tenant_id,
-                    "credential_id": credential_id or value, "name": name, "secret": secret,
-                    "created_at": datetime.now(UTC)}
+    async def _register(
+        self,
+        kind: str,
+        value: str,
+        tenant_id: str,
+        *,
+        name: str | None = None,
+        credential_id: str | None = None,
+        secret: str | None = None,
+        replace: bool = False,
+    ) -> None:
+        document = {
+            "_id": f"{kind}|{value}",
+            "kind": kind,
+            "value": value,
+            "tenant_id": tenant_id,
+            "credential_id": credential_id or value,
+            "name": name,
+            "secret": secret,
+            "created_at": datetime.now(UTC),
+        }
         try:
             await self._credentials.insert_one(document)
         except DuplicateKeyError:
@@ -202,7 +236,7 @@ class TenantRegistry:
         "pagerduty_routing_keys": [...], "alertmanager_token", "inbound_emails": [...],
         "phone_line": {"number", "auth_token"}}``. Secrets in a seed file are for demos and tests.
         """
-        entries = json.loads(path.read_text())
+        entries = json.loads(await asyncio.to_thread(path.read_text))
         loaded = []
         for entry in entries:
             tenant_id = entry["tenant_id"]

@@ -16,8 +16,7 @@ def build_app(settings: TriageSettings | None = None) -> FastAPI:
     settings = settings or TriageSettings()
     runtime = ServiceRuntime(
         settings,
-        consumers=[ConsumerSpec(group_id=consumer.CONSUMER_GROUP, topics=consumer.TOPICS,
-                                handlers=consumer.handlers)],
+        consumers=[ConsumerSpec(group_id=consumer.CONSUMER_GROUP, topics=consumer.TOPICS, handlers=consumer.handlers)],
     )
     app = FastAPI(title="Aftercare triage", version="0.1.0", lifespan=runtime.lifespan)
     app.include_router(runtime.operations_router())

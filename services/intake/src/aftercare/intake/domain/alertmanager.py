@@ -32,8 +32,7 @@ _SEVERITIES = {
     Severity.CRITICAL: ("critical", "crit", "page", "emergency", "fatal", "disaster", "p1", "sev1"),
     Severity.ERROR: ("error", "err", "high", "major", "p2", "sev2"),
     Severity.WARNING: ("warning", "warn", "medium", "minor", "average", "p3", "sev3"),
-    Severity.INFO: ("info", "informational", "information", "notice", "low", "none", "ok", "p4", "p5",
-                    "sev4", "sev5"),
+    Severity.INFO: ("info", "informational", "information", "notice", "low", "none", "ok", "p4", "p5", "sev4", "sev5"),
 }
 _SEVERITY_OF = {word: severity for severity, words in _SEVERITIES.items() for word in words}
 
@@ -54,8 +53,9 @@ class Alert(BaseModel):
     startsAt: datetime | None = None
     endsAt: datetime | None = None
     generatorURL: str = ""
-    fingerprint: str | None = Field(default=None, min_length=1, max_length=200,
-                                    description="Alertmanager's id of the label set (sent since 0.19).")
+    fingerprint: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Alertmanager's id of the label set (sent since 0.19)."
+    )
 
 
 class WebhookMessage(BaseModel):
@@ -80,9 +80,11 @@ def version_problem(document: dict[str, Any]) -> str | None:
     version = document.get("version")
     if version is None or str(version) == SUPPORTED_VERSION:
         return None
-    return (f"This endpoint reads Alertmanager webhook payload version {SUPPORTED_VERSION}; the message says "
-            f"version {str(version)[:40]!r}. Point a webhook receiver of a current Alertmanager here (they send "
-            f"version {SUPPORTED_VERSION}), or send that format")
+    return (
+        f"This endpoint reads Alertmanager webhook payload version {SUPPORTED_VERSION}; the message says "
+        f"version {str(version)[:40]!r}. Point a webhook receiver of a current Alertmanager here (they send "
+        f"version {SUPPORTED_VERSION}), or send that format"
+    )
 
 
 def normalised(document: dict[str, Any]) -> dict[str, Any]:
@@ -109,10 +111,14 @@ def severity(labels: dict[str, str]) -> Severity:
 
 
 def title(alert: Alert) -> str:
-    text = (alert.annotations.get("summary") or alert.annotations.get("title") or alert.labels.get("alertname")
-            or "Alert from Alertmanager").strip() or "Alert from Alertmanager"
+    text = (
+        alert.annotations.get("summary")
+        or alert.annotations.get("title")
+        or alert.labels.get("alertname")
+        or "Alert from Alertmanager"
+    ).strip() or "Alert from Alertmanager"
     text = " ".join(text.split())  # a title is one line; templates often leave newlines in
-    return clean_text(text if len(text) <= MAX_TITLE_CHARS else text[:MAX_TITLE_CHARS - 3] + "...")
+    return clean_text(text if len(text) <= MAX_TITLE_CHARS else text[: MAX_TITLE_CHARS - 3] + "...")
 
 
 def description(alert: Alert, message: WebhookMessage) -> str:
@@ -120,12 +126,14 @@ def description(alert: Alert, message: WebhookMessage) -> str:
     summary = alert.annotations.get("summary", "")
     if summary and len(" ".join(summary.split())) > MAX_TITLE_CHARS:
         parts.insert(0, summary)  # the title had to be cut: keep the whole text here
-    links = [f"Source: {alert.generatorURL}" if alert.generatorURL else "",
-             f"Runbook: {alert.annotations['runbook_url']}" if alert.annotations.get("runbook_url") else "",
-             f"Alertmanager: {message.externalURL}" if message.externalURL else ""]
+    links = [
+        f"Source: {alert.generatorURL}" if alert.generatorURL else "",
+        f"Runbook: {alert.annotations['runbook_url']}" if alert.annotations.get("runbook_url") else "",
+        f"Alertmanager: {message.externalURL}" if message.externalURL else "",
+    ]
     text = "\n\n".join(part for part in [*parts, "\n".join(link for link in links if link)] if part.strip())
     if len(text) > MAX_DESCRIPTION_CHARS:
-        text = text[:MAX_DESCRIPTION_CHARS - 3] + "..."
+        text = text[: MAX_DESCRIPTION_CHARS - 3] + "..."
     return clean_text(text)
 
 
@@ -149,12 +157,19 @@ def incident_report(alert: Alert, message: WebhookMessage, *, first_time: bool) 
         dedup_key=dedup_key(alert),
         labels=storable_labels(alert.labels),
         occurred_at=real_time(alert.startsAt) if first_time else None,
-        details={"alertmanager": storable({
-            "fingerprint": fingerprint(alert), "annotations": alert.annotations,
-            "generator_url": alert.generatorURL or None, "starts_at": real_time(alert.startsAt),
-            "group_key": message.groupKey or None, "receiver": message.receiver or None,
-            "external_url": message.externalURL or None,
-        })},
+        details={
+            "alertmanager": storable(
+                {
+                    "fingerprint": fingerprint(alert),
+                    "annotations": alert.annotations,
+                    "generator_url": alert.generatorURL or None,
+                    "starts_at": real_time(alert.startsAt),
+                    "group_key": message.groupKey or None,
+                    "receiver": message.receiver or None,
+                    "external_url": message.externalURL or None,
+                }
+            )
+        },
     )
 
 

@@ -104,19 +104,31 @@ def parse_inbound_email(raw: bytes) -> InboundEmail:
     except MalformedEmail:
         raise
     except RecursionError:
-        raise MalformedEmail("The MIME parts are nested too deeply to be read; send the content with fewer "
-                             "levels of multipart.") from None
-    except (mime_errors.MessageError, LookupError, ValueError, TypeError, IndexError, AttributeError,
-            AssertionError) as error:
+        raise MalformedEmail(
+            "The MIME parts are nested too deeply to be read; send the content with fewer levels of multipart."
+        ) from None
+    except (
+        mime_errors.MessageError,
+        LookupError,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        AssertionError,
+    ) as error:
         # The standard library's parser is lenient but can still trip over pathological headers.
-        raise MalformedEmail(f"The message could not be parsed as MIME ({type(error).__name__}: {error}); "
-                             "check the headers and the MIME structure.") from error
+        raise MalformedEmail(
+            f"The message could not be parsed as MIME ({type(error).__name__}: {error}); "
+            "check the headers and the MIME structure."
+        ) from error
 
 
 def _read(message: EmailMessage, raw: bytes) -> InboundEmail:
     if not list(message.keys()):
-        raise MalformedEmail("The message has no header section; an email must start with headers "
-                             "such as From: and Subject:, then a blank line, then the text.")
+        raise MalformedEmail(
+            "The message has no header section; an email must start with headers "
+            "such as From: and Subject:, then a blank line, then the text."
+        )
     notes: list[str] = []
     _check_structure(message, notes)
 
@@ -166,14 +178,19 @@ def _check_structure(message: EmailMessage, notes: list[str]) -> None:
         kind = part.get_content_type()
         for defect in part.defects:
             if isinstance(defect, mime_errors.NoBoundaryInMultipartDefect):
-                raise MalformedEmail(f"A {kind} part has no boundary parameter in its Content-Type, so its "
-                                     "parts cannot be separated; add boundary=\"...\" or send plain text.")
+                raise MalformedEmail(
+                    f"A {kind} part has no boundary parameter in its Content-Type, so its "
+                    'parts cannot be separated; add boundary="..." or send plain text.'
+                )
             if isinstance(defect, mime_errors.StartBoundaryNotFoundDefect):
-                raise MalformedEmail(f"The boundary {part.get_boundary()!r} declared for a {kind} part never "
-                                     "appears in the message, so its parts cannot be separated.")
+                raise MalformedEmail(
+                    f"The boundary {part.get_boundary()!r} declared for a {kind} part never "
+                    "appears in the message, so its parts cannot be separated."
+                )
             if isinstance(defect, mime_errors.CloseBoundaryNotFoundDefect):
-                notes.append(f"The {kind} part ended without its closing MIME boundary; the message may "
-                             "have been cut off.")
+                notes.append(
+                    f"The {kind} part ended without its closing MIME boundary; the message may have been cut off."
+                )
 
 
 def _leaves(message: EmailMessage) -> list[EmailMessage]:
@@ -209,8 +226,11 @@ def _alternatives_of(message: EmailMessage, body_part: Message | None) -> list[E
 
 
 def _is_inline_text(part: EmailMessage) -> bool:
-    return (part.get_content_type() in ("text/plain", "text/html")
-            and part.get_content_disposition() != "attachment" and part.get_filename() is None)
+    return (
+        part.get_content_type() in ("text/plain", "text/html")
+        and part.get_content_disposition() != "attachment"
+        and part.get_filename() is None
+    )
 
 
 def _part_text(part: EmailMessage, notes: list[str]) -> str:
@@ -232,9 +252,18 @@ def _attachment(part: EmailMessage, number: int, notes: list[str]) -> InboundAtt
     else:
         decoded = part.get_payload(decode=True)
         content = decoded if isinstance(decoded, bytes) else b""
-    damaged = [d for d in part.defects if isinstance(d, (mime_errors.InvalidBase64PaddingDefect,
-                                                           mime_errors.InvalidBase64CharactersDefect,
-                                                           mime_errors.InvalidBase64LengthDefect))]
+    damaged = [
+        d
+        for d in part.defects
+        if isinstance(
+            d,
+            (
+                mime_errors.InvalidBase64PaddingDefect,
+                mime_errors.InvalidBase64CharactersDefect,
+                mime_errors.InvalidBase64LengthDefect,
+            ),
+        )
+    ]
     if damaged:
         notes.append(f"The base64 encoding of attachment {filename!r} is damaged; the file may be incomplete.")
     return InboundAttachment(filename=filename, content_type=content_type, content=content)
@@ -329,15 +358,19 @@ def _is_automated(message: EmailMessage) -> bool:
     """Bounces, auto-replies and list mail, which must never get an automatic answer (RFC 3834)."""
     auto_submitted = str(message.get("Auto-Submitted", "no")).strip().lower()
     precedence = str(message.get("Precedence", "")).strip().lower()
-    return (auto_submitted != "no" or precedence in ("bulk", "junk", "list", "auto_reply")
-            or message.get("List-Id") is not None or message.get("X-Autoreply") is not None
-            or message.get("X-Autorespond") is not None)
+    return (
+        auto_submitted != "no"
+        or precedence in ("bulk", "junk", "list", "auto_reply")
+        or message.get("List-Id") is not None
+        or message.get("X-Autoreply") is not None
+        or message.get("X-Autorespond") is not None
+    )
 
 
 def _content_digest(raw: bytes) -> str:
     # Of the body only: a sender's server that retries a message may add trace headers to it.
     separator = re.search(rb"\r?\n\r?\n", raw)
-    body = raw[separator.end():] if separator else raw
+    body = raw[separator.end() :] if separator else raw
     return hashlib.sha256(body).hexdigest()
 
 
@@ -374,9 +407,11 @@ def decode_text(content: bytes, charset: str | None, what: str, notes: list[str]
             raise MalformedEmail(
                 f"{_capital(what)} declares charset {charset!r}, which is not a known character set, and "
                 "it is not valid UTF-8 either, so it cannot be read; send it as UTF-8 "
-                "(or another standard charset such as ISO-8859-1).") from None
-        notes.append(f"{_capital(what)} declared the unknown charset {charset!r}; it was valid UTF-8 and "
-                     "was read as such.")
+                "(or another standard charset such as ISO-8859-1)."
+            ) from None
+        notes.append(
+            f"{_capital(what)} declared the unknown charset {charset!r}; it was valid UTF-8 and was read as such."
+        )
         return text
     try:
         return content.decode(codec.name)
@@ -385,8 +420,10 @@ def decode_text(content: bytes, charset: str | None, what: str, notes: list[str]
     if codec.name in _ASCII_CHARSETS:
         return _unlabelled(content, what, notes, declared=charset)
     text = content.decode(codec.name, errors="replace")
-    notes.append(f"{_capital(what)} was not valid {charset}; {text.count(chr(0xFFFD))} undecodable "
-                 "character(s) were replaced by \ufffd.")
+    notes.append(
+        f"{_capital(what)} was not valid {charset}; {text.count(chr(0xFFFD))} undecodable "
+        "character(s) were replaced by \ufffd."
+    )
     return text
 
 
@@ -416,14 +453,15 @@ def decode_header_text(raw: str, what: str, notes: list[str]) -> str:
     pieces: list[str] = []
     position = 0
     for match in _ENCODED_WORD.finditer(raw):
-        pieces.append(_raw_8bit(raw[position:match.start()], what, notes))
+        pieces.append(_raw_8bit(raw[position : match.start()], what, notes))
         charset, encoding, payload = match.groups()
         try:
             if encoding.upper() == "B":
                 content = base64.b64decode(payload + "=" * (-len(payload) % 4))
             else:
-                content = quopri.decodestring(payload.replace("_", " ").encode("ascii", "surrogateescape"),
-                                              header=False)
+                content = quopri.decodestring(
+                    payload.replace("_", " ").encode("ascii", "surrogateescape"), header=False
+                )
         except (ValueError, UnicodeError):
             pieces.append(match.group(0))
             notes.append(f"{_capital(what)} contains a damaged encoded word, kept as it was.")
@@ -445,16 +483,40 @@ def _raw_8bit(text: str, what: str, notes: list[str]) -> str:
 
 
 _SKIP_TAGS = frozenset({"script", "style", "head", "title", "template", "noscript"})
-_BLOCK_TAGS = frozenset({"p", "div", "section", "article", "header", "footer", "table", "tr", "ul", "ol", "h1",
-                         "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "hr", "address", "dl", "dt", "dd",
-                         "form"})
+_BLOCK_TAGS = frozenset(
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "table",
+        "tr",
+        "ul",
+        "ol",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "blockquote",
+        "pre",
+        "hr",
+        "address",
+        "dl",
+        "dt",
+        "dd",
+        "form",
+    }
+)
 
 
 _PRE_SPACE, _PRE_TAB = "\ue000", "\ue001"  # private-use characters, never in real text
 
 
 class _ReadableText(HTMLParser):
-
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self._out: list[str] = []

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from aftercare.events.incidents import IncidentStatus as Status
 
-OPEN_STATUSES = frozenset({Status.REPORTED, Status.ACKNOWLEDGED, Status.TRIAGED, Status.REMEDIATING,
-                           Status.ESCALATED, Status.REOPENED})
+OPEN_STATUSES = frozenset(
+    {Status.REPORTED, Status.ACKNOWLEDGED, Status.TRIAGED, Status.REMEDIATING, Status.ESCALATED, Status.REOPENED}
+)
 
 # How far along an open incident is; automation never moves it back to an earlier stage.
 _STAGE = {
@@ -31,10 +32,12 @@ _STAGE = {
 }
 
 _ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.REPORTED: frozenset({Status.ACKNOWLEDGED, Status.TRIAGED, Status.REMEDIATING, Status.ESCALATED,
-                                Status.RESOLVED}),
-    Status.REOPENED: frozenset({Status.ACKNOWLEDGED, Status.TRIAGED, Status.REMEDIATING, Status.ESCALATED,
-                                Status.RESOLVED}),
+    Status.REPORTED: frozenset(
+        {Status.ACKNOWLEDGED, Status.TRIAGED, Status.REMEDIATING, Status.ESCALATED, Status.RESOLVED}
+    ),
+    Status.REOPENED: frozenset(
+        {Status.ACKNOWLEDGED, Status.TRIAGED, Status.REMEDIATING, Status.ESCALATED, Status.RESOLVED}
+    ),
     Status.ACKNOWLEDGED: frozenset({Status.TRIAGED, Status.REMEDIATING, Status.ESCALATED, Status.RESOLVED}),
     Status.TRIAGED: frozenset({Status.ACKNOWLEDGED, Status.REMEDIATING, Status.ESCALATED, Status.RESOLVED}),
     Status.REMEDIATING: frozenset({Status.ACKNOWLEDGED, Status.ESCALATED, Status.RESOLVED}),
@@ -60,8 +63,10 @@ def require_move(current: Status, target: Status) -> None:
     """For moves people ask for (acknowledge, resolve, reopen, close)."""
     if not can_move(current, target):
         allowed = ", ".join(sorted(_ALLOWED[current])) or "nothing (it is closed)"
-        raise TransitionRefused(f"an incident that is {current.value} cannot become {target.value}; "
-                                f"from {current.value} it can become: {allowed}")
+        raise TransitionRefused(
+            f"an incident that is {current.value} cannot become {target.value}; "
+            f"from {current.value} it can become: {allowed}"
+        )
 
 
 def automated_move(current: Status, proposed: Status) -> Status | None:

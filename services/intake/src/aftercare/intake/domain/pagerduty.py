@@ -82,8 +82,9 @@ class AlertPayload(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, str_strip_whitespace=True)
 
-    summary: str = Field(min_length=1, max_length=MAX_SUMMARY_CHARS,
-                         description="One line: what is wrong. Becomes the incident title.")
+    summary: str = Field(
+        min_length=1, max_length=MAX_SUMMARY_CHARS, description="One line: what is wrong. Becomes the incident title."
+    )
     source: str = Field(min_length=1, description="The affected system, preferably a hostname or FQDN.")
     severity: Severity = Field(description="critical, error, warning or info.")
     timestamp: str | None = Field(default=None, description="When the problem was detected (ISO 8601).")
@@ -100,8 +101,11 @@ class _Routing(BaseModel):
 
     routing_key: str = Field(description="The 32-character integration key of the tenant's PagerDuty integration.")
     event_action: EventAction = Field(description="trigger, acknowledge or resolve.")
-    dedup_key: str | None = Field(default=None, max_length=MAX_DEDUP_KEY_CHARS,
-                                  description="Identifies the alert; required for acknowledge and resolve.")
+    dedup_key: str | None = Field(
+        default=None,
+        max_length=MAX_DEDUP_KEY_CHARS,
+        description="Identifies the alert; required for acknowledge and resolve.",
+    )
 
 
 class _TriggerContext(BaseModel):
@@ -148,18 +152,22 @@ def parse_body(raw: bytes, charset: str | None = None) -> dict[str, Any]:
     """The JSON object in a request body, or ``UnrecognizedBody`` saying what is wrong with it."""
     try:
         # Without a charset json detects UTF-8/16/32 (and a BOM) by itself.
-        text: str | bytes = raw.decode("utf-8-sig" if charset.lower() in ("utf-8", "utf8") else charset) \
-            if charset else raw
+        text: str | bytes = (
+            raw.decode("utf-8-sig" if charset.lower() in ("utf-8", "utf8") else charset) if charset else raw
+        )
         document = json.loads(text, parse_constant=_no_constants)
     except LookupError:
         raise UnrecognizedBody(f"JSON parse error: unknown charset {charset!r}; send UTF-8") from None
     except (ValueError, RecursionError) as error:
         reason = str(error) if not isinstance(error, RecursionError) else "nested too deeply"
-        raise UnrecognizedBody(f"JSON parse error: {reason}. Send one JSON object with Content-Type: "
-                               "application/json") from None
+        raise UnrecognizedBody(
+            f"JSON parse error: {reason}. Send one JSON object with Content-Type: application/json"
+        ) from None
     if not isinstance(document, dict):
-        raise UnrecognizedBody(f"The event must be a JSON object with routing_key, event_action and payload; "
-                               f"got a JSON {_json_kind(document)}")
+        raise UnrecognizedBody(
+            f"The event must be a JSON object with routing_key, event_action and payload; "
+            f"got a JSON {_json_kind(document)}"
+        )
     return document
 
 
@@ -175,8 +183,11 @@ def read_event(document: dict[str, Any], *, routing_key_registered: bool) -> Ale
     try:
         routing = _Routing.model_validate(document)
     except ValidationError as invalid:
-        errors.extend(_describe(error) for error in invalid.errors()
-                      if not (error["loc"] == ("routing_key",) and error["type"] != "missing"))
+        errors.extend(
+            _describe(error)
+            for error in invalid.errors()
+            if not (error["loc"] == ("routing_key",) and error["type"] != "missing")
+        )
     if "routing_key" in document and not routing_key_registered:
         errors.extend(routing_key_errors(document["routing_key"]))
 
@@ -189,25 +200,36 @@ def read_event(document: dict[str, Any], *, routing_key_registered: bool) -> Ale
             context = _TriggerContext.model_validate(document)
         except ValidationError as invalid:
             errors.extend(_describe(error) for error in invalid.errors())
-    elif action in (EventAction.ACKNOWLEDGE, EventAction.RESOLVE) and dedup_key is None \
-            and (raw_dedup_key is None or isinstance(raw_dedup_key, str)):  # a non-string is reported above
-        errors.append(f"'dedup_key' is required for {action} events: send the dedup_key of the alert to "
-                      f"{action} (the one returned when it was triggered)")
+    elif (
+        action in (EventAction.ACKNOWLEDGE, EventAction.RESOLVE)
+        and dedup_key is None
+        and (raw_dedup_key is None or isinstance(raw_dedup_key, str))
+    ):  # a non-string is reported above
+        errors.append(
+            f"'dedup_key' is required for {action} events: send the dedup_key of the alert to "
+            f"{action} (the one returned when it was triggered)"
+        )
     if errors or routing is None:
         raise InvalidEvent(errors or ["Event object is invalid"])
 
     if context is None:
         return AlertEvent(action=routing.event_action, dedup_key=dedup_key, actor=_actor(document))
-    return AlertEvent(action=routing.event_action, dedup_key=dedup_key, payload=context.payload,
-                      client=context.client, client_url=context.client_url, links=context.links or [],
-                      images=context.images or [], actor=context.payload.source or ACTOR)
+    return AlertEvent(
+        action=routing.event_action,
+        dedup_key=dedup_key,
+        payload=context.payload,
+        client=context.client,
+        client_url=context.client_url,
+        links=context.links or [],
+        images=context.images or [],
+        actor=context.payload.source or ACTOR,
+    )
 
 
 def routing_key_errors(routing_key: object) -> list[str]:
     """Why a routing key that is not registered here is refused, in PagerDuty's words where it has them."""
     if not isinstance(routing_key, str):
-        return ["'routing_key' must be a string: the 32-character Integration Key of your Events API v2 "
-                "integration"]
+        return ["'routing_key' must be a string: the 32-character Integration Key of your Events API v2 integration"]
     if not routing_key.strip():
         return ["'routing_key' is blank: send the 32-character Integration Key of your Events API v2 integration"]
     errors = []
@@ -216,8 +238,10 @@ def routing_key_errors(routing_key: object) -> list[str]:
     if not _ALPHANUMERIC.match(routing_key):
         errors.append("'routing_key' cannot contain non-alphanumeric characters.")
     if not errors:
-        errors.append("'routing_key' is not registered here: no integration has this key. Use the Integration "
-                      "Key your support provider issued for your account (check for a mistyped or revoked key)")
+        errors.append(
+            "'routing_key' is not registered here: no integration has this key. Use the Integration "
+            "Key your support provider issued for your account (check for a mistyped or revoked key)"
+        )
     return errors
 
 
@@ -234,12 +258,15 @@ def incident_report(event: AlertEvent, *, dedup_key: str, routing_key_id: str) -
     payload = event.payload
     if payload is None:
         raise ValueError("only trigger events report incidents")
-    labels = {name: clean_text(value) for name, value in
-              (("component", payload.component), ("group", payload.group), ("class", payload.class_))
-              if value}
+    labels = {
+        name: clean_text(value)
+        for name, value in (("component", payload.component), ("group", payload.group), ("class", payload.class_))
+        if value
+    }
     details: dict[str, Any] = {
         "routing_key_id": routing_key_id,
-        "client": event.client, "client_url": event.client_url,
+        "client": event.client,
+        "client_url": event.client_url,
         "links": [link.model_dump(exclude_none=True) for link in event.links],
         "images": [image.model_dump(exclude_none=True) for image in event.images],
         "timestamp": payload.timestamp,
@@ -264,26 +291,37 @@ def describe_event(event: AlertEvent) -> str:
     payload = event.payload
     if payload is None:
         return ""
-    lines = [f"{label}: {value}" for label, value in (
-        ("Source", payload.source), ("Component", payload.component), ("Group", payload.group),
-        ("Class", payload.class_),
-        ("Reported by", " ".join(part for part in (event.client, f"({event.client_url})" if event.client_url
-                                                    else None) if part) or None),
-    ) if value]
+    lines = [
+        f"{label}: {value}"
+        for label, value in (
+            ("Source", payload.source),
+            ("Component", payload.component),
+            ("Group", payload.group),
+            ("Class", payload.class_),
+            (
+                "Reported by",
+                " ".join(part for part in (event.client, f"({event.client_url})" if event.client_url else None) if part)
+                or None,
+            ),
+        )
+        if value
+    ]
     details = payload.custom_details
     if isinstance(details, dict) and details:
         lines += ["", "Details:"] + [f"  {name}: {_as_text(value)}" for name, value in details.items()]
     elif details not in (None, "", [], {}):
         lines += ["", "Details:", _as_text(details)]
     if event.links:
-        lines += ["", "Links:"] + [f"  {link.text}: {link.href}" if link.text else f"  {link.href}"
-                                   for link in event.links]
+        lines += ["", "Links:"] + [
+            f"  {link.text}: {link.href}" if link.text else f"  {link.href}" for link in event.links
+        ]
     if event.images:
-        lines += ["", "Images:"] + [f"  {image.alt}: {image.src}" if image.alt else f"  {image.src}"
-                                    for image in event.images]
+        lines += ["", "Images:"] + [
+            f"  {image.alt}: {image.src}" if image.alt else f"  {image.src}" for image in event.images
+        ]
     text = "\n".join(lines)
     if len(text) > MAX_DESCRIPTION_CHARS:
-        text = text[:MAX_DESCRIPTION_CHARS - 60] + "\n... (cut here; the full details are kept with the incident)"
+        text = text[: MAX_DESCRIPTION_CHARS - 60] + "\n... (cut here; the full details are kept with the incident)"
     return text
 
 
@@ -370,8 +408,11 @@ def _describe(error: Any) -> str:
     if kind == "list_type":
         return f"'{path}' must be a list of objects, not {_json_kind(error.get('input'))}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"'{path}' must be a JSON object" + (f" ({hint})" if hint else "") + \
-               f", not {_json_kind(error.get('input'))}"
+        return (
+            f"'{path}' must be a JSON object"
+            + (f" ({hint})" if hint else "")
+            + f", not {_json_kind(error.get('input'))}"
+        )
     return f"'{path}' is invalid: {error.get('msg', 'not accepted')}"
 
 

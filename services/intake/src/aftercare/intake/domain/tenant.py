@@ -36,7 +36,8 @@ class TenantProfile(BaseModel):
     contacts: list[Contact] = Field(default_factory=list, max_length=100)
     systems: list[SupportedSystem] = Field(default_factory=list, max_length=500)
     portal_slug: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{8,64}$",
         description="Secret part of the web-form link given to the customer; generated if absent.",
     )
 
@@ -45,14 +46,20 @@ class TenantProfile(BaseModel):
         for target in self.tier.sla:
             for name in ("response_minutes", "resolution_minutes"):
                 if getattr(target, name) > MAX_SLA_MINUTES:
-                    raise ValueError(f"tier.sla {target.priority.value} {name} must be at most {MAX_SLA_MINUTES} "
-                                     "(a year)")
+                    raise ValueError(
+                        f"tier.sla {target.priority.value} {name} must be at most {MAX_SLA_MINUTES} (a year)"
+                    )
         for system in self.systems:
             probe = system.diagnostic_target
-            if probe is not None and probe.interval_seconds is not None \
-                    and probe.interval_seconds > MAX_PROBE_INTERVAL_SECONDS:
-                raise ValueError(f"systems {system.name}: diagnostic_target.interval_seconds must be at most "
-                                 f"{MAX_PROBE_INTERVAL_SECONDS} (a year)")
+            if (
+                probe is not None
+                and probe.interval_seconds is not None
+                and probe.interval_seconds > MAX_PROBE_INTERVAL_SECONDS
+            ):
+                raise ValueError(
+                    f"systems {system.name}: diagnostic_target.interval_seconds must be at most "
+                    f"{MAX_PROBE_INTERVAL_SECONDS} (a year)"
+                )
         return self
 
 

@@ -21,8 +21,12 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 409: {},
 class NewSecret(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="default", min_length=1, max_length=100)
-    value: str | None = Field(default=None, min_length=16, max_length=200,
-                              description="Leave out to have a random one generated (recommended).")
+    value: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=200,
+        description="Leave out to have a random one generated (recommended).",
+    )
 
 
 class IssuedSecret(BaseModel):
@@ -43,19 +47,30 @@ class TenantView(Tenant):
 
 
 async def _view(intake: Components, tenant: Tenant) -> TenantView:
-    credentials = [CredentialView(kind=c.kind, id=c.credential_id if c.kind in ("api-key", "pagerduty") else
-                                  (c.name or ""), name=c.name)
-                   for c in await intake.tenants.list_credentials(tenant.tenant_id) if c.kind != "portal"]
-    return TenantView(**tenant.model_dump(), credentials=credentials,
-                      portal_url=f"{intake.settings.public_base_url}/portal/{tenant.portal_slug}")
+    credentials = [
+        CredentialView(
+            kind=c.kind, id=c.credential_id if c.kind in ("api-key", "pagerduty") else (c.name or ""), name=c.name
+        )
+        for c in await intake.tenants.list_credentials(tenant.tenant_id)
+        if c.kind != "portal"
+    ]
+    return TenantView(
+        **tenant.model_dump(),
+        credentials=credentials,
+        portal_url=f"{intake.settings.public_base_url}/portal/{tenant.portal_slug}",
+    )
 
 
 async def _tenant(intake: Components, tenant_id: str) -> Tenant:
     try:
         return await intake.tenants.get(tenant_id)
     except TenantNotFound:
-        raise Problem(404, "Tenant not found", f"No tenant '{tenant_id}'; create it with PUT /admin/tenants/"
-                      f"{tenant_id}.", kind="tenant-not-found") from None
+        raise Problem(
+            404,
+            "Tenant not found",
+            f"No tenant '{tenant_id}'; create it with PUT /admin/tenants/{tenant_id}.",
+            kind="tenant-not-found",
+        ) from None
 
 
 def _taken(error: CredentialTaken) -> Problem:
@@ -100,13 +115,13 @@ async def issue_api_key(tenant_id: TenantId, body: NewSecret, intake: Components
 async def revoke_api_key(tenant_id: TenantId, key_id: str, intake: Components) -> Response:
     """Revoke an API key at once."""
     if not await intake.tenants.revoke_api_key(tenant_id, key_id):
-        raise Problem(404, "API key not found", f"Tenant '{tenant_id}' has no API key '{key_id}'.",
-                      kind="credential-not-found")
+        raise Problem(
+            404, "API key not found", f"Tenant '{tenant_id}' has no API key '{key_id}'.", kind="credential-not-found"
+        )
     return Response(status_code=204)
 
 
-@router.post("/{tenant_id}/pagerduty-routing-keys", status_code=201, response_model=IssuedSecret,
-             responses=PROBLEMS)
+@router.post("/{tenant_id}/pagerduty-routing-keys", status_code=201, response_model=IssuedSecret, responses=PROBLEMS)
 async def issue_routing_key(tenant_id: TenantId, body: NewSecret, intake: Components) -> IssuedSecret:
     """Issue a PagerDuty Events API v2 routing key (32 hex characters); shown once."""
     await _tenant(intake, tenant_id)

@@ -40,16 +40,24 @@ log = structlog.stdlib.get_logger("aftercare.intake.alertmanager")
 router = APIRouter(prefix="/v1/alertmanager", tags=["alertmanager"])
 
 MOVE_ATTEMPTS = 3
-CONFIGURE = ("Configure the webhook receiver with http_config: {authorization: {type: Bearer, credentials: "
-             "<token>}} using the Alertmanager token your support provider issued.")
+CONFIGURE = (
+    "Configure the webhook receiver with http_config: {authorization: {type: Bearer, credentials: "
+    "<token>}} using the Alertmanager token your support provider issued."
+)
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Not JSON, or not payload version 4"}, 401: {"description": "Missing or unknown token"},
-    413: {"description": "Body too large"}, 422: {"description": "Missing or wrong fields"},
+    400: {"description": "Not JSON, or not payload version 4"},
+    401: {"description": "Missing or unknown token"},
+    413: {"description": "Body too large"},
+    422: {"description": "Missing or wrong fields"},
     429: {"description": "Rate limit; see Retry-After"},
 }
-REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": standalone_schema(WebhookMessage.model_json_schema())}}}}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": standalone_schema(WebhookMessage.model_json_schema())}},
+    }
+}
 
 
 class AlertOutcome(BaseModel):
@@ -58,7 +66,8 @@ class AlertOutcome(BaseModel):
     status: AlertStatus = Field(description="The alert's status in the message.")
     outcome: Literal["opened", "updated", "resolved", "ignored"] = Field(
         description="opened a new incident, updated (another occurrence of) the open one, resolved it, "
-                    "or ignored a resolved alert with no open incident.")
+        "or ignored a resolved alert with no open incident."
+    )
     incident_id: str | None = None
     number: str | None = None
 
@@ -79,13 +88,22 @@ async def alertmanager_credential(
 ) -> Credential:
     token = bearer(authorization)
     if token is None:
-        raise Problem(401, "Alertmanager token required", "Send 'Authorization: Bearer <token>'. " + CONFIGURE,
-                      kind="unauthenticated", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "Alertmanager token required",
+            "Send 'Authorization: Bearer <token>'. " + CONFIGURE,
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     credential = await intake.tenants.by_alertmanager_token(token)
     if credential is None:
-        raise Problem(401, "Unknown Alertmanager token", "The bearer token is not an Alertmanager token issued "
-                      "here (mistyped or replaced). " + CONFIGURE, kind="unauthenticated",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "Unknown Alertmanager token",
+            "The bearer token is not an Alertmanager token issued here (mistyped or replaced). " + CONFIGURE,
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     await enforce_rate_limit(intake, credential)
     return credential
 
@@ -103,14 +121,18 @@ async def receive_alerts(request: Request, intake: Components, caller: Alertmana
     """
     message = _read(await request.body())
     if message.truncatedAlerts:
-        log.warning("alertmanager left alerts out of the message", tenant_id=caller.tenant_id,
-                    truncated=message.truncatedAlerts, group_key=message.groupKey)
+        log.warning(
+            "alertmanager left alerts out of the message",
+            tenant_id=caller.tenant_id,
+            truncated=message.truncatedAlerts,
+            group_key=message.groupKey,
+        )
     outcomes = [await _apply(intake, caller.tenant_id, alert, message) for alert in message.alerts]
-    counts = {kind: sum(1 for o in outcomes if o.outcome == kind) for kind in ("opened", "updated", "resolved",
-                                                                             "ignored")}
+    counts = {
+        kind: sum(1 for o in outcomes if o.outcome == kind) for kind in ("opened", "updated", "resolved", "ignored")
+    }
     log.info("alertmanager message", tenant_id=caller.tenant_id, group_key=message.groupKey, **counts)
-    return WebhookReceipt(received=len(outcomes), truncated_alerts=message.truncatedAlerts, alerts=outcomes,
-                          **counts)
+    return WebhookReceipt(received=len(outcomes), truncated_alerts=message.truncatedAlerts, alerts=outcomes, **counts)
 
 
 def _read(raw: bytes) -> WebhookMessage:
@@ -118,49 +140,79 @@ def _read(raw: bytes) -> WebhookMessage:
         document = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        raise Problem(400, "Invalid JSON", f"The request body is not valid JSON: {reason}. Send Alertmanager's "
-                      "webhook message with Content-Type: application/json.", kind="invalid-json") from None
+        raise Problem(
+            400,
+            "Invalid JSON",
+            f"The request body is not valid JSON: {reason}. Send Alertmanager's "
+            "webhook message with Content-Type: application/json.",
+            kind="invalid-json",
+        ) from None
     if not isinstance(document, dict):
-        raise Problem(422, "Invalid Alertmanager message", "The body must be a JSON object: Alertmanager's "
-                      "webhook message with version, status and alerts.", kind="invalid-request",
-                      errors=[{"field": "(body)", "message": "not a JSON object"}])
+        raise Problem(
+            422,
+            "Invalid Alertmanager message",
+            "The body must be a JSON object: Alertmanager's webhook message with version, status and alerts.",
+            kind="invalid-request",
+            errors=[{"field": "(body)", "message": "not a JSON object"}],
+        )
     unsupported = alertmanager.version_problem(document)
     if unsupported:
         raise Problem(400, "Unsupported payload version", unsupported, kind="unsupported-version")
     try:
         return WebhookMessage.model_validate(alertmanager.normalised(document))
     except ValidationError as invalid:
-        raise Problem(422, "Invalid Alertmanager message", "Some fields are missing or wrong; see 'errors' for "
-                      "each one. Nothing in this message was applied.", kind="invalid-request",
-                      errors=validation_errors(invalid.errors())) from None
+        raise Problem(
+            422,
+            "Invalid Alertmanager message",
+            "Some fields are missing or wrong; see 'errors' for each one. Nothing in this message was applied.",
+            kind="invalid-request",
+            errors=validation_errors(invalid.errors()),
+        ) from None
 
 
 async def _apply(intake: IntakeComponents, tenant_id: str, alert: Alert, message: WebhookMessage) -> AlertOutcome:
     key = alertmanager.dedup_key(alert)
-    seen = AlertOutcome(fingerprint=alertmanager.fingerprint(alert), alertname=alert.labels.get("alertname"),
-                        status=alert.status, outcome="ignored")
+    seen = AlertOutcome(
+        fingerprint=alertmanager.fingerprint(alert),
+        alertname=alert.labels.get("alertname"),
+        status=alert.status,
+        outcome="ignored",
+    )
     if alert.status == AlertStatus.FIRING:
         open_now = await intake.desk.find_open(tenant_id, key)
         report = alertmanager.incident_report(alert, message, first_time=open_now is None)
         outcome = await intake.desk.report(tenant_id, report)
-        return seen.model_copy(update={"outcome": "opened" if outcome.created else "updated",
-                                       "incident_id": outcome.incident.incident_id,
-                                       "number": outcome.incident.number})
+        return seen.model_copy(
+            update={
+                "outcome": "opened" if outcome.created else "updated",
+                "incident_id": outcome.incident.incident_id,
+                "number": outcome.incident.number,
+            }
+        )
     for attempt in range(1, MOVE_ATTEMPTS + 1):
         incident = await intake.desk.find_open(tenant_id, key)
         if incident is None:
             log.info("resolved alert with no open incident; nothing to do", tenant_id=tenant_id, dedup_key=key)
             return seen
         try:
-            resolved = await intake.desk.resolve(tenant_id, incident.incident_id, by=alertmanager.ACTOR,
-                                                 channel=Channel.ALERTMANAGER,
-                                                 resolution=alertmanager.resolution(alert))
+            resolved = await intake.desk.resolve(
+                tenant_id,
+                incident.incident_id,
+                by=alertmanager.ACTOR,
+                channel=Channel.ALERTMANAGER,
+                resolution=alertmanager.resolution(alert),
+            )
         except TransitionRefused:
             if attempt == MOVE_ATTEMPTS:
                 raise
             continue  # it changed while we resolved it: decide again from what it is now
-        return seen.model_copy(update={"outcome": "resolved", "incident_id": resolved.incident.incident_id,
-                                       "number": resolved.incident.number})
+        return seen.model_copy(
+            update={
+                "outcome": "resolved",
+                "incident_id": resolved.incident.incident_id,
+                "number": resolved.incident.number,
+            }
+        )
     raise AssertionError("unreachable")
 
 

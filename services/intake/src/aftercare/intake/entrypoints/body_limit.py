@@ -61,13 +61,21 @@ class BodySizeLimit:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps({
-            "type": TYPE_BASE + "request-too-large", "title": "Request too large", "status": 413,
-            "detail": f"The request body is over {self.max_bytes} bytes. Send less (attachments go by email) "
-                      "or ask the operator to raise AFTERCARE_INTAKE_MAX_BODY_BYTES.",
-            "instance": scope.get("path"),
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", PROBLEM_JSON.encode()),
-                                (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "type": TYPE_BASE + "request-too-large",
+                "title": "Request too large",
+                "status": 413,
+                "detail": f"The request body is over {self.max_bytes} bytes. Send less (attachments go by email) "
+                "or ask the operator to raise AFTERCARE_INTAKE_MAX_BODY_BYTES.",
+                "instance": scope.get("path"),
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

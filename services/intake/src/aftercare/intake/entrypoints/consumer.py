@@ -32,44 +32,70 @@ class LifecycleFromEvents:
     async def triaged(self, envelope: Envelope[IncidentTriaged]) -> None:
         event = envelope.data
         await self._desk.apply_automated(
-            envelope, proposed=Status.TRIAGED, kind="triaged",
+            envelope,
+            proposed=Status.TRIAGED,
+            kind="triaged",
             summary=f"Triaged as {event.priority.value} {event.category}",
-            set_fields={"priority": event.priority.value, "category": event.category,
-                        "response_due_at": event.response_due_at, "resolution_due_at": event.resolution_due_at},
+            set_fields={
+                "priority": event.priority.value,
+                "category": event.category,
+                "response_due_at": event.response_due_at,
+                "resolution_due_at": event.resolution_due_at,
+            },
         )
 
     async def diagnosed(self, envelope: Envelope[DiagnosisCompleted]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(envelope, proposed=None, kind="diagnosis",
-                                         summary=event.conclusion or "Diagnosis completed")
+        await self._desk.apply_automated(
+            envelope, proposed=None, kind="diagnosis", summary=event.conclusion or "Diagnosis completed"
+        )
 
     async def remediation_started(self, envelope: Envelope[RemediationStarted]) -> None:
-        await self._desk.apply_automated(envelope, proposed=Status.REMEDIATING, kind="remediating",
-                                         summary=f"Runbook {envelope.data.runbook} started")
+        await self._desk.apply_automated(
+            envelope,
+            proposed=Status.REMEDIATING,
+            kind="remediating",
+            summary=f"Runbook {envelope.data.runbook} started",
+        )
 
     async def approval_requested(self, envelope: Envelope[ApprovalRequested]) -> None:
-        await self._desk.apply_automated(envelope, proposed=None, kind="approval-requested",
-                                         summary=f"Waiting for approval: {envelope.data.reason}")
+        await self._desk.apply_automated(
+            envelope, proposed=None, kind="approval-requested", summary=f"Waiting for approval: {envelope.data.reason}"
+        )
 
     async def remediation_succeeded(self, envelope: Envelope[RemediationSucceeded]) -> None:
         event = envelope.data
         document = await self._desk.incidents.find_one({"_id": envelope.incident_id}, {"number": 1})
         announce: Any = None
         if document is not None:
-            announce = IncidentResolved(incident_id=event.incident_id, number=document["number"], by="remediation",
-                                        resolution=f"Fixed by runbook {event.runbook}. {event.verification}".strip())
-        await self._desk.apply_automated(envelope, proposed=Status.RESOLVED, kind="resolved",
-                                         summary=f"Runbook {event.runbook} fixed it", announce=announce)
+            announce = IncidentResolved(
+                incident_id=event.incident_id,
+                number=document["number"],
+                by="remediation",
+                resolution=f"Fixed by runbook {event.runbook}. {event.verification}".strip(),
+            )
+        await self._desk.apply_automated(
+            envelope,
+            proposed=Status.RESOLVED,
+            kind="resolved",
+            summary=f"Runbook {event.runbook} fixed it",
+            announce=announce,
+        )
 
     async def remediation_failed(self, envelope: Envelope[RemediationFailed]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(envelope, proposed=None, kind="remediation-failed",
-                                         summary=f"Runbook {event.runbook} failed: {event.error}")
+        await self._desk.apply_automated(
+            envelope, proposed=None, kind="remediation-failed", summary=f"Runbook {event.runbook} failed: {event.error}"
+        )
 
     async def escalated(self, envelope: Envelope[IncidentEscalated]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(envelope, proposed=Status.ESCALATED, kind="escalated",
-                                         summary=f"Escalated to {event.escalated_to or 'on-call'}: {event.reason}")
+        await self._desk.apply_automated(
+            envelope,
+            proposed=Status.ESCALATED,
+            kind="escalated",
+            summary=f"Escalated to {event.escalated_to or 'on-call'}: {event.reason}",
+        )
 
 
 def handlers(desk: IncidentDesk) -> HandlerTable:

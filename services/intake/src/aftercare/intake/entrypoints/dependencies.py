@@ -15,8 +15,13 @@ from aftercare.intake.tenant_registry import Credential
 def components(request: Request) -> IntakeComponents:
     found: IntakeComponents | None = getattr(request.app.state, "intake", None)
     if found is None:
-        raise Problem(503, "Starting up", "Intake is still connecting to Kafka and the store; retry shortly.",
-                      kind="starting-up", headers={"Retry-After": "5"})
+        raise Problem(
+            503,
+            "Starting up",
+            "Intake is still connecting to Kafka and the store; retry shortly.",
+            kind="starting-up",
+            headers={"Retry-After": "5"},
+        )
     return found
 
 
@@ -32,10 +37,14 @@ def bearer(authorization: str | None) -> str | None:
 async def enforce_rate_limit(intake: IntakeComponents, credential: Credential) -> None:
     verdict = await intake.limiter.hit(f"{credential.kind}|{credential.credential_id}")
     if not verdict.allowed:
-        raise Problem(429, "Too many requests",
-                      f"This integration may send {intake.limiter.per_minute} requests a minute; "
-                      f"retry after {verdict.retry_after_s} s.", kind="rate-limited",
-                      headers={"Retry-After": str(verdict.retry_after_s)})
+        raise Problem(
+            429,
+            "Too many requests",
+            f"This integration may send {intake.limiter.per_minute} requests a minute; "
+            f"retry after {verdict.retry_after_s} s.",
+            kind="rate-limited",
+            headers={"Retry-After": str(verdict.retry_after_s)},
+        )
 
 
 async def api_key_credential(
@@ -45,13 +54,22 @@ async def api_key_credential(
 ) -> Credential:
     key = bearer(authorization) or x_api_key
     if not key:
-        raise Problem(401, "API key required", "Send your API key as 'Authorization: Bearer <key>' or 'X-API-Key'.",
-                      kind="unauthenticated", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "API key required",
+            "Send your API key as 'Authorization: Bearer <key>' or 'X-API-Key'.",
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     credential = await intake.tenants.by_api_key(key)
     if credential is None:
-        raise Problem(401, "Unknown API key", "The API key is not valid (revoked or mistyped); "
-                      "ask your support contact for a new one.", kind="unauthenticated",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "Unknown API key",
+            "The API key is not valid (revoked or mistyped); ask your support contact for a new one.",
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     await enforce_rate_limit(intake, credential)
     return credential
 
@@ -65,15 +83,25 @@ async def require_admin(
 ) -> None:
     expected = intake.settings.admin_token
     if not expected:
-        raise Problem(403, "Admin API disabled", "Set AFTERCARE_INTAKE_ADMIN_TOKEN to enable the admin API.",
-                      kind="admin-disabled")
+        raise Problem(
+            403,
+            "Admin API disabled",
+            "Set AFTERCARE_INTAKE_ADMIN_TOKEN to enable the admin API.",
+            kind="admin-disabled",
+        )
     token = bearer(authorization)
     if token is None:
-        raise Problem(401, "Admin token required", "Send 'Authorization: Bearer <admin token>'.",
-                      kind="unauthenticated", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "Admin token required",
+            "Send 'Authorization: Bearer <admin token>'.",
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise Problem(403, "Wrong admin token", "The admin token does not match AFTERCARE_INTAKE_ADMIN_TOKEN.",
-                      kind="forbidden")
+        raise Problem(
+            403, "Wrong admin token", "The admin token does not match AFTERCARE_INTAKE_ADMIN_TOKEN.", kind="forbidden"
+        )
 
 
 AdminOnly = Depends(require_admin)

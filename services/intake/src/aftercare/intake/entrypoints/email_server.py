@@ -67,8 +67,10 @@ TITLE_MAX_CHARS = 300
 _DELIVERY_IDS = uuid.UUID("5b0f5d0e-6f43-4c1b-9a53-2f0a9c1e7e21")
 _SHUTDOWN_GRACE_S = 10.0
 
-TEMPORARY_FAILURE = ("451 4.3.0 Aftercare cannot store this message right now (a temporary fault on our side); "
-                     "your mail server will retry it")
+TEMPORARY_FAILURE = (
+    "451 4.3.0 Aftercare cannot store this message right now (a temporary fault on our side); "
+    "your mail server will retry it"
+)
 
 
 class EmailChannelUnavailable(RuntimeError):
@@ -102,22 +104,31 @@ class SupportMailbox:
 
     # --- SMTP hooks ----------------------------------------------------------------------
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         try:
             credential = await self._intake.tenants.by_inbound_email(address)
             if credential is None:
                 log.info("email refused: not a support address", recipient=address)
-                return _reply(550, "5.1.1", f"<{address}>: this is not a support address at Aftercare; "
-                                            "check the address your support provider gave you")
+                return _reply(
+                    550,
+                    "5.1.1",
+                    f"<{address}>: this is not a support address at Aftercare; "
+                    "check the address your support provider gave you",
+                )
             verdict = await self._intake.limiter.hit(f"email|{credential.credential_id}")
         except Exception as error:  # the store is unreachable: the sender's server retries later
             log.warning("email recipient check failed; answered 451", recipient=address, error=str(error))
             return TEMPORARY_FAILURE
         if not verdict.allowed:
             log.warning("email refused: rate limit", recipient=address, tenant_id=credential.tenant_id)
-            return _reply(451, "4.7.1", f"<{address}> takes at most {self._intake.limiter.per_minute} messages a "
-                                        f"minute; try again in {verdict.retry_after_s} seconds")
+            return _reply(
+                451,
+                "4.7.1",
+                f"<{address}> takes at most {self._intake.limiter.per_minute} messages a "
+                f"minute; try again in {verdict.retry_after_s} seconds",
+            )
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -151,12 +162,20 @@ class SupportMailbox:
         attachment_limit = self._intake.attachments.max_bytes
         for attachment in email.attachments:
             if attachment.size_bytes > attachment_limit:
-                log.info("email refused: attachment too large", sender=envelope.mail_from,
-                         filename=attachment.filename, size_bytes=attachment.size_bytes)
-                return _reply(552, "5.3.4", f"Attachment {attachment.filename!r} is "
-                                            f"{_megabytes(attachment.size_bytes)}; attachments up to "
-                                            f"{_megabytes(attachment_limit)} are accepted. Send a smaller "
-                                            "file or a link to it.")
+                log.info(
+                    "email refused: attachment too large",
+                    sender=envelope.mail_from,
+                    filename=attachment.filename,
+                    size_bytes=attachment.size_bytes,
+                )
+                return _reply(
+                    552,
+                    "5.3.4",
+                    f"Attachment {attachment.filename!r} is "
+                    f"{_megabytes(attachment.size_bytes)}; attachments up to "
+                    f"{_megabytes(attachment_limit)} are accepted. Send a smaller "
+                    "file or a link to it.",
+                )
         with tracer().start_as_current_span("smtp DATA", kind=SpanKind.SERVER) as span:
             span.set_attribute("aftercare.email.recipients", len(envelope.rcpt_tos))
             try:
@@ -164,8 +183,9 @@ class SupportMailbox:
             except AttachmentTooLarge as error:
                 return _reply(552, "5.3.4", str(error))
             except Exception:  # store or Kafka down (or a fault of ours): never accept-then-lose
-                log.exception("email could not be stored; answered 451", sender=envelope.mail_from,
-                              message_id=email.message_id)
+                log.exception(
+                    "email could not be stored; answered 451", sender=envelope.mail_from, message_id=email.message_id
+                )
                 return TEMPORARY_FAILURE
         if not receipts:
             return _reply(554, "5.1.1", "None of the recipients is a support address any more.")
@@ -173,8 +193,12 @@ class SupportMailbox:
 
     def _too_big(self, size: int) -> str:
         limit = self._intake.settings.max_email_bytes
-        return _reply(552, "5.3.4", f"The message is {_megabytes(size)}; this support address accepts messages "
-                                    f"up to {_megabytes(limit)} ({limit} bytes). Send large files another way.")
+        return _reply(
+            552,
+            "5.3.4",
+            f"The message is {_megabytes(size)}; this support address accepts messages "
+            f"up to {_megabytes(limit)} ({limit} bytes). Send large files another way.",
+        )
 
     async def _deliver_all(self, envelope: Envelope, email: InboundEmail) -> list[Receipt]:
         # One incident per tenant, however many of its addresses the message was sent to.
@@ -184,11 +208,14 @@ class SupportMailbox:
             if credential is not None:
                 tenants.setdefault(credential.tenant_id, address.lower())
         null_sender = envelope.mail_from in (None, "", "<>")
-        return [await self._deliver(tenant_id, address, email, envelope.mail_from, null_sender)
-                for tenant_id, address in tenants.items()]
+        return [
+            await self._deliver(tenant_id, address, email, envelope.mail_from, null_sender)
+            for tenant_id, address in tenants.items()
+        ]
 
-    async def _deliver(self, tenant_id: str, address: str, email: InboundEmail, mail_from: str | None,
-                       null_sender: bool) -> Receipt:
+    async def _deliver(
+        self, tenant_id: str, address: str, email: InboundEmail, mail_from: str | None, null_sender: bool
+    ) -> Receipt:
         desk = self._intake.desk
         message_id = email.message_id or f"<{email.content_digest[:32]}@no-message-id.aftercare.invalid>"
         delivery_key = f"{tenant_id}|{message_id}|{email.content_digest}"
@@ -202,38 +229,73 @@ class SupportMailbox:
                 if already is not None:
                     # The first delivery may have died between its write and its publish.
                     await desk.relay.flush(desk.incidents, already.incident_id)
-                    log.info("email already received (a retried delivery)", incident_id=already.incident_id,
-                             message_id=message_id)
+                    log.info(
+                        "email already received (a retried delivery)",
+                        incident_id=already.incident_id,
+                        message_id=message_id,
+                    )
                     return Receipt("Already received as", already.number)
                 attachments = await self._keep_attachments(tenant_id, delivery_key, email)
                 acknowledgement = await self._acknowledgement(
-                    tenant_id, delivery_key, email, sender_address, null_sender, "incident-updated", thread.title)
+                    tenant_id, delivery_key, email, sender_address, null_sender, "incident-updated", thread.title
+                )
                 outcome = await desk.add_update(
-                    tenant_id, thread.incident_id, channel=Channel.EMAIL, kind="comment",
-                    message=_with_notes(email.body or email.subject, email.notes), author=author,
-                    attachments=attachments, email_message_ids=[message_id], also_publish=acknowledgement)
-                log.info("email added to incident", incident_id=thread.incident_id, number=thread.number,
-                         message_id=message_id, attachments=len(attachments))
+                    tenant_id,
+                    thread.incident_id,
+                    channel=Channel.EMAIL,
+                    kind="comment",
+                    message=_with_notes(email.body or email.subject, email.notes),
+                    author=author,
+                    attachments=attachments,
+                    email_message_ids=[message_id],
+                    also_publish=acknowledgement,
+                )
+                log.info(
+                    "email added to incident",
+                    incident_id=thread.incident_id,
+                    number=thread.number,
+                    message_id=message_id,
+                    attachments=len(attachments),
+                )
                 return Receipt("Added to", outcome.incident.number)
 
             title = _title(email, sender_address)
             attachments = await self._keep_attachments(tenant_id, delivery_key, email)
             acknowledgement = await self._acknowledgement(
-                tenant_id, delivery_key, email, sender_address, null_sender, "incident-received", title)
+                tenant_id, delivery_key, email, sender_address, null_sender, "incident-received", title
+            )
             report = IncidentReport(
-                title=title, description=_with_notes(email.body, email.notes), channel=Channel.EMAIL,
-                reporter=author, labels={"inbound_address": address}, attachments=attachments,
+                title=title,
+                description=_with_notes(email.body, email.notes),
+                channel=Channel.EMAIL,
+                reporter=author,
+                labels={"inbound_address": address},
+                attachments=attachments,
                 details={"email": {"message_id": message_id, "subject": email.subject, "to": address}},
             )
-            outcome = await desk.report(tenant_id, report, incident_id=str(uuid.uuid5(_DELIVERY_IDS, delivery_key)),
-                                        email_message_ids=[message_id], also_publish=acknowledgement)
+            outcome = await desk.report(
+                tenant_id,
+                report,
+                incident_id=str(uuid.uuid5(_DELIVERY_IDS, delivery_key)),
+                email_message_ids=[message_id],
+                also_publish=acknowledgement,
+            )
             incident = outcome.incident
             if not outcome.created:
-                log.info("email already received (a retried delivery)", incident_id=incident.incident_id,
-                         message_id=message_id)
+                log.info(
+                    "email already received (a retried delivery)",
+                    incident_id=incident.incident_id,
+                    message_id=message_id,
+                )
                 return Receipt("Already received as", incident.number)
-            log.info("email opened incident", incident_id=incident.incident_id, number=incident.number,
-                     message_id=message_id, attachments=len(attachments), notes=len(email.notes))
+            log.info(
+                "email opened incident",
+                incident_id=incident.incident_id,
+                number=incident.number,
+                message_id=message_id,
+                attachments=len(attachments),
+                notes=len(email.notes),
+            )
             return Receipt("Received as", incident.number)
         finally:
             structlog.contextvars.unbind_contextvars("tenant_id")
@@ -252,28 +314,52 @@ class SupportMailbox:
 
     async def _keep_attachments(self, tenant_id: str, delivery_key: str, email: InboundEmail) -> list[AttachmentRef]:
         store = self._intake.attachments
-        return [await store.keep(tenant_id, attachment.filename, attachment.content_type, attachment.content,
-                                 attachment_id=str(uuid.uuid5(_DELIVERY_IDS, f"{delivery_key}|{index}")))
-                for index, attachment in enumerate(email.attachments)]
+        return [
+            await store.keep(
+                tenant_id,
+                attachment.filename,
+                attachment.content_type,
+                attachment.content,
+                attachment_id=str(uuid.uuid5(_DELIVERY_IDS, f"{delivery_key}|{index}")),
+            )
+            for index, attachment in enumerate(email.attachments)
+        ]
 
-    async def _acknowledgement(self, tenant_id: str, delivery_key: str, email: InboundEmail, recipient: str | None,
-                               null_sender: bool, template: str, title: str) -> FollowUps | None:
+    async def _acknowledgement(
+        self,
+        tenant_id: str,
+        delivery_key: str,
+        email: InboundEmail,
+        recipient: str | None,
+        null_sender: bool,
+        template: str,
+        title: str,
+    ) -> FollowUps | None:
         if recipient is None or null_sender or email.automated:
-            log.info("no acknowledgement for an automated message or one without a sender",
-                     sender=recipient, automated=email.automated)
+            log.info(
+                "no acknowledgement for an automated message or one without a sender",
+                sender=recipient,
+                automated=email.automated,
+            )
             return None
         language = await self._language_of(tenant_id, recipient)
         base_url = self._intake.settings.public_base_url.rstrip("/")
         topic = email.topic or title
 
         def acknowledgement(incident_id: str, number: str) -> Sequence[Event]:
-            return [NotificationRequested(
-                notification_id=str(uuid.uuid5(_DELIVERY_IDS, f"acknowledgement|{delivery_key}")),
-                incident_id=incident_id, channel=NotificationChannel.EMAIL, recipient=recipient,
-                template=template, language=language, subject=f"[{number}] Re: {topic}",
-                in_reply_to=email.message_id,
-                context={"number": number, "title": title, "status_url": f"{base_url}/v1/incidents/{incident_id}"},
-            )]
+            return [
+                NotificationRequested(
+                    notification_id=str(uuid.uuid5(_DELIVERY_IDS, f"acknowledgement|{delivery_key}")),
+                    incident_id=incident_id,
+                    channel=NotificationChannel.EMAIL,
+                    recipient=recipient,
+                    template=template,
+                    language=language,
+                    subject=f"[{number}] Re: {topic}",
+                    in_reply_to=email.message_id,
+                    context={"number": number, "title": title, "status_url": f"{base_url}/v1/incidents/{incident_id}"},
+                )
+            ]
 
         return acknowledgement
 
@@ -298,7 +384,7 @@ def _title(email: InboundEmail, sender: str | None) -> str:
     if not title:
         files = f" with {len(email.attachments)} attachment(s)" if email.attachments else ""
         title = f"Email from {sender or 'an unknown sender'}{files}"
-    return title if len(title) <= TITLE_MAX_CHARS else title[:TITLE_MAX_CHARS - 3] + "..."
+    return title if len(title) <= TITLE_MAX_CHARS else title[: TITLE_MAX_CHARS - 3] + "..."
 
 
 def _with_notes(text: str, notes: Sequence[str]) -> str:
@@ -327,9 +413,15 @@ class _SupportSmtp(SMTP):
         # enhanced status code and do not say what the limit is.
         if isinstance(status, str) and status.startswith("552 Error"):
             limit = self.data_size_limit or 0
-            await super().push(_reply(552, "5.3.4", f"The message is larger than this support address accepts "
-                                                    f"({_megabytes(limit)}, {limit} bytes). Send large files "
-                                                    "another way."))
+            await super().push(
+                _reply(
+                    552,
+                    "5.3.4",
+                    f"The message is larger than this support address accepts "
+                    f"({_megabytes(limit)}, {limit} bytes). Send large files "
+                    "another way.",
+                )
+            )
             return
         await super().push(status)
 
@@ -357,21 +449,39 @@ class InboundEmailServer:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
 
         def protocol() -> _SupportSmtp:
-            return _SupportSmtp(self._mailbox, self._connections, data_size_limit=settings.max_email_bytes,
-                                enable_SMTPUTF8=True, hostname=hostname, ident="Aftercare intake", loop=loop)
+            return _SupportSmtp(
+                self._mailbox,
+                self._connections,
+                data_size_limit=settings.max_email_bytes,
+                enable_SMTPUTF8=True,
+                hostname=hostname,
+                ident="Aftercare intake",
+                loop=loop,
+            )
 
         try:
             self._server = await loop.create_server(protocol, host=settings.smtp_host, port=settings.smtp_port)
         except OSError as error:
             reason = error.strerror or str(error)
-            log.error("email channel cannot listen", host=settings.smtp_host, port=settings.smtp_port,
-                      setting=PORT_SETTING, error=reason)
+            log.error(
+                "email channel cannot listen",
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                setting=PORT_SETTING,
+                error=reason,
+            )
             raise EmailChannelUnavailable(
                 f"the email channel cannot listen on {settings.smtp_host}:{settings.smtp_port}: {reason}. "
                 f"Free the port or set {PORT_SETTING} to another one (AFTERCARE_INTAKE_SMTP_ENABLED=false "
-                "runs intake without email)") from error
-        log.info("email channel listening", host=settings.smtp_host, port=self.port,
-                 max_email_bytes=settings.max_email_bytes, max_attachment_bytes=settings.max_attachment_bytes)
+                "runs intake without email)"
+            ) from error
+        log.info(
+            "email channel listening",
+            host=settings.smtp_host,
+            port=self.port,
+            max_email_bytes=settings.max_email_bytes,
+            max_attachment_bytes=settings.max_attachment_bytes,
+        )
 
     async def stop(self) -> None:
         if self._server is None:

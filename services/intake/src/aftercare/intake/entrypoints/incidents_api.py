@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
-
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -21,8 +20,10 @@ from aftercare.intake.incident_desk import IncidentDesk, IncidentNotFound, Outco
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid JSON"}, 401: {"description": "Missing or unknown API key"},
-    413: {"description": "Body too large"}, 422: {"description": "Missing or wrong fields"},
+    400: {"description": "Invalid JSON"},
+    401: {"description": "Missing or unknown API key"},
+    413: {"description": "Body too large"},
+    422: {"description": "Missing or wrong fields"},
     429: {"description": "Rate limit; see Retry-After"},
 }
 
@@ -37,8 +38,9 @@ class NewIncident(BaseModel):
     severity: Severity = Severity.ERROR
     system: str | None = Field(default=None, max_length=200, description="The affected system, as registered.")
     source: str | None = Field(default=None, max_length=500, description="Host or component with the problem.")
-    dedup_key: str | None = Field(default=None, min_length=1, max_length=255,
-                                  description="Reports with the same key update the open incident.")
+    dedup_key: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Reports with the same key update the open incident."
+    )
     labels: dict[str, str] = Field(default_factory=dict, max_length=50)
     reporter: Reporter = Field(default_factory=Reporter)
     occurred_at: datetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
@@ -49,8 +51,10 @@ class NewIncident(BaseModel):
         # The store keeps labels as field names, and field names cannot hold these.
         bad = [name for name in labels if not name or "." in name or name.startswith("$") or "\x00" in name]
         if bad:
-            raise ValueError(f"label names must be non-empty, without '.', NUL or a leading '$' "
-                             f"(use '_' instead): {', '.join(repr(name) for name in bad)}")
+            raise ValueError(
+                f"label names must be non-empty, without '.', NUL or a leading '$' "
+                f"(use '_' instead): {', '.join(repr(name) for name in bad)}"
+            )
         return labels
 
 
@@ -91,13 +95,22 @@ def _accepted(request: Request, response: Response, outcome: Outcome) -> Accepte
     incident = outcome.incident
     url = str(request.url_for("get_incident", incident_id=incident.incident_id))
     response.headers["Location"] = url
-    return Accepted(incident_id=incident.incident_id, number=incident.number, status=incident.status,
-                    created=outcome.created, status_url=url)
+    return Accepted(
+        incident_id=incident.incident_id,
+        number=incident.number,
+        status=incident.status,
+        created=outcome.created,
+        status_url=url,
+    )
 
 
 @router.post("", status_code=202, response_model=Accepted, responses=PROBLEMS)
 async def report_incident(
-    body: NewIncident, request: Request, response: Response, intake: Components, caller: ApiCaller,
+    body: NewIncident,
+    request: Request,
+    response: Response,
+    intake: Components,
+    caller: ApiCaller,
     idempotency_key: Annotated[str | None, Header(max_length=255, description="Retry-safe key")] = None,
 ) -> Accepted:
     """Report a problem. 202 means the incident is stored and its event is durable in Kafka.
@@ -112,8 +125,12 @@ async def report_incident(
         try:
             claim = await keys.claim(caller.tenant_id, idempotency_key, body_digest(await request.body()))
         except IdempotencyConflict:
-            raise Problem(409, "Idempotency-Key reused", "This Idempotency-Key was used with a different request "
-                          "body. Use a new key for a new report.", kind="idempotency-conflict") from None
+            raise Problem(
+                409,
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used with a different request body. Use a new key for a new report.",
+                kind="idempotency-conflict",
+            ) from None
         incident_id = claim.incident_id
         if not claim.first_use:
             try:
@@ -135,7 +152,8 @@ async def report_incident(
 
 @router.get("", response_model=IncidentPage, responses=PROBLEMS)
 async def list_incidents(
-    intake: Components, caller: ApiCaller,
+    intake: Components,
+    caller: ApiCaller,
     status: Annotated[list[IncidentStatus] | None, Query(description="Only these statuses")] = None,
     channel: Annotated[Channel | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
@@ -143,8 +161,9 @@ async def list_incidents(
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> IncidentPage:
     """Your incidents, newest first, without timelines (read one incident for its timeline)."""
-    items, total = await intake.desk.search(caller.tenant_id, status=status or (), channel=channel, since=since,
-                                            limit=limit, offset=offset)
+    items, total = await intake.desk.search(
+        caller.tenant_id, status=status or (), channel=channel, since=since, limit=limit, offset=offset
+    )
     return IncidentPage(items=items, total=total, limit=limit, offset=offset)
 
 
@@ -153,8 +172,9 @@ async def _load(desk: IncidentDesk, tenant_id: str, incident_id: str) -> Inciden
         return await desk.get(tenant_id, incident_id)
     except IncidentNotFound:
         # The same answer whether it does not exist or belongs to another tenant.
-        raise Problem(404, "Incident not found", f"No incident {incident_id} for your account.",
-                      kind="incident-not-found") from None
+        raise Problem(
+            404, "Incident not found", f"No incident {incident_id} for your account.", kind="incident-not-found"
+        ) from None
 
 
 @router.get("/{incident_id}", response_model=Incident, name="get_incident", responses=PROBLEMS | {404: {}})
@@ -173,25 +193,40 @@ async def _move(intake: Components, tenant_id: str, incident_id: str, action: An
 
 
 @router.post("/{incident_id}/acknowledge", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
-async def acknowledge_incident(incident_id: str, body: Acknowledgement, intake: Components,
-                               caller: ApiCaller) -> Incident:
+async def acknowledge_incident(
+    incident_id: str, body: Acknowledgement, intake: Components, caller: ApiCaller
+) -> Incident:
     """Take ownership: the customer is told someone is on it."""
-    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.acknowledge(
-        caller.tenant_id, incident_id, by=body.by, channel=Channel.API, note=body.note))
+    return await _move(
+        intake,
+        caller.tenant_id,
+        incident_id,
+        lambda: intake.desk.acknowledge(caller.tenant_id, incident_id, by=body.by, channel=Channel.API, note=body.note),
+    )
 
 
 @router.post("/{incident_id}/resolve", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
 async def resolve_incident(incident_id: str, body: Resolution, intake: Components, caller: ApiCaller) -> Incident:
     """Mark the problem gone."""
-    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.resolve(
-        caller.tenant_id, incident_id, by=body.by, channel=Channel.API, resolution=body.resolution))
+    return await _move(
+        intake,
+        caller.tenant_id,
+        incident_id,
+        lambda: intake.desk.resolve(
+            caller.tenant_id, incident_id, by=body.by, channel=Channel.API, resolution=body.resolution
+        ),
+    )
 
 
 @router.post("/{incident_id}/reopen", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
 async def reopen_incident(incident_id: str, body: Reopening, intake: Components, caller: ApiCaller) -> Incident:
     """The problem came back after it was resolved."""
-    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.reopen(
-        caller.tenant_id, incident_id, by=body.by, reason=body.reason))
+    return await _move(
+        intake,
+        caller.tenant_id,
+        incident_id,
+        lambda: intake.desk.reopen(caller.tenant_id, incident_id, by=body.by, reason=body.reason),
+    )
 
 
 class Closing(BaseModel):
@@ -207,12 +242,19 @@ async def close_incident(incident_id: str, body: Closing, intake: Components, ca
     Incidents that stay resolved for AFTERCARE_INTAKE_AUTO_CLOSE_AFTER_HOURS are closed
     automatically.
     """
-    return await _move(intake, caller.tenant_id, incident_id, lambda: intake.desk.close(
-        caller.tenant_id, incident_id, by=body.by, reason=body.reason))
+    return await _move(
+        intake,
+        caller.tenant_id,
+        incident_id,
+        lambda: intake.desk.close(caller.tenant_id, incident_id, by=body.by, reason=body.reason),
+    )
 
 
-@router.get("/{incident_id}/attachments/{attachment_id}", response_class=Response,
-            responses=PROBLEMS | {200: {"content": {"application/octet-stream": {}}}, 404: {}})
+@router.get(
+    "/{incident_id}/attachments/{attachment_id}",
+    response_class=Response,
+    responses=PROBLEMS | {200: {"content": {"application/octet-stream": {}}}, 404: {}},
+)
 async def download_attachment(incident_id: str, attachment_id: str, intake: Components, caller: ApiCaller) -> Response:
     """A file that came with the incident (a faxed PDF, a screenshot), as it arrived."""
     incident = await _load(intake.desk, caller.tenant_id, incident_id)
@@ -220,12 +262,20 @@ async def download_attachment(incident_id: str, attachment_id: str, intake: Comp
     if any(ref.attachment_id == attachment_id for ref in incident.attachments):
         found = await intake.attachments.fetch(caller.tenant_id, attachment_id)
     if found is None:
-        raise Problem(404, "Attachment not found", f"{incident.number} has no attachment {attachment_id}; "
-                      "the incident lists its attachments under 'attachments'.", kind="attachment-not-found")
+        raise Problem(
+            404,
+            "Attachment not found",
+            f"{incident.number} has no attachment {attachment_id}; "
+            "the incident lists its attachments under 'attachments'.",
+            kind="attachment-not-found",
+        )
     ref, content = found
     # Served as a download, never rendered inline: the content comes from outside.
     # HTTP headers are Latin-1: an ASCII fallback name plus the real one in RFC 5987 form.
     fallback = ref.filename.encode("ascii", "replace").decode().replace("\\", "_").replace('"', "_")
     disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(ref.filename, safe='')}"
-    return Response(content, media_type=ref.content_type, headers={
-        "Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"})
+    return Response(
+        content,
+        media_type=ref.content_type,
+        headers={"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"},
+    )

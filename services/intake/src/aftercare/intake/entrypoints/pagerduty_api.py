@@ -63,30 +63,49 @@ def standalone_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return resolve(schema)  # type: ignore[no-any-return]
 
 
-REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": standalone_schema(pagerduty.EnqueueRequest.model_json_schema(by_alias=True))}}}}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": standalone_schema(pagerduty.EnqueueRequest.model_json_schema(by_alias=True))}
+        },
+    }
+}
 
 
-def _refused(errors: list[str], *, status: str = "invalid event", message: str = "Event object is invalid",
-             code: int = 400, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "message": message, "errors": errors}, status_code=code,
-                        headers=headers)
+def _refused(
+    errors: list[str],
+    *,
+    status: str = "invalid event",
+    message: str = "Event object is invalid",
+    code: int = 400,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse({"status": status, "message": message, "errors": errors}, status_code=code, headers=headers)
 
 
 def _accepted(dedup_key: str, incident: Outcome | None = None) -> JSONResponse:
     headers = {}
     if incident is not None:
         # Not PagerDuty's, and ignored by its clients; lets a caller find the incident here.
-        headers = {"X-Aftercare-Incident-Id": incident.incident.incident_id,
-                   "X-Aftercare-Incident-Number": incident.incident.number}
-    return JSONResponse({"status": "success", "message": "Event processed", "dedup_key": dedup_key},
-                        status_code=202, headers=headers)
+        headers = {
+            "X-Aftercare-Incident-Id": incident.incident.incident_id,
+            "X-Aftercare-Incident-Number": incident.incident.number,
+        }
+    return JSONResponse(
+        {"status": "success", "message": "Event processed", "dedup_key": dedup_key}, status_code=202, headers=headers
+    )
 
 
 @router.post(
-    "/v2/enqueue", status_code=202, response_model=EnqueueAccepted, openapi_extra=REQUEST_BODY,
-    responses={400: {"model": EnqueueRefused, "description": "Invalid event, unknown routing key or not JSON"},
-               429: {"model": EnqueueRefused, "description": "Over the routing key's rate limit; see Retry-After"}},
+    "/v2/enqueue",
+    status_code=202,
+    response_model=EnqueueAccepted,
+    openapi_extra=REQUEST_BODY,
+    responses={
+        400: {"model": EnqueueRefused, "description": "Invalid event, unknown routing key or not JSON"},
+        429: {"model": EnqueueRefused, "description": "Over the routing key's rate limit; see Retry-After"},
+    },
 )
 async def enqueue(request: Request, intake: Components) -> JSONResponse:
     """Send an alert event (trigger, acknowledge or resolve), exactly as to PagerDuty's Events API v2.
@@ -98,14 +117,19 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
     """
     raw = await request.body()
     if len(raw) > pagerduty.MAX_EVENT_BYTES:
-        return _refused([f"The event is {len(raw) // 1024} KB; events are limited to "
-                         f"{pagerduty.MAX_EVENT_BYTES // 1024} KB. Send less in custom_details "
-                         "(link to large data instead)"])
+        return _refused(
+            [
+                f"The event is {len(raw) // 1024} KB; events are limited to "
+                f"{pagerduty.MAX_EVENT_BYTES // 1024} KB. Send less in custom_details "
+                "(link to large data instead)"
+            ]
+        )
     try:
         document = pagerduty.parse_body(raw, _charset(request.headers.get("content-type")))
     except pagerduty.UnrecognizedBody as unrecognized:
-        return _refused([str(unrecognized)], status="Unrecognized object",
-                        message="Event object format is unrecognized")
+        return _refused(
+            [str(unrecognized)], status="Unrecognized object", message="Event object format is unrecognized"
+        )
 
     routing_key = document.get("routing_key")
     credential = None
@@ -114,17 +138,27 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
     if credential is not None:
         verdict = await intake.limiter.hit(f"{credential.kind}|{credential.credential_id}")
         if not verdict.allowed:
-            log.warning("pagerduty event over the rate limit", tenant_id=credential.tenant_id,
-                        routing_key_id=credential.credential_id)
-            return _refused([f"This routing key may send {intake.limiter.per_minute} events a minute; retry after "
-                             f"{verdict.retry_after_s} s"], status="throttle event",
-                            message="Request Limit Exceeded", code=429,
-                            headers={"Retry-After": str(verdict.retry_after_s)})
+            log.warning(
+                "pagerduty event over the rate limit",
+                tenant_id=credential.tenant_id,
+                routing_key_id=credential.credential_id,
+            )
+            return _refused(
+                [
+                    f"This routing key may send {intake.limiter.per_minute} events a minute; retry after "
+                    f"{verdict.retry_after_s} s"
+                ],
+                status="throttle event",
+                message="Request Limit Exceeded",
+                code=429,
+                headers={"Retry-After": str(verdict.retry_after_s)},
+            )
     try:
         event = pagerduty.read_event(document, routing_key_registered=credential is not None)
     except pagerduty.InvalidEvent as invalid:
-        log.info("pagerduty event refused", errors=invalid.errors,
-                 tenant_id=credential.tenant_id if credential else None)
+        log.info(
+            "pagerduty event refused", errors=invalid.errors, tenant_id=credential.tenant_id if credential else None
+        )
         return _refused(invalid.errors)
     assert credential is not None  # read_event refuses unregistered keys
 
@@ -137,8 +171,13 @@ async def _trigger(intake: IntakeComponents, credential: Credential, event: page
     dedup_key = event.dedup_key or pagerduty.generated_dedup_key()
     report = pagerduty.incident_report(event, dedup_key=dedup_key, routing_key_id=credential.credential_id)
     outcome = await intake.desk.report(credential.tenant_id, report)
-    log.info("pagerduty trigger", tenant_id=credential.tenant_id, incident_id=outcome.incident.incident_id,
-             number=outcome.incident.number, opened=outcome.created)
+    log.info(
+        "pagerduty trigger",
+        tenant_id=credential.tenant_id,
+        incident_id=outcome.incident.incident_id,
+        number=outcome.incident.number,
+        opened=outcome.created,
+    )
     return _accepted(dedup_key, outcome)
 
 
@@ -150,22 +189,41 @@ async def _move(intake: IntakeComponents, credential: Credential, event: pagerdu
         incident = await desk.find_open(tenant_id, event.dedup_key)
         if incident is None:
             # PagerDuty drops these too (the alert is resolved or never existed) and still answers 202.
-            log.info("pagerduty event for no open incident; dropped", tenant_id=tenant_id,
-                     action=event.action.value, dedup_key=event.dedup_key)
+            log.info(
+                "pagerduty event for no open incident; dropped",
+                tenant_id=tenant_id,
+                action=event.action.value,
+                dedup_key=event.dedup_key,
+            )
             return _accepted(event.dedup_key)
         try:
             if event.action == pagerduty.EventAction.ACKNOWLEDGE:
-                outcome = await desk.acknowledge(tenant_id, incident.incident_id, by=event.actor,
-                                                 channel=Channel.PAGERDUTY, note="PagerDuty acknowledge event")
+                outcome = await desk.acknowledge(
+                    tenant_id,
+                    incident.incident_id,
+                    by=event.actor,
+                    channel=Channel.PAGERDUTY,
+                    note="PagerDuty acknowledge event",
+                )
             else:
-                outcome = await desk.resolve(tenant_id, incident.incident_id, by=event.actor,
-                                             channel=Channel.PAGERDUTY, resolution="PagerDuty resolve event")
+                outcome = await desk.resolve(
+                    tenant_id,
+                    incident.incident_id,
+                    by=event.actor,
+                    channel=Channel.PAGERDUTY,
+                    resolution="PagerDuty resolve event",
+                )
         except TransitionRefused:
             if attempt == MOVE_ATTEMPTS:
                 raise
             continue  # it changed while we moved it: decide again from what it is now
-        log.info("pagerduty move", tenant_id=tenant_id, incident_id=incident.incident_id,
-                 action=event.action.value, status=outcome.incident.status.value)
+        log.info(
+            "pagerduty move",
+            tenant_id=tenant_id,
+            incident_id=incident.incident_id,
+            action=event.action.value,
+            status=outcome.incident.status.value,
+        )
         return _accepted(event.dedup_key, outcome)
     raise AssertionError("unreachable")
 

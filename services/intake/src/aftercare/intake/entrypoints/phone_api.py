@@ -86,21 +86,42 @@ _NO_LINE_TOKEN = uuid.uuid4().hex
 _FORM_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object",
-            "required": ["CallSid", "From", "To"],
-            "properties": {name: {"type": "string"} for name in (
-                "CallSid", "AccountSid", "From", "To", "CallStatus", "Direction", "CallerName",
-                "TranscriptionText", "TranscriptionStatus", "TranscriptionSid", "RecordingUrl",
-                "RecordingSid", "RecordingDuration")},
-        }}},
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["CallSid", "From", "To"],
+                    "properties": {
+                        name: {"type": "string"}
+                        for name in (
+                            "CallSid",
+                            "AccountSid",
+                            "From",
+                            "To",
+                            "CallStatus",
+                            "Direction",
+                            "CallerName",
+                            "TranscriptionText",
+                            "TranscriptionStatus",
+                            "TranscriptionSid",
+                            "RecordingUrl",
+                            "RecordingSid",
+                            "RecordingDuration",
+                        )
+                    },
+                }
+            }
+        },
     },
 }
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     200: {"content": {TWIML: {}}, "description": "TwiML for the call"},
-    400: {"description": "Body is not a readable form"}, 403: {"description": "Missing or invalid signature"},
-    413: {"description": "Body too large"}, 415: {"description": "Not form-encoded"},
-    422: {"description": "Fields a call needs are missing or wrong"}, 429: {"description": "Rate limit; Retry-After"},
+    400: {"description": "Body is not a readable form"},
+    403: {"description": "Missing or invalid signature"},
+    413: {"description": "Body too large"},
+    415: {"description": "Not form-encoded"},
+    422: {"description": "Fields a call needs are missing or wrong"},
+    429: {"description": "Rate limit; Retry-After"},
 }
 
 
@@ -118,8 +139,7 @@ class TwilioCallback(BaseModel):
     transcription_text: str | None = Field(default=None, alias="TranscriptionText", max_length=20_000)
     transcription_status: str | None = Field(default=None, alias="TranscriptionStatus", max_length=32)
     transcription_sid: str | None = Field(default=None, alias="TranscriptionSid", max_length=64)
-    recording_url: str | None = Field(default=None, alias="RecordingUrl", max_length=2000,
-                                      pattern=r"^https?://\S+$")
+    recording_url: str | None = Field(default=None, alias="RecordingUrl", max_length=2000, pattern=r"^https?://\S+$")
     recording_sid: str | None = Field(default=None, alias="RecordingSid", max_length=64)
     recording_duration: str | None = Field(default=None, alias="RecordingDuration", max_length=16)
 
@@ -156,6 +176,7 @@ class TwilioCallback(BaseModel):
 
 # --- pure helpers: what the caller hears and what the incident says ---------------------
 
+
 def spell_for_speech(number: str) -> str:
     """'INC-1042' -> 'I N C, 1 0 4 2': text-to-speech reads each character, not 'one thousand...'."""
     return ", ".join(" ".join(group.upper()) for group in re.findall(r"[A-Za-z]+|[0-9]+", number))
@@ -191,12 +212,25 @@ def _message_lines(call: TwilioCallback) -> list[str]:
 def report_for(call: TwilioCallback) -> IncidentReport:
     title = first_sentence(call.words) if call.words else f"Voice message from {call.caller}"
     lines = [*_message_lines(call), f"Call {call.call_sid} from {call.caller} to {call.called}."]
-    details = {key: value for key, value in {
-        "call_sid": call.call_sid, "account_sid": call.account_sid, "called": call.called,
-        "recording_url": call.recording_url, "recording_sid": call.recording_sid,
-    }.items() if value}
-    return IncidentReport(title=title, description="\n\n".join(lines), channel=Channel.PHONE,
-                          reporter=reporter_of(call), dedup_key=caller_key(call.caller), details=details)
+    details = {
+        key: value
+        for key, value in {
+            "call_sid": call.call_sid,
+            "account_sid": call.account_sid,
+            "called": call.called,
+            "recording_url": call.recording_url,
+            "recording_sid": call.recording_sid,
+        }.items()
+        if value
+    }
+    return IncidentReport(
+        title=title,
+        description="\n\n".join(lines),
+        channel=Channel.PHONE,
+        reporter=reporter_of(call),
+        dedup_key=caller_key(call.caller),
+        details=details,
+    )
 
 
 def reporter_of(call: TwilioCallback) -> Reporter:
@@ -207,7 +241,7 @@ def update_for(call: TwilioCallback) -> tuple[str, str]:
     """(timeline kind, message) for a later part of a call, or a new call about an open incident."""
     if call.words or call.transcription_status:
         said = f"{call.caller} said: {call.words}" if call.words else f"Voice message from {call.caller}."
-        return "comment", "\n".join([said, *_message_lines(call)[1 if call.words else 0:]])
+        return "comment", "\n".join([said, *_message_lines(call)[1 if call.words else 0 :]])
     if call.recording_url:
         return "details", f"Voice message from {call.caller} recorded. " + " ".join(_message_lines(call))
     return "comment", f"{call.caller} called again about this incident (call {call.call_sid})."
@@ -226,16 +260,22 @@ def answer_for_call(incident: Incident, *, opened: bool, has_message: bool, base
     if opened:
         heard = f"Thank you for calling support. Your incident number is {spelled}. Again: {spelled}."
     else:
-        heard = (f"Thank you for calling support. We have added this call to your open incident, "
-                 f"number {spelled}. Again: {spelled}.")
+        heard = (
+            f"Thank you for calling support. We have added this call to your open incident, "
+            f"number {spelled}. Again: {spelled}."
+        )
     if has_message:
         return twiml(_say(heard + " We have your message and will be in touch. Goodbye."), "<Hangup/>")
-    record = ("<Record"
-              f" action={quoteattr(base_url + RECORDED_PATH)} method=\"POST\""
-              f" maxLength=\"{MAX_MESSAGE_SECONDS}\" finishOnKey=\"#\" playBeep=\"true\""
-              f" transcribe=\"true\" transcribeCallback={quoteattr(base_url + TRANSCRIPTION_PATH)}/>")
-    prompt = ("After the tone, please describe the problem in up to two minutes, then press the pound key or "
-              "hang up. Your message is recorded and transcribed for our engineers.")
+    record = (
+        "<Record"
+        f' action={quoteattr(base_url + RECORDED_PATH)} method="POST"'
+        f' maxLength="{MAX_MESSAGE_SECONDS}" finishOnKey="#" playBeep="true"'
+        f' transcribe="true" transcribeCallback={quoteattr(base_url + TRANSCRIPTION_PATH)}/>'
+    )
+    prompt = (
+        "After the tone, please describe the problem in up to two minutes, then press the pound key or "
+        "hang up. Your message is recorded and transcribed for our engineers."
+    )
     # Twilio goes on to the next verb only when nothing was recorded.
     return twiml(_say(heard), _say(prompt), record, _say("We did not hear a message. Goodbye."))
 
@@ -246,6 +286,7 @@ def answer_for_recording(incident: Incident) -> str:
 
 
 # --- the calls we have seen, so a retried webhook does not act twice --------------------
+
 
 @dataclass(frozen=True)
 class CallRecord:
@@ -278,9 +319,17 @@ class PhoneCalls:
 
     async def claim(self, tenant_id: str, call: TwilioCallback, incident_id: str, *, opens: bool) -> CallRecord:
         """Record the call's incident unless a concurrent request (a retry) did; returns the winner."""
-        document = {"_id": self._id(tenant_id, call.call_sid), "tenant_id": tenant_id, "call_sid": call.call_sid,
-                    "caller": call.caller, "incident_id": incident_id, "opens": opens, "first_piece": call.piece(),
-                    "applied": [], "at": datetime.now(UTC)}
+        document = {
+            "_id": self._id(tenant_id, call.call_sid),
+            "tenant_id": tenant_id,
+            "call_sid": call.call_sid,
+            "caller": call.caller,
+            "incident_id": incident_id,
+            "opens": opens,
+            "first_piece": call.piece(),
+            "applied": [],
+            "at": datetime.now(UTC),
+        }
         try:
             await self._calls.insert_one(document)
             return self._record(document)
@@ -292,8 +341,9 @@ class PhoneCalls:
 
     async def point_to(self, tenant_id: str, call_sid: str, incident_id: str) -> None:
         # The call now updates someone else's incident: it no longer "opens" one.
-        await self._calls.update_one({"_id": self._id(tenant_id, call_sid)},
-                                     {"$set": {"incident_id": incident_id, "opens": False}})
+        await self._calls.update_one(
+            {"_id": self._id(tenant_id, call_sid)}, {"$set": {"incident_id": incident_id, "opens": False}}
+        )
 
     async def mark_applied(self, tenant_id: str, call_sid: str, piece: str) -> None:
         await self._calls.update_one({"_id": self._id(tenant_id, call_sid)}, {"$addToSet": {"applied": piece}})
@@ -336,8 +386,9 @@ async def take_call(intake: IntakeComponents, tenant_id: str, call: TwilioCallba
 
     if piece not in record.applied:
         kind, message = update_for(call)
-        outcome = await desk.add_update(tenant_id, incident.incident_id, channel=Channel.PHONE, kind=kind,
-                                        message=message, author=reporter_of(call))
+        outcome = await desk.add_update(
+            tenant_id, incident.incident_id, channel=Channel.PHONE, kind=kind, message=message, author=reporter_of(call)
+        )
         await calls.mark_applied(tenant_id, call.call_sid, piece)
         incident = outcome.incident
     return CallOutcome(incident, opened=record.opens)
@@ -345,21 +396,35 @@ async def take_call(intake: IntakeComponents, tenant_id: str, call: TwilioCallba
 
 # --- the HTTP edge -----------------------------------------------------------------------
 
+
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:
     """The POST parameters exactly as sent, repeats and empty values included (all are signed)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
-        raise Problem(415, "Form body required",
-                      "Twilio webhooks are POSTed as application/x-www-form-urlencoded; send the call's "
-                      "parameters (CallSid, From, To, ...) that way.", kind="unsupported-media-type")
+        raise Problem(
+            415,
+            "Form body required",
+            "Twilio webhooks are POSTed as application/x-www-form-urlencoded; send the call's "
+            "parameters (CallSid, From, To, ...) that way.",
+            kind="unsupported-media-type",
+        )
     body = await request.body()
     try:
-        return parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
-                         max_num_fields=MAX_FORM_FIELDS)
+        return parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
     except (UnicodeDecodeError, ValueError) as error:
-        raise Problem(400, "Unreadable form body",
-                      f"The body is not a valid form encoding ({error}); percent-encode UTF-8 values and send "
-                      f"at most {MAX_FORM_FIELDS} fields.", kind="invalid-form") from None
+        raise Problem(
+            400,
+            "Unreadable form body",
+            f"The body is not a valid form encoding ({error}); percent-encode UTF-8 values and send "
+            f"at most {MAX_FORM_FIELDS} fields.",
+            kind="invalid-form",
+        ) from None
 
 
 def signed_url(intake: IntakeComponents, request: Request) -> str:
@@ -368,14 +433,19 @@ def signed_url(intake: IntakeComponents, request: Request) -> str:
     return str(intake.settings.public_base_url).rstrip("/") + request.url.path + (f"?{query}" if query else "")
 
 
-async def authenticated_call(request: Request, intake: IntakeComponents,
-                             signature: str | None) -> tuple[Credential, TwilioCallback]:
+async def authenticated_call(
+    request: Request, intake: IntakeComponents, signature: str | None
+) -> tuple[Credential, TwilioCallback]:
     """The support line called and the call's parameters, only for a correctly signed request."""
     url = signed_url(intake, request)
     if not signature:
-        raise Problem(403, "Signature required",
-                      f"Every request must carry {twilio_signature.SIGNATURE_HEADER}, signed by Twilio with the "
-                      "auth token of the called number.", kind="invalid-signature")
+        raise Problem(
+            403,
+            "Signature required",
+            f"Every request must carry {twilio_signature.SIGNATURE_HEADER}, signed by Twilio with the "
+            "auth token of the called number.",
+            kind="invalid-signature",
+        )
     pairs = await _form_pairs(request)
     called = next((value for name, value in reversed(pairs) if name == "To"), "")
     line = await intake.tenants.by_phone_number(called.strip()) if called.strip() else None
@@ -383,23 +453,32 @@ async def authenticated_call(request: Request, intake: IntakeComponents,
     if line is None or not twilio_signature.is_valid(token, url, pairs, signature):
         # Same answer for an unknown number and a wrong signature: which numbers exist stays private.
         log.warning("phone webhook refused: signature does not match", path=request.url.path)
-        raise Problem(403, "Signature not valid",
-                      f"{twilio_signature.SIGNATURE_HEADER} does not match this request. It must be Twilio's "
-                      f"HMAC-SHA1 signature of {url} followed by the sorted POST parameters, made with the "
-                      "auth token registered for the called number (To). Check that token, and that the "
-                      f"webhook URL configured in Twilio is exactly {url}.", kind="invalid-signature")
+        raise Problem(
+            403,
+            "Signature not valid",
+            f"{twilio_signature.SIGNATURE_HEADER} does not match this request. It must be Twilio's "
+            f"HMAC-SHA1 signature of {url} followed by the sorted POST parameters, made with the "
+            "auth token registered for the called number (To). Check that token, and that the "
+            f"webhook URL configured in Twilio is exactly {url}.",
+            kind="invalid-signature",
+        )
     await enforce_rate_limit(intake, line)
     try:
         call = TwilioCallback.model_validate(dict(pairs))
     except ValidationError as error:
-        raise Problem(422, "Invalid call parameters",
-                      "Some parameters a call needs are missing or wrong; see 'errors' for each one.",
-                      kind="invalid-request", errors=validation_errors(error.errors())) from None
+        raise Problem(
+            422,
+            "Invalid call parameters",
+            "Some parameters a call needs are missing or wrong; see 'errors' for each one.",
+            kind="invalid-request",
+            errors=validation_errors(error.errors()),
+        ) from None
     return line, call
 
 
-Signature = Annotated[str | None, Header(alias=twilio_signature.SIGNATURE_HEADER,
-                                         description="Twilio's request signature")]
+Signature = Annotated[
+    str | None, Header(alias=twilio_signature.SIGNATURE_HEADER, description="Twilio's request signature")
+]
 
 
 def _twiml_response(body: str) -> Response:
@@ -416,10 +495,22 @@ async def incoming_call(request: Request, intake: Components, x_twilio_signature
     """
     line, call = await authenticated_call(request, intake, x_twilio_signature)
     outcome = await take_call(intake, line.tenant_id, call)
-    log.info("phone call taken", tenant_id=line.tenant_id, call_sid=call.call_sid,
-             incident_id=outcome.incident.incident_id, number=outcome.incident.number, opened=outcome.opened)
-    return _twiml_response(answer_for_call(outcome.incident, opened=outcome.opened, has_message=call.has_message,
-                                           base_url=intake.settings.public_base_url.rstrip("/")))
+    log.info(
+        "phone call taken",
+        tenant_id=line.tenant_id,
+        call_sid=call.call_sid,
+        incident_id=outcome.incident.incident_id,
+        number=outcome.incident.number,
+        opened=outcome.opened,
+    )
+    return _twiml_response(
+        answer_for_call(
+            outcome.incident,
+            opened=outcome.opened,
+            has_message=call.has_message,
+            base_url=intake.settings.public_base_url.rstrip("/"),
+        )
+    )
 
 
 @router.post("/recorded", response_class=Response, responses=PROBLEMS, openapi_extra=_FORM_BODY)
@@ -431,14 +522,18 @@ async def message_recorded(request: Request, intake: Components, x_twilio_signat
 
 
 @router.post("/transcription", response_class=Response, responses=PROBLEMS, openapi_extra=_FORM_BODY)
-async def message_transcribed(request: Request, intake: Components,
-                              x_twilio_signature: Signature = None) -> Response:
+async def message_transcribed(request: Request, intake: Components, x_twilio_signature: Signature = None) -> Response:
     """Twilio's ``transcribeCallback``: what the caller said is added to the call's incident.
 
     A failed transcription still adds the recording link, so the message is never lost.
     """
     line, call = await authenticated_call(request, intake, x_twilio_signature)
     outcome = await take_call(intake, line.tenant_id, call)
-    log.info("voice message transcribed", tenant_id=line.tenant_id, call_sid=call.call_sid,
-             incident_id=outcome.incident.incident_id, status=call.transcription_status)
+    log.info(
+        "voice message transcribed",
+        tenant_id=line.tenant_id,
+        call_sid=call.call_sid,
+        incident_id=outcome.incident.incident_id,
+        status=call.transcription_status,
+    )
     return _twiml_response(twiml())

@@ -6,6 +6,7 @@ into problems too, so no endpoint answers with a bare 500 page or FastAPI's defa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -21,8 +22,16 @@ TYPE_BASE = "https://aftercare.dev/problems/"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, *, kind: str | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
@@ -39,11 +48,15 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
-    return JSONResponse(problem.body(request.url.path if request else None), status_code=problem.status,
-                        media_type=PROBLEM_JSON, headers=problem.headers)
+    return JSONResponse(
+        problem.body(request.url.path if request else None),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
 
 
-def validation_errors(errors: list[Any]) -> list[dict[str, str]]:
+def validation_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     """Pydantic errors as {field, message} pairs a person can act on."""
     readable = []
     for error in errors:
@@ -62,12 +75,26 @@ def install(app: FastAPI) -> None:
         errors = error.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             message = next(e.get("ctx", {}).get("error", "") for e in errors if e.get("type") == "json_invalid")
-            return problem_response(Problem(400, "Invalid JSON", f"The request body is not valid JSON: {message}. "
-                                            "Send a JSON object with Content-Type: application/json.",
-                                            kind="invalid-json"), request)
-        return problem_response(Problem(
-            422, "Invalid request", "Some fields are missing or wrong; see 'errors' for each one.",
-            kind="invalid-request", errors=validation_errors(errors)), request)
+            return problem_response(
+                Problem(
+                    400,
+                    "Invalid JSON",
+                    f"The request body is not valid JSON: {message}. "
+                    "Send a JSON object with Content-Type: application/json.",
+                    kind="invalid-json",
+                ),
+                request,
+            )
+        return problem_response(
+            Problem(
+                422,
+                "Invalid request",
+                "Some fields are missing or wrong; see 'errors' for each one.",
+                kind="invalid-request",
+                errors=validation_errors(errors),
+            ),
+            request,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -77,15 +104,25 @@ def install(app: FastAPI) -> None:
             detail = f"There is nothing at {request.url.path}; see /docs for the endpoints."
         elif error.status_code == 405:
             detail = f"{request.method} is not supported on {request.url.path}; see /docs."
-        return problem_response(Problem(error.status_code, titles.get(error.status_code, "Error"), detail,
-                                        headers=dict(error.headers or {})), request)
+        return problem_response(
+            Problem(
+                error.status_code, titles.get(error.status_code, "Error"), detail, headers=dict(error.headers or {})
+            ),
+            request,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         # A bug or an outage, not the caller's fault: say so, and whether retrying makes sense.
         log.exception("unhandled error", path=request.url.path)
-        return problem_response(Problem(
-            503, "Temporarily unavailable",
-            "Intake could not complete the request (the store or Kafka is unavailable). Retry later; "
-            "send an Idempotency-Key so that a retry can never open a second incident.",
-            kind="unavailable", headers={"Retry-After": "5"}), request)
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                "Intake could not complete the request (the store or Kafka is unavailable). Retry later; "
+                "send an Idempotency-Key so that a retry can never open a second incident.",
+                kind="unavailable",
+                headers={"Retry-After": "5"},
+            ),
+            request,
+        )

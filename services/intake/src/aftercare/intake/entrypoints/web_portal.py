@@ -71,7 +71,7 @@ _templates = jinja2.Environment(
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
+    "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -156,6 +156,7 @@ class PublicEntry:
 
 # --- rules of the form (no I/O) ----------------------------------------------------------
 
+
 def new_form_token() -> str:
     return secrets.token_hex(16)
 
@@ -207,9 +208,13 @@ def report_from(form: PortalForm) -> IncidentReport:
     values = form.values
     impact_words, severity = IMPACTS[values["impact"]]
     return IncidentReport(
-        title=values["title"], description=values["description"], channel=Channel.WEB, severity=severity,
+        title=values["title"],
+        description=values["description"],
+        channel=Channel.WEB,
+        severity=severity,
         reporter=Reporter(name=values["name"], email=values["email"].lower(), phone=values["phone"] or None),
-        system=values["system"] or None, details={"impact": impact_words},
+        system=values["system"] or None,
+        details={"impact": impact_words},
     )
 
 
@@ -219,28 +224,54 @@ def public_timeline(entries: list[TimelineEntry]) -> list[PublicEntry]:
 
 # --- pages ---------------------------------------------------------------------------------
 
-def _page(template: str, *, status: int = 200, headers: dict[str, str] | None = None,
-          **context: Any) -> HTMLResponse:
+
+def _page(template: str, *, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
     html = _templates.get_template(template).render(**context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS | (headers or {}))
 
 
-def _message(status: int, heading: str, *paragraphs: str, portal_name: str = "", link_url: str = "",
-             link_text: str = "", headers: dict[str, str] | None = None) -> HTMLResponse:
-    return _page("portal_message.html", status=status, headers=headers, heading=heading,
-                 paragraphs=list(paragraphs), portal_name=portal_name, link_url=link_url, link_text=link_text)
+def _message(
+    status: int,
+    heading: str,
+    *paragraphs: str,
+    portal_name: str = "",
+    link_url: str = "",
+    link_text: str = "",
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    return _page(
+        "portal_message.html",
+        status=status,
+        headers=headers,
+        heading=heading,
+        paragraphs=list(paragraphs),
+        portal_name=portal_name,
+        link_url=link_url,
+        link_text=link_text,
+    )
 
 
 def _wrong_link() -> HTMLResponse:
-    return _message(404, "This link is not right",
-                    "We could not find a support page at this address. Check that you copied the whole link "
-                    "from your support provider's message, or ask them to send it again.")
+    return _message(
+        404,
+        "This link is not right",
+        "We could not find a support page at this address. Check that you copied the whole link "
+        "from your support provider's message, or ask them to send it again.",
+    )
 
 
 def _form_page(portal: Portal, form: PortalForm, *, status: int = 200) -> HTMLResponse:
-    return _page("portal_form.html", status=status, portal_name=portal.name, systems=portal.systems,
-                 impacts=[(key, words) for key, (words, _) in IMPACTS.items()], values=form.values,
-                 errors=form.errors, form_token=form.form_token, limits=LIMITS)
+    return _page(
+        "portal_form.html",
+        status=status,
+        portal_name=portal.name,
+        systems=portal.systems,
+        impacts=[(key, words) for key, (words, _) in IMPACTS.items()],
+        values=form.values,
+        errors=form.errors,
+        form_token=form.form_token,
+        limits=LIMITS,
+    )
 
 
 def _base_url(intake: IntakeComponents) -> str:
@@ -267,14 +298,19 @@ async def _portal(intake: IntakeComponents, slug: str) -> Portal | None:
         return None
     if not tenant.active:
         return None
-    return Portal(credential=credential, tenant_id=tenant.tenant_id, name=tenant.name,
-                  systems=[system.name for system in tenant.systems])
+    return Portal(
+        credential=credential,
+        tenant_id=tenant.tenant_id,
+        name=tenant.name,
+        systems=[system.name for system in tenant.systems],
+    )
 
 
 def _to_status_page(intake: IntakeComponents, slug: str, incident_id: str) -> RedirectResponse:
     # 303: the browser follows with a GET, so reloading the status page never re-posts the form.
-    return RedirectResponse(_status_url(intake, slug, incident_id) + "?reported=1", status_code=303,
-                            headers=SECURITY_HEADERS)
+    return RedirectResponse(
+        _status_url(intake, slug, incident_id) + "?reported=1", status_code=303, headers=SECURITY_HEADERS
+    )
 
 
 @router.get("/portal/{portal_slug}", response_class=HTMLResponse, responses={404: {"content": {"text/html": {}}}})
@@ -287,9 +323,12 @@ async def report_form(portal_slug: str, intake: Components) -> HTMLResponse:
     return _form_page(portal, PortalForm(values=empty, form_token=new_form_token()))
 
 
-@router.post("/portal/{portal_slug}", response_class=HTMLResponse, status_code=303,
-             responses={400: {}, 404: {}, 422: {"description": "The form again, with a message per field"},
-                        429: {}})
+@router.post(
+    "/portal/{portal_slug}",
+    response_class=HTMLResponse,
+    status_code=303,
+    responses={400: {}, 404: {}, 422: {"description": "The form again, with a message per field"}, 429: {}},
+)
 async def submit_report(portal_slug: str, request: Request, intake: Components) -> Response:
     """Open an incident from the web form; answers 303 to its status page, or the form again (422)."""
     portal = await _portal(intake, portal_slug)
@@ -298,10 +337,14 @@ async def submit_report(portal_slug: str, request: Request, intake: Components) 
     try:
         raw = await request.form(max_files=0, max_fields=50)
     except (StarletteHTTPException, MultiPartException):
-        return _message(400, "The form could not be read",
-                        "Your browser sent the form in a way we could not read. Please open the form again "
-                        "and send it from there.", portal_name=portal.name,
-                        link_url=_form_url(intake, portal_slug), link_text="Open the form")
+        return _message(
+            400,
+            "The form could not be read",
+            "Your browser sent the form in a way we could not read. Please open the form again and send it from there.",
+            portal_name=portal.name,
+            link_url=_form_url(intake, portal_slug),
+            link_text="Open the form",
+        )
     token = _clean(raw.get("form_token"))
     if _TOKEN.match(token):
         incident_id = incident_id_for(portal.tenant_id, token)
@@ -314,24 +357,37 @@ async def submit_report(portal_slug: str, request: Request, intake: Components) 
         await enforce_rate_limit(intake, portal.credential)
     except Problem as refused:
         retry_after = refused.headers.get("Retry-After", "60")
-        return _message(429, "Too many reports right now",
-                        f"This support page has received many reports in the last minute. Please wait "
-                        f"{retry_after} seconds and send your report again; if it is urgent, call us.",
-                        portal_name=portal.name, headers={"Retry-After": retry_after})
+        return _message(
+            429,
+            "Too many reports right now",
+            f"This support page has received many reports in the last minute. Please wait "
+            f"{retry_after} seconds and send your report again; if it is urgent, call us.",
+            portal_name=portal.name,
+            headers={"Retry-After": retry_after},
+        )
     form = read_form(raw, portal.systems)
     if form.errors:
         return _form_page(portal, form, status=422)
     incident_id = incident_id_for(portal.tenant_id, form.form_token)
     outcome = await intake.desk.report(portal.tenant_id, report_from(form), incident_id=incident_id)
-    log.info("web form report", tenant_id=portal.tenant_id, incident_id=outcome.incident.incident_id,
-             number=outcome.incident.number, created=outcome.created)
+    log.info(
+        "web form report",
+        tenant_id=portal.tenant_id,
+        incident_id=outcome.incident.incident_id,
+        number=outcome.incident.number,
+        created=outcome.created,
+    )
     return _to_status_page(intake, portal_slug, outcome.incident.incident_id)
 
 
-@router.get("/portal/{portal_slug}/incidents/{incident_id}", response_class=HTMLResponse,
-            responses={404: {"content": {"text/html": {}}}})
-async def incident_status(portal_slug: str, incident_id: str, intake: Components,
-                          reported: str | None = None) -> HTMLResponse:
+@router.get(
+    "/portal/{portal_slug}/incidents/{incident_id}",
+    response_class=HTMLResponse,
+    responses={404: {"content": {"text/html": {}}}},
+)
+async def incident_status(
+    portal_slug: str, incident_id: str, intake: Components, reported: str | None = None
+) -> HTMLResponse:
     """An incident's number, current status and public timeline (reload to refresh)."""
     portal = await _portal(intake, portal_slug)
     if portal is None:
@@ -344,11 +400,21 @@ async def incident_status(portal_slug: str, incident_id: str, intake: Components
         incident = None
     if incident is None:
         # The same page whether it does not exist or belongs to another tenant.
-        return _message(404, "No incident at this link",
-                        "We could not find this incident. Check that you copied the whole link.",
-                        portal_name=portal.name, link_url=_form_url(intake, portal_slug),
-                        link_text="Report a problem")
-    return _page("portal_incident.html", portal_name=portal.name, incident=incident, just_reported=reported == "1",
-                 status_label=STATUS_LABELS.get(incident.status, incident.status.value),
-                 status_url=_status_url(intake, portal_slug, incident.incident_id),
-                 form_url=_form_url(intake, portal_slug), timeline=public_timeline(incident.timeline))
+        return _message(
+            404,
+            "No incident at this link",
+            "We could not find this incident. Check that you copied the whole link.",
+            portal_name=portal.name,
+            link_url=_form_url(intake, portal_slug),
+            link_text="Report a problem",
+        )
+    return _page(
+        "portal_incident.html",
+        portal_name=portal.name,
+        incident=incident,
+        just_reported=reported == "1",
+        status_label=STATUS_LABELS.get(incident.status, incident.status.value),
+        status_url=_status_url(intake, portal_slug, incident.incident_id),
+        form_url=_form_url(intake, portal_slug),
+        timeline=public_timeline(incident.timeline),
+    )
