@@ -17,6 +17,7 @@ from aftercare.events.envelope import Envelope, Event
 from aftercare.events.incidents import (
     IncidentAcknowledged,
     IncidentClosed,
+    IncidentReclassified,
     IncidentReopened,
     IncidentReported,
     IncidentResolved,
@@ -34,7 +35,13 @@ from aftercare.events.remediation import (
     RemediationSucceeded,
 )
 from aftercare.events.tenants import TenantUpserted
-from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.events.triage import (
+    DiagnosisCompleted,
+    IncidentGrouped,
+    IncidentTriaged,
+    ProblemCleared,
+    ProblemDetected,
+)
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     TenantUpserted,
@@ -44,8 +51,12 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     IncidentResolved,
     IncidentReopened,
     IncidentClosed,
+    IncidentReclassified,
     IncidentTriaged,
+    IncidentGrouped,
     DiagnosisCompleted,
+    ProblemDetected,
+    ProblemCleared,
     RemediationStarted,
     RemediationStepCompleted,
     ApprovalRequested,
