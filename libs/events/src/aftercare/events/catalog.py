@@ -33,6 +33,7 @@ from aftercare.events.envelope import Envelope, Event
 from aftercare.events.incidents import (
     IncidentAcknowledged,
     IncidentClosed,
+    IncidentReclassified,
     IncidentReopened,
     IncidentReported,
     IncidentResolved,
@@ -50,7 +51,13 @@ from aftercare.events.remediation import (
     RemediationSucceeded,
 )
 from aftercare.events.tenants import TenantUpserted
-from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.events.triage import (
+    DiagnosisCompleted,
+    IncidentGrouped,
+    IncidentTriaged,
+    ProblemCleared,
+    ProblemDetected,
+)
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     TenantUpserted,
@@ -60,8 +67,12 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     IncidentResolved,
     IncidentReopened,
     IncidentClosed,
+    IncidentReclassified,
     IncidentTriaged,
+    IncidentGrouped,
     DiagnosisCompleted,
+    ProblemDetected,
+    ProblemCleared,
     RemediationStarted,
     RemediationStepCompleted,
     ApprovalRequested,
