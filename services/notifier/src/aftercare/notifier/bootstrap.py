@@ -58,7 +58,7 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         on_shutdown=on_shutdown,
     )
     app.router.lifespan_context = runtime.lifespan
-    problems.install(app)
+    install_problem_handlers(app, service="The notifier")
     app.include_router(runtime.operations_router())
     app.include_router(api.router)
     return app

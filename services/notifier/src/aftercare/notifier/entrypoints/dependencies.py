@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from aftercare.intake.entrypoints.problems import Problem
+from aftercare.events.web import Problem
 from aftercare.notifier.components import NotifierComponents
 
 
