@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
-from aftercare.intake.entrypoints import problems
+from aftercare.events.web import install_problem_handlers
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.components import NotifierComponents
 from aftercare.notifier.entrypoints import api, consumer, scheduled

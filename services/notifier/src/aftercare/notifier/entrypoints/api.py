@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Header, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from aftercare.intake.domain.twilio_signature import is_valid
 from aftercare.events.web import Problem
+from aftercare.intake.domain.twilio_signature import is_valid
 from aftercare.notifier.adapters.webhook import check_webhook_url
 from aftercare.notifier.domain.delivery import DeliveryState
 from aftercare.notifier.domain.preferences import Subscription
