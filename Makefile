@@ -15,7 +15,7 @@ UV := $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: run test setup python-env infra-setup infra-up infra-down infra-status bench schemas lint check help
+.PHONY: demo-break demo-break-hard demo-heal run test setup python-env infra-setup infra-up infra-down infra-status bench schemas lint check help
 
 help:
 	@echo "make run     start Kafka, the store and all four services in the foreground (Ctrl-C stops all)"
@@ -46,7 +46,9 @@ run: setup
 	@echo "  intake       http://127.0.0.1:8001  (API docs /docs, readiness /readyz; SMTP on 127.0.0.1:2525)"
 	@echo "  triage       http://127.0.0.1:8002/readyz"
 	@echo "  remediation  http://127.0.0.1:8003/readyz"
-	@echo "  notifier     http://127.0.0.1:8004/readyz"
+	@echo "  notifier     http://127.0.0.1:8004/  (operators' dashboard; readiness /readyz)"
+	@echo "  inbox        http://127.0.0.1:8025/  (Mailpit: the demo customer's mail; SMTP 127.0.0.1:1025)"
+	@echo "  demo system  http://127.0.0.1:8100/health  (break it: make demo-break, make demo-break-hard)"
 	@echo "  Kafka        127.0.0.1:9092    store (MongoDB wire protocol) mongodb://127.0.0.1:27017/"
 	@echo "  demo tenant 'acme': API key ak_demo_acme_0123456789abcdef, admin token $$AFTERCARE_INTAKE_ADMIN_TOKEN"
 	@echo "  logs and data under .local/run/   Ctrl-C stops everything"
@@ -62,6 +64,21 @@ test: setup
 bench: setup
 	$(UV) run --no-sync python bench/events_throughput.py
 	$(UV) run --no-sync python bench/intake_accept_rate.py
+
+# The demo customer system that `make run` starts (port 8100) and regular diagnostics watch.
+DEMO_SYSTEM ?= http://127.0.0.1:8100
+
+# A fault its runbook repairs (a restart): diagnostics notice, remediation fixes, the customer hears.
+demo-break:
+	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/break?mode=soft' && echo "" && echo "billing-api is down; watch the dashboard at http://127.0.0.1:8004/ and the inbox at http://127.0.0.1:8025/"
+
+# A fault nothing in the runbook repairs: the fix is tried, verified as failed, rolled back, escalated.
+demo-break-hard:
+	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/break?mode=hard' && echo "" && echo "billing-api is down for good; the on-call contact gets paged (inbox at http://127.0.0.1:8025/)"
+
+# Healthy again by hand (after the hard break, a person 'repairs' it).
+demo-heal:
+	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/heal' && echo ""
 
 infra-up: infra-setup
 	$(PYTHON) infra/localinfra.py up

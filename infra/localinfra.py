@@ -5,7 +5,9 @@ There is no Docker engine on the machines this project is developed and tested o
 project starts real parts itself (see shared INFRA.md):
 
 * Apache Kafka 4.x, one node in KRaft combined mode, from Maven Central jars, run with Java 17;
-* FerretDB 1.24 embedded in a small Go program (``infra/ferretdb``) with its SQLite backend.
+* FerretDB 1.24 embedded in a small Go program (``infra/ferretdb``) with its SQLite backend;
+* Mailpit, a mail catcher with a web inbox, built from the Go module proxy: the demo customer's
+  inbox in ``make run`` and an SMTP server that counts mail in end-to-end tests.
 
 Standard library only: this runs before any Python package is installed.
 
@@ -15,9 +17,11 @@ Standard library only: this runs before any Python package is installed.
     python3 infra/localinfra.py status       say what runs where
     python3 infra/localinfra.py run-kafka    run the broker in the foreground (for make run)
     python3 infra/localinfra.py run-store    run the store in the foreground (for make run)
+    python3 infra/localinfra.py run-mailcatcher  run Mailpit in the foreground (for make run)
 
 Addresses come from AFTERCARE_KAFKA_HOST/AFTERCARE_KAFKA_PORT (127.0.0.1:9092, controller on
-port+1) and AFTERCARE_STORE_HOST/AFTERCARE_STORE_PORT (127.0.0.1:27017). Everything it writes
+port+1), AFTERCARE_STORE_HOST/AFTERCARE_STORE_PORT (127.0.0.1:27017) and
+AFTERCARE_MAILCATCHER_SMTP_PORT/AFTERCARE_MAILCATCHER_HTTP_PORT (1025, web inbox on 8025). Everything it writes
 (jars, binary, data, logs) lives under AFTERCARE_LOCAL_DIR (``.local/`` at the repository root).
 """
 
@@ -265,9 +269,41 @@ def build_store(patches: tuple[str, ...] | None = None) -> Path:
     return binary
 
 
+MAILCATCHER_MODULE = "github.com/axllent/mailpit"
+MAILCATCHER_VERSION = "v1.33.1"
+
+
+def mailcatcher_binary() -> Path:
+    return local_dir() / "cache" / f"mailpit-{MAILCATCHER_VERSION}" / "mailpit"
+
+
+def build_mailcatcher() -> Path:
+    """Build Mailpit (once, then cached) with ``go install``: pure Go, about two minutes."""
+    binary = mailcatcher_binary()
+    if binary.exists():
+        return binary
+    go = _require_tool("go", "build the Mailpit mail catcher from the Go module proxy")
+    _log(f"building the Mailpit mail catcher into {binary} (first run only, about two minutes)")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    log_file = binary.parent / "go-install.log"
+    env = dict(os.environ, CGO_ENABLED="0", GOBIN=str(binary.parent))
+    with log_file.open("w") as out:
+        result = subprocess.run(
+            [go, "install", f"{MAILCATCHER_MODULE}@{MAILCATCHER_VERSION}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if result.returncode != 0 or not binary.exists():
+        raise InfraError(f"building Mailpit failed (exit {result.returncode}); see {log_file}")
+    return binary
+
+
 def setup() -> None:
     fetch_kafka()
     build_store()
+    build_mailcatcher()
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,6 +587,74 @@ class StoreNode:
         self.process = None
 
 
+@dataclass
+class MailCatcherNode:
+    """Mailpit: accepts any mail on its SMTP port and shows it in a web inbox and an HTTP API
+    (``GET /api/v1/messages``)."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    http_port: int = 8025
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def inbox_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "mailpit.out"
+
+    def prepare(self) -> list[str]:
+        for port, setting in ((self.smtp_port, "SMTP_PORT"), (self.http_port, "HTTP_PORT")):
+            if not port_is_free(self.host, port):
+                raise InfraError(
+                    f"the mail catcher cannot listen on {self.host}:{port}: the port is already in use. "
+                    f"Stop whatever holds it or choose another port with AFTERCARE_MAILCATCHER_{setting}."
+                )
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        return [
+            str(build_mailcatcher()),
+            "--smtp",
+            f"{self.host}:{self.smtp_port}",
+            "--listen",
+            f"{self.host}:{self.http_port}",
+            "--database",
+            str((self.data_dir / "mailpit.db").resolve()),
+            # Offline machines: no update check, no reverse DNS of each sender.
+            "--disable-version-check",
+            "--smtp-disable-rdns",
+        ]
+
+    def start(self, timeout_s: float = STORE_READY_TIMEOUT_S) -> None:
+        command = self.prepare()
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = STORE_READY_TIMEOUT_S) -> None:
+        _wait_ready(
+            f"the mail catcher on {self.host}:{self.smtp_port}",
+            self.process,
+            lambda: _tcp_accepts(self.host, self.smtp_port) and _tcp_accepts(self.host, self.http_port),
+            timeout_s,
+            self.log_file,
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        _stop_process(self.process, timeout_s)
+        self.process = None
+
+
+def default_mailcatcher(base: Path | None = None) -> MailCatcherNode:
+    return MailCatcherNode(
+        data_dir=(base or local_dir() / "run") / "mailpit",
+        smtp_port=int(os.environ.get("AFTERCARE_MAILCATCHER_SMTP_PORT", "1025")),
+        http_port=int(os.environ.get("AFTERCARE_MAILCATCHER_HTTP_PORT", "8025")),
+    )
+
+
 def _stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
     if process is None or process.poll() is not None:
         return
@@ -661,7 +765,7 @@ def _status() -> None:
     print(f"store {store.url}: {'up' if _mongo_ping(store.host, store.port) else 'down'}")
 
 
-def _run_foreground(node: KafkaNode | StoreNode, stop_delay_s: float) -> int:
+def _run_foreground(node: KafkaNode | StoreNode | MailCatcherNode, stop_delay_s: float) -> int:
     """Run the server until SIGTERM/SIGINT, for a process manager (``make run``'s honcho).
 
     On Ctrl-C every process gets its signal at once, but the services still need Kafka and the
@@ -684,7 +788,8 @@ def _run_foreground(node: KafkaNode | StoreNode, stop_delay_s: float) -> int:
     try:
         node.process = server
         node.wait_ready()
-        _log(f"ready: {node.bootstrap_servers if isinstance(node, KafkaNode) else node.url}")
+        address = {KafkaNode: "bootstrap_servers", StoreNode: "url", MailCatcherNode: "inbox_url"}[type(node)]
+        _log(f"ready: {getattr(node, address)}")
     except InfraError as problem:
         _log(f"error: {problem}")
         _stop_process(server, 30)
@@ -702,7 +807,7 @@ def _run_foreground(node: KafkaNode | StoreNode, stop_delay_s: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["setup", "up", "down", "status", "run-kafka", "run-store", "wait"])
+    parser.add_argument("command", choices=["setup", "up", "down", "status", "run-kafka", "run-store", "run-mailcatcher", "wait"])
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":
@@ -722,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_foreground(default_nodes()[0], stop_delay_s=2.0)
         elif args.command == "run-store":
             return _run_foreground(default_nodes()[1], stop_delay_s=2.5)
+        elif args.command == "run-mailcatcher":
+            return _run_foreground(default_mailcatcher(), stop_delay_s=0.0)
     except InfraError as problem:
         _log(f"error: {problem}")
         return 1
