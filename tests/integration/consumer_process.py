@@ -67,13 +67,13 @@ class WatchedProcessedLog(ProcessedEventLog):
         self._deliveries = database["deliveries"]
         self._args = args
 
-    async def begin(self, ids: Iterable[str]) -> set[str]:
+    async def begin_batch(self, ids: Iterable[str]) -> tuple[set[str], set[str]]:
         # The runner begins every batch it fetched with this call.
         wanted = list(ids)
         for record in wanted:
             event_id = record.rsplit("|", 1)[1]
             await self._deliveries.update_one({"_id": event_id}, {"$inc": {"fetched": 1}}, upsert=True)
-        return await super().begin(wanted)
+        return await super().begin_batch(wanted)
 
     async def mark_many(self, group: str, handled: Iterable[tuple[str, str]]) -> None:
         pairs = list(handled)
