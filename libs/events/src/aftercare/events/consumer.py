@@ -348,7 +348,10 @@ class ConsumerRunner:
                         message.skip.add(rid)
                     elif rid in seen_before or rid in repeated:
                         message.recheck.add(rid)
-            self._progress[message.partition].fetch(message.record.offset)
+            progress = self._progress.get(message.partition)
+            if progress is None or progress.generation != message.generation:
+                continue  # revoked while the batch was being begun: the next owner reads it
+            progress.fetch(message.record.offset)
             self._buffered += 1
             self._enqueue(_lane_id(message.record), message)
 
