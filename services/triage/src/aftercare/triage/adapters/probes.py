@@ -120,7 +120,7 @@ class Prober:
             )
         except LookupError as error:
             return self._down(target, str(error), started)
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             return self._down(target, f"no answer within {timeout_s:g} s", started)
         except (OSError, httpx.HTTPError, ssl.SSLError) as error:
             return self._down(target, f"{type(error).__name__}: {error}"[:300], started)
