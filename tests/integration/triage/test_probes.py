@@ -32,7 +32,7 @@ LOCAL = parse_allowlist(["127.0.0.1/32"])
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CustomerSystemUnderTest]:
-    with customer_system(tmp_path_factory.mktemp("customer"), slow_seconds=1.5) as running:
+    with customer_system(tmp_path_factory.mktemp("customer"), slow_seconds=1.5, timeout_s=120) as running:
         yield running
 
 

@@ -23,7 +23,7 @@ VIEWER = {"Authorization": "Bearer triage-viewer-token"}
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CustomerSystemUnderTest]:
-    with customer_system(tmp_path_factory.mktemp("customer-regular")) as running:
+    with customer_system(tmp_path_factory.mktemp("customer-regular"), timeout_s=120) as running:
         yield running
 
 
