@@ -59,6 +59,8 @@ def start_triage(
             "AFTERCARE_TRIAGE_CONSUMER_GROUP_PREFIX": f"{database}-",
             "AFTERCARE_TRIAGE_HTTP_PORT": str(http_port),
             "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "60",
+            "AFTERCARE_TRIAGE_ADMIN_TOKEN": "triage-admin-token",
+            "AFTERCARE_TRIAGE_VIEWER_TOKEN": "triage-viewer-token",
         }
         | (extra_env or {})
     )
