@@ -12,6 +12,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -255,3 +256,56 @@ async def test_killed_during_concurrent_handling_every_effect_stays_single(
     assert await committed_offsets(infrastructure.bootstrap_servers, group, topic) == await end_offsets(
         infrastructure, topic
     )
+
+
+# --- the retry stage outlives the runner ----------------------------------------------------
+
+
+async def test_a_failing_incident_in_the_retry_stage_is_taken_up_by_the_next_instance_in_order(
+    infrastructure: Infrastructure,
+    producer: EventProducer,
+    mongo_db: Database,
+    new_topic: Callable[..., Awaitable[str]],
+) -> None:
+    topic, group = await new_topic("stage-restart"), unique_name("group")
+    failing = events_of("inc-probe", 3)
+    healthy = events_of("inc-ok", 2)
+    runs: list[str] = []
+
+    async def broken_probe(envelope: Envelope[Any]) -> None:
+        runs.append(envelope.id)
+        if envelope.incident_id == "inc-probe":
+            raise TimeoutError("probe of billing-db timed out")
+        await apply_to(mongo_db, envelope)
+
+    # Retries far apart: the first instance stops before it retries.
+    slow_retries = RetryPolicy(max_attempts=5, initial_backoff_s=60, max_backoff_s=60)
+    first = runner(infrastructure, producer, topic, group, broken_probe, mongo_db, retry=slow_retries)
+    async with running(first):
+        await producer.publish_many(interleave({"inc-probe": failing, "inc-ok": healthy}), topic)
+        await wait_until(lambda: _applied_equals(mongo_db, "inc-ok", [e.id for e in healthy]), message="others flow")
+        await wait_until(lambda: _waiting_offsets(mongo_db, group, 3), message="all three in the retry stage")
+    assert runs.count(failing[0].id) == 1 and failing[1].id not in runs
+
+    async def fixed_probe(envelope: Envelope[Any]) -> None:
+        runs.append(envelope.id)
+        await apply_to(mongo_db, envelope)
+
+    # The next instance (a restart, or whoever gets the partition) finds the due time in the
+    # store; the first retry is due in 60 s, so make it due now as time passing would.
+    await mongo_db["consumer_retries"].update_many({}, {"$set": {"due_at": datetime.now(UTC)}})
+    second = runner(infrastructure, producer, topic, group, fixed_probe, mongo_db, retry=slow_retries)
+    async with running(second):
+        await wait_until(
+            lambda: _applied_equals(mongo_db, "inc-probe", [e.id for e in failing]),
+            timeout=60,
+            message="the next instance retried the failing incident and its waiting events",
+        )
+    assert await RetryStage(mongo_db).waiting(group) == []
+    assert [runs.count(e.id) for e in failing] == [2, 1, 1], "each later event tried once, after the first"
+    assert await applied(mongo_db, "inc-ok") == [e.id for e in healthy], "not handled again"
+
+
+async def _waiting_offsets(db: Database, group: str, count: int) -> bool:
+    waiting = await RetryStage(db).waiting(group)
+    return len(waiting) == 1 and len(waiting[0]["offsets"]) == count

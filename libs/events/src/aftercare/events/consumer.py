@@ -241,6 +241,7 @@ class ConsumerRunner:
         self._unwritten: set[str] = set()
         self._checkpoint_lock = asyncio.Lock()
         self._failure: BaseException | None = None
+        self._metric_children: dict[tuple[str, str], Any] = {}
         # Partitions being given away (nothing new starts there) and events in hand per partition.
         self._revoking: set[tuple[str, int]] = set()
         self._in_hand: dict[tuple[str, int], int] = {}
@@ -419,7 +420,7 @@ class ConsumerRunner:
             return
         handlers = self._handlers.get(envelope.type, ())
         if not handlers:
-            EVENTS_CONSUMED.labels(group=self.group_id, topic=record.topic, outcome="ignored").inc()
+            self._consumed(record.topic, "ignored").inc()
             self._finish(message)
             return
         parked = self._parked.get(lane_id)
@@ -499,8 +500,8 @@ class ConsumerRunner:
                 self._pending_marks.append((name, envelope.id))
                 self._unwritten.add(processed_id)
                 outcome = "handled"
-            HANDLER_SECONDS.labels(group=self.group_id, type=envelope.type).observe(time.perf_counter() - started)
-            EVENTS_CONSUMED.labels(group=self.group_id, topic=topic, outcome=outcome).inc()
+            self._handler_seconds(envelope.type).observe(time.perf_counter() - started)
+            self._consumed(topic, outcome).inc()
             if outcome == "duplicate":
                 log.info("event already handled, skipped")
             return _HANDLED
@@ -738,6 +739,23 @@ class ConsumerRunner:
 
     # --- shared --------------------------------------------------------------------------------
 
+    def _consumed(self, topic: str, outcome: str) -> Any:
+        # Children cached: ``labels()`` costs a lock and a dict lookup per call, per event.
+        key = (topic, outcome)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = self._metric_children[key] = EVENTS_CONSUMED.labels(
+                group=self.group_id, topic=topic, outcome=outcome
+            )
+        return child
+
+    def _handler_seconds(self, event_type: str) -> Any:
+        key = ("seconds", event_type)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = self._metric_children[key] = HANDLER_SECONDS.labels(group=self.group_id, type=event_type)
+        return child
+
     async def _sleep_unless_stopping(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; True if a stop was requested meanwhile."""
         with contextlib.suppress(TimeoutError):
@@ -773,7 +791,7 @@ class ConsumerRunner:
             headers.append((DLQ_HANDLER, handler.encode()))
         target = dead_letter_topic(event.topic)
         await self._transient_retry(lambda: self._producer.send_raw(target, event.value, event.key, headers), "Kafka")
-        EVENTS_CONSUMED.labels(group=self.group_id, topic=event.topic, outcome="dead_lettered").inc()
+        self._consumed(event.topic, "dead_lettered").inc()
         log.error("message dead-lettered", dead_letter_topic=target, origin=origin, error=detail, attempts=attempts)
 
     async def _purge_now_and_then(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import Binary
@@ -97,7 +97,7 @@ class RetryStage:
                 partition=int(document["partition"]),
                 key=None if document.get("key") is None else bytes(document["key"]),
                 attempts=int(document["attempts"]),
-                due_at=document["due_at"],
+                due_at=_aware(document["due_at"]),
                 last_offset=int(document["last_offset"]),
                 last_error=document.get("last_error", ""),
             )
@@ -169,3 +169,8 @@ class RetryStage:
             }
             async for document in cursor
         ]
+
+
+def _aware(moment: datetime) -> datetime:
+    # A client made without ``tz_aware=True`` reads naive datetimes (UTC by BSON's definition).
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
