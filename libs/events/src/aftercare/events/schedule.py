@@ -34,7 +34,9 @@ Store notes: no TTL or partial indexes (the embedded FerretDB has neither). Leas
 are looked up by ``_id``, the one filter every store answers from an index. Looking for due
 items needs ``due_at``; to keep an idle poll to a single ``_id`` read, every ``schedule`` lowers a
 "next due" hint document (``$min``) and the poller scans only when the hint says something is
-due, plus once a minute as a safety net. Taking over an expired lease is decided by a unique
+due, plus every five minutes as a safety net (a crash between an item's write and its hint).
+Without an index on ``due_at`` (the embedded store answers only ``_id`` from an index) each such
+scan reads every stored item: measured in ``bench/due_times_poll.py``. Taking over an expired lease is decided by a unique
 insert (a claim document ``<lease>#<term>`` in ``lease_claims``), so exactly one of several
 instances wins even on a store whose conditional updates are not atomic; renewals and the job's
 bookkeeping are conditional single-document writes on the holder. Times are compared with each
@@ -511,7 +513,7 @@ class DueTimes:
         *,
         retry_base: timedelta = timedelta(seconds=1),
         retry_ceiling: timedelta = timedelta(minutes=5),
-        full_scan_every: timedelta = timedelta(minutes=1),
+        full_scan_every: timedelta = timedelta(minutes=5),
         batch_size: int = 100,
         concurrency: int = 8,
     ) -> None:
