@@ -36,10 +36,12 @@ items needs ``due_at``; to keep an idle poll to a single ``_id`` read, every ``s
 "next due" hint document (``$min``) and the poller scans only when the hint says something is
 due, plus every five minutes as a safety net (a crash between an item's write and its hint).
 Without an index on ``due_at`` (the embedded store answers only ``_id`` from an index) each such
-scan reads every stored item: measured in ``bench/due_times_poll.py``. Taking over an expired lease is decided by a unique
-insert (a claim document ``<lease>#<term>`` in ``lease_claims``), so exactly one of several
-instances wins even on a store whose conditional updates are not atomic; renewals and the job's
-bookkeeping are conditional single-document writes on the holder. Times are compared with each
+scan reads every stored item: measured in ``bench/due_times_poll.py``.
+
+Taking over an expired lease is decided by a unique insert (a claim document ``<lease>#<term>``
+in ``lease_claims``), so exactly one of several instances wins even on a store whose conditional
+updates are not atomic; renewals and the job's bookkeeping are conditional single-document
+writes on the holder. Times are compared with each
 instance's own clock: keep the lease period well above the clock skew between instances.
 """
 
