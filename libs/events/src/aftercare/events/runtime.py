@@ -212,7 +212,11 @@ class ServiceRuntime:
                 timeout_s=timeout,
                 stopping=self._stopping,
             )
-            producer = EventProducer(self.settings.kafka_bootstrap_servers, client_id=self.name)
+            producer = EventProducer(
+                self.settings.kafka_bootstrap_servers,
+                client_id=self.name,
+                publish_deadline_s=self.settings.publish_deadline_seconds,
+            )
             await retry_until_ready("the Kafka producer", producer.start, timeout_s=timeout, stopping=self._stopping)
             self.producer = producer
             log.info("Kafka connected", kafka=self.settings.kafka_bootstrap_servers)

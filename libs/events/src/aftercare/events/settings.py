@@ -42,5 +42,12 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint")
     )
+    publish_deadline_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_shared("PUBLISH_DEADLINE_SECONDS"),
+        description="How long a publish waits for Kafka's acknowledgement; after it the request is "
+        "answered 503 with Retry-After and the event stays in the outbox for the sweep.",
+    )
     # Start-up waits this long in total for Kafka and the store before giving up with an error.
     startup_timeout_seconds: float = Field(default=300.0, validation_alias=_shared("STARTUP_TIMEOUT_SECONDS"))

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from aftercare.events.producer import EventTooLarge, PublishFailed
+
 log = structlog.stdlib.get_logger("aftercare.intake.problems")
 
 PROBLEM_JSON = "application/problem+json"
@@ -107,6 +109,38 @@ def install(app: FastAPI) -> None:
         return problem_response(
             Problem(
                 error.status_code, titles.get(error.status_code, "Error"), detail, headers=dict(error.headers or {})
+            ),
+            request,
+        )
+
+    @app.exception_handler(PublishFailed)
+    async def _kafka_unavailable(request: Request, error: PublishFailed) -> JSONResponse:
+        # The report is stored with its event in the outbox; the sweep publishes it once Kafka is
+        # back. The caller hears "not accepted yet" within the publish deadline, not after minutes.
+        log.warning("publish deadline passed; answered 503", path=request.url.path, error=str(error))
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                "Kafka did not confirm the report in time. Retry after the Retry-After seconds with the "
+                "same Idempotency-Key; the report is kept and will not open a second incident.",
+                kind="unavailable",
+                headers={"Retry-After": "5"},
+            ),
+            request,
+        )
+
+    @app.exception_handler(EventTooLarge)
+    async def _too_large(request: Request, error: EventTooLarge) -> JSONResponse:
+        field = error.largest_field or "(report)"
+        return problem_response(
+            Problem(
+                413,
+                "Report too large",
+                f"This report would make an event of {error.size} bytes, over the {error.limit}-byte limit. "
+                f"Shorten '{field}' (the largest field) and send it again.",
+                kind="report-too-large",
+                field=field,
             ),
             request,
         )
