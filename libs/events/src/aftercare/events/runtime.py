@@ -358,4 +358,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         timeout_graceful_shutdown=30,
         access_log=False,
+        # HTTPS when the service's settings name a certificate and key (plain HTTP otherwise).
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
