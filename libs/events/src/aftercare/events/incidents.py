@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aftercare.events import topics
 from aftercare.events.envelope import Event
+from aftercare.events.tenants import Priority
 
 
 class Channel(StrEnum):
@@ -157,4 +158,19 @@ class IncidentClosed(Event):
     incident_id: str
     number: str
     by: str
+    reason: str = ""
+
+
+class IncidentReclassified(Event):
+    """A person set an incident's priority or category by hand; triage never overrides it."""
+
+    TYPE = "incident.reclassified"
+    VERSION = 1
+    TOPIC = topics.INCIDENTS
+
+    incident_id: str
+    number: str
+    by: str = Field(description="The person who made the choice.")
+    priority: Priority | None = Field(default=None, description="The priority chosen, if it was changed.")
+    category: str | None = Field(default=None, description="The category chosen, if it was changed.")
     reason: str = ""

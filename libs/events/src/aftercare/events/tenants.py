@@ -17,12 +17,13 @@ from aftercare.events.envelope import Event
 
 
 class Priority(StrEnum):
-    """Incident priority, P1 (business stopped) to P4 (question or cosmetic)."""
+    """Incident priority, P1 (business stopped) to P5 (planning: no one is hindered yet)."""
 
     P1 = "P1"
     P2 = "P2"
     P3 = "P3"
     P4 = "P4"
+    P5 = "P5"
 
 
 class Criticality(StrEnum):
@@ -74,17 +75,36 @@ class Contact(_Part):
 
 
 class DiagnosticTarget(_Part):
-    """Where a system can be probed: an HTTP health URL or a TCP host:port."""
+    """Where a system can be probed: an HTTP health URL, a TCP host:port, a TLS host:port
+    (certificate expiry) or a DNS name (resolution)."""
 
-    kind: Literal["http", "tcp"]
-    address: str = Field(min_length=1, description="URL for http, host:port for tcp")
+    kind: Literal["http", "tcp", "tls", "dns"]
+    address: str = Field(min_length=1, description="URL for http, host:port for tcp and tls, a name for dns")
     interval_seconds: int | None = Field(default=None, gt=0, description="Scheduled diagnostics period.")
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=60, description="Per probe; triage's default if absent."
+    )
+    expect_status: int | None = Field(
+        default=None, ge=100, le=599, description="http: the status a healthy answer has."
+    )
+    expect_body: str | None = Field(
+        default=None, max_length=200, description="http: text a healthy answer's body contains."
+    )
+    latency_threshold_ms: float | None = Field(
+        default=None, gt=0, description="Slower than this counts as degraded (besides the rolling baseline)."
+    )
+    tls_min_days: int | None = Field(
+        default=None, ge=0, le=3650, description="tls: fewer days left on the certificate counts as degraded."
+    )
 
 
 class SupportedSystem(_Part):
     """A customer system under support."""
 
     name: str = Field(min_length=1)
+    aliases: list[str] = Field(
+        default_factory=list, description="Other names people use for it ('billing', 'the invoicing database')."
+    )
     criticality: Criticality = Criticality.MEDIUM
     product: str | None = Field(default=None, description="Product name, to match vulnerability advisories.")
     version: str | None = None
@@ -108,3 +128,10 @@ class TenantUpserted(Event):
     contacts: list[Contact] = Field(default_factory=list)
     systems: list[SupportedSystem] = Field(default_factory=list)
     status_page_slug: str | None = None
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"], description="Languages the tenant's people write in (BCP 47)."
+    )
+    probe_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Addresses (IPs or CIDR networks) triage may probe for this tenant; nothing else is probed.",
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime, retry_until_ready
+from aftercare.events.web import BodySizeLimit, install_problem_handlers
 from aftercare.intake import housekeeping
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints import (
@@ -18,10 +19,8 @@ from aftercare.intake.entrypoints import (
     incidents_api,
     pagerduty_api,
     phone_api,
-    problems,
     web_portal,
 )
-from aftercare.intake.entrypoints.body_limit import BodySizeLimit
 from aftercare.intake.entrypoints.email_server import InboundEmailServer
 from aftercare.intake.settings import IntakeSettings
 
@@ -78,8 +77,16 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         on_shutdown=on_shutdown,
     )
     app.router.lifespan_context = runtime.lifespan
-    problems.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_problem_handlers(
+        app,
+        service="Intake",
+        retry_advice="Retry later; send an Idempotency-Key so that a retry can never open a second incident.",
+    )
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        advice="Send less (attachments go by email) or ask the operator to raise AFTERCARE_INTAKE_MAX_BODY_BYTES.",
+    )
     app.include_router(runtime.operations_router())
     app.include_router(incidents_api.router)
     app.include_router(admin_api.router)

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from aftercare.events.web import Problem
 from aftercare.intake.domain.tenant import TENANT_ID_PATTERN, InboundEmails, PhoneLine, Tenant, TenantProfile
 from aftercare.intake.entrypoints.dependencies import AdminOnly, Components
-from aftercare.intake.entrypoints.problems import Problem
 from aftercare.intake.tenant_registry import CredentialTaken, TenantNotFound
 
 router = APIRouter(prefix="/admin/tenants", tags=["admin"], dependencies=[AdminOnly])

@@ -26,13 +26,13 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from aftercare.events.incidents import Channel
+from aftercare.events.web import Problem, validation_errors
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import alertmanager
 from aftercare.intake.domain.alertmanager import Alert, AlertStatus, WebhookMessage
 from aftercare.intake.domain.lifecycle import TransitionRefused
 from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit
 from aftercare.intake.entrypoints.pagerduty_api import standalone_schema
-from aftercare.intake.entrypoints.problems import Problem, validation_errors
 from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.alertmanager")

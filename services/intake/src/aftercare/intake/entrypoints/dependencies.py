@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from aftercare.events.web import Problem
 from aftercare.intake.components import IntakeComponents
-from aftercare.intake.entrypoints.problems import Problem
 from aftercare.intake.tenant_registry import Credential
 
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
+from aftercare.events.web import Problem
 from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.domain.lifecycle import TransitionRefused
 from aftercare.intake.domain.moments import UtcDatetime
 from aftercare.intake.entrypoints.dependencies import ApiCaller, Components
-from aftercare.intake.entrypoints.problems import Problem
 from aftercare.intake.idempotency import IdempotencyConflict, IdempotencyKeys, body_digest
 from aftercare.intake.incident_desk import IncidentDesk, IncidentNotFound, Outcome
 

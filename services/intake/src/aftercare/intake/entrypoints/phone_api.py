@@ -53,11 +53,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from aftercare.events.incidents import Channel, Reporter
+from aftercare.events.web import Problem, validation_errors
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import twilio_signature
 from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.entrypoints.dependencies import Components, enforce_rate_limit
-from aftercare.intake.entrypoints.problems import Problem, validation_errors
 from aftercare.intake.incident_desk import IncidentNotFound
 from aftercare.intake.tenant_registry import Credential
 

@@ -49,10 +49,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
+from aftercare.events.web import Problem
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain.incident import Incident, IncidentReport, TimelineEntry
 from aftercare.intake.entrypoints.dependencies import Components, enforce_rate_limit
-from aftercare.intake.entrypoints.problems import Problem
 from aftercare.intake.incident_desk import IncidentNotFound
 from aftercare.intake.tenant_registry import Credential, TenantNotFound
 

@@ -1,0 +1,288 @@
+"""The HTTP edge every Aftercare service shares: RFC 9457 problem responses and a body-size limit.
+
+Every service answers errors the same way: ``application/problem+json`` with a ``type`` URI, a
+``title``, the ``status`` and a ``detail`` that says what to change. Raise :class:`Problem`
+anywhere in a request; :func:`install_problem_handlers` turns validation errors, Starlette's own
+HTTP errors and unexpected exceptions into problems too, so no endpoint answers with a bare 500
+page or FastAPI's default ``{"detail": ...}`` format. :class:`BodySizeLimit` refuses an oversized
+body with a 413 problem before it is read into memory.
+
+Typical wiring (see ``aftercare.intake.bootstrap``)::
+
+    app = FastAPI(...)
+    install_problem_handlers(app, service="Triage")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aftercare.events.producer import EventTooLarge, PublishFailed
+
+__all__ = [
+    "PROBLEM_JSON",
+    "TYPE_BASE",
+    "BodySizeLimit",
+    "Problem",
+    "install_problem_handlers",
+    "problem_response",
+    "validation_errors",
+]
+
+log = structlog.stdlib.get_logger("aftercare.events.web")
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://aftercare.dev/problems/"
+
+
+class Problem(Exception):
+    """An error a caller can meet, answered as an RFC 9457 problem.
+
+    ``kind`` becomes the last part of the ``type`` URI (default: the title in kebab case);
+    ``headers`` are sent with the answer (``Retry-After``, ``WWW-Authenticate``, ...); any other
+    keyword becomes an extension member of the body (``errors=[...]``, ``incident_id=...``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind or title.lower().replace(" ", "-")
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem document; ``instance`` is the request path it answers."""
+        body: dict[str, Any] = {
+            "type": TYPE_BASE + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        return body | self.extra
+
+
+def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
+    """The HTTP answer for ``problem`` (``instance`` set to the request's path when given)."""
+    return JSONResponse(
+        problem.body(request.url.path if request else None),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+def validation_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """Pydantic errors as {field, message} pairs a person can act on."""
+    readable = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+        readable.append({"field": ".".join(location) or "(body)", "message": error.get("msg", "invalid")})
+    return readable
+
+
+def install_problem_handlers(
+    app: FastAPI,
+    *,
+    service: str = "The service",
+    retry_advice: str = "Retry later.",
+) -> None:
+    """Answer every error of ``app`` as a problem: raised :class:`Problem`, validation errors
+    (malformed JSON → 400 ``invalid-json``, wrong fields → 422 ``invalid-request`` with one entry
+    per field), Starlette's 404/405/413, and anything unexpected.
+
+    ``service`` names the service in the answer to an unexpected error; ``retry_advice`` tells
+    the caller how to retry safely (intake: "send an Idempotency-Key ...").
+    """
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, problem: Problem) -> JSONResponse:
+        return problem_response(problem, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = error.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            message = next(e.get("ctx", {}).get("error", "") for e in errors if e.get("type") == "json_invalid")
+            return problem_response(_invalid_json(message), request)
+        return problem_response(
+            Problem(
+                422,
+                "Invalid request",
+                "Some fields are missing or wrong; see 'errors' for each one.",
+                kind="invalid-request",
+                errors=validation_errors(errors),
+            ),
+            request,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+        detail = str(error.detail)
+        if error.status_code == 404 and detail == "Not Found":
+            detail = f"There is nothing at {request.url.path}; see /docs for the endpoints."
+        elif error.status_code == 405:
+            detail = f"{request.method} is not supported on {request.url.path}; see /docs."
+        return problem_response(
+            Problem(
+                error.status_code, titles.get(error.status_code, "Error"), detail, headers=dict(error.headers or {})
+            ),
+            request,
+        )
+
+    @app.exception_handler(PublishFailed)
+    async def _kafka_unavailable(request: Request, error: PublishFailed) -> JSONResponse:
+        # What was decided is stored with its event in the outbox; the sweep publishes it once
+        # Kafka is back. The caller hears "not done yet, retry" within the publish deadline.
+        log.warning("publish deadline passed; answered 503", path=request.url.path, error=str(error))
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                f"Kafka did not confirm the request in time; nothing is lost. {retry_advice}",
+                kind="unavailable",
+                headers={"Retry-After": "5"},
+            ),
+            request,
+        )
+
+    @app.exception_handler(EventTooLarge)
+    async def _event_too_large(request: Request, error: EventTooLarge) -> JSONResponse:
+        # Each channel bounds its fields first; this is the last guard, before anything is stored.
+        field = error.largest_field or "(request)"
+        return problem_response(
+            Problem(
+                413,
+                "Request too large",
+                f"This request would make an event of {error.size} bytes, over the {error.limit}-byte limit. "
+                f"Shorten '{field}' (the largest field) and send it again.",
+                kind="event-too-large",
+                field=field,
+            ),
+            request,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # A bug or an outage, not the caller's fault: say so, and whether retrying makes sense.
+        log.exception("unhandled error", path=request.url.path)
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                f"{service} could not complete the request (the store or Kafka is unavailable). {retry_advice}",
+                kind="unavailable",
+                headers={"Retry-After": "5"},
+            ),
+            request,
+        )
+
+
+def _invalid_json(message: str) -> Problem:
+    return Problem(
+        400,
+        "Invalid JSON",
+        f"The request body is not valid JSON: {message}. Send a JSON object with Content-Type: application/json.",
+        kind="invalid-json",
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with a 413 problem, before they
+    are read into memory (by the declared Content-Length, or while a chunked body streams in).
+
+    ``advice`` ends the problem's detail: what the caller (or operator) can do instead.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, advice: str = "Send less.") -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.advice = advice
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, send)
+            return
+        received = 0
+        response_started = False
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if too_large:
+                # FastAPI turns any error while reading the body into its own 400 ("error parsing
+                # the body"), so _BodyTooLarge may never reach us for a chunked upload without a
+                # Content-Length: whatever the app answers then, the caller gets the 413.
+                if not response_started:
+                    response_started = True
+                    await self._refuse(scope, send)
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        body = json.dumps(
+            {
+                "type": TYPE_BASE + "request-too-large",
+                "title": "Request too large",
+                "status": 413,
+                "detail": f"The request body is over {self.max_bytes} bytes. {self.advice}",
+                "instance": scope.get("path"),
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
