@@ -79,7 +79,7 @@ async def test_events_published_across_a_broker_restart_are_each_handled_once(
 
     # Publishing across the restart must wait for the broker: a deadline longer than the restart.
     producer = EventProducer(
-        kafka.bootstrap_servers, client_id="restart-test", request_timeout_ms=60000, publish_deadline_s=90
+        kafka.bootstrap_servers, client_id="restart-test", request_timeout_ms=60000, publish_deadline_s=300
     )
     await producer.start()
     runner = ConsumerRunner(

@@ -43,6 +43,7 @@ log = structlog.stdlib.get_logger("aftercare.events.outbox")
 FIELD = "outbox"
 FLAG = "outbox_pending"  # indexed, so the sweep finds pending documents without a scan
 DEAD_LETTERS = "outbox_dead_letters"
+LEDGER = "outbox_ledger"  # batches of a group commit not finished yet (see group_commit.py)
 
 
 def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str, Any]:
@@ -66,6 +67,10 @@ def stored(envelope: Envelope[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> dict[
     json = envelope.model_dump_json()
     check_size(envelope, json.encode(), max_bytes)
     return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": json, "at": time.time()}
+
+
+def _always(document_id: Any) -> Callable[[dict[str, Any]], Any]:
+    return lambda _entry: document_id
 
 
 def is_outage(error: BaseException) -> bool:
@@ -99,9 +104,7 @@ class OutboxRelay:
             return []
         return await self._publish(collection, document_id, document[FIELD])
 
-    async def _publish(
-        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
-    ) -> list[Envelope[Any]]:
+    async def _send(self, entries: Sequence[dict[str, Any]]) -> list[Envelope[Any]]:
         records: list[tuple[str, bytes, Envelope[Any]]] = []
         for entry in entries:
             # Keep the exact stored ids/trace context: parse_envelope returns them unchanged, and
@@ -109,35 +112,49 @@ class OutboxRelay:
             envelope = parse_envelope(entry["json"])
             records.append((envelope.data.TOPIC, entry["json"].encode(), envelope))
         await self._producer.publish_serialized(records)
+        return [envelope for _, _, envelope in records]
+
+    async def _publish(
+        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
+    ) -> list[Envelope[Any]]:
+        published = await self._send(entries)
+        await self._remove(collection, document_id, entries)
+        return published
+
+    @staticmethod
+    async def _remove(
+        collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
+    ) -> None:
         # $pullAll of the exact entries read: FerretDB 1.24 ignores a $pull whose condition looks
         # inside the entries ({"id": {"$in": ...}}), which left every event pending forever.
         # Filtered by _id alone, the one filter the embedded store answers from an index. The flag
         # is cleared by the sweep, which can check emptiness and clear in one conditional write.
         await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: list(entries)}})
-        return [envelope for _, _, envelope in records]
 
-    async def _publish_isolating(
-        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
+    async def _send_isolating(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        entries: Sequence[dict[str, Any]],
+        document_of: Callable[[dict[str, Any]], Any],
     ) -> int:
-        """Publish a document's entries; one that can never be published is dead-lettered.
-
-        Outages (Kafka or the store unavailable) propagate: the whole pass waits for the next.
-        """
+        """Publish ``entries`` in order; one that can never be published is dead-lettered and the
+        others still go. Returns how many were published. Outages (Kafka or the store
+        unavailable) propagate: the whole pass waits for the next."""
         try:
-            return len(await self._publish(collection, document_id, entries))
+            return len(await self._send(entries))
         except Exception as error:
             if is_outage(error):
                 raise
-        # Something in this document's outbox cannot be published: find which entry, in order
-        # (a later event of an incident must not overtake an earlier one that can still go).
+        # Something here cannot be published: find which entry, in order (a later event of a
+        # document must not overtake an earlier one that can still go).
         published = 0
         for entry in entries:
             try:
-                published += len(await self._publish(collection, document_id, [entry]))
+                published += len(await self._send([entry]))
             except Exception as error:
                 if is_outage(error):
                     raise
-                await self._dead_letter(collection, document_id, entry, error)
+                await self._dead_letter(collection, document_of(entry), entry, error)
         return published
 
     async def _dead_letter(
@@ -161,7 +178,6 @@ class OutboxRelay:
             },
             upsert=True,
         )
-        await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: [entry]}})
         OUTBOX_DEAD_LETTERED.labels(collection=collection.name, reason=type(error).__name__).inc()
         log.error(
             "outbox entry can never be published; moved to the dead letters",
@@ -180,9 +196,10 @@ class OutboxRelay:
         Entries younger than ``min_age_s`` are left alone: the request that wrote them is
         flushing them right now, and publishing them here too would only duplicate them. An
         entry that can never be published is dead-lettered and the others still go out; an
-        outage of Kafka or the store ends the pass (raised) for the next one to retry.
+        outage of Kafka or the store ends the pass (raised) for the next one to retry. Batches
+        a group commit left unfinished (``outbox_ledger``) are swept first.
         """
-        count = 0
+        count = await self.sweep_ledger(collection, min_age_s=min_age_s)
         settled = time.time() - min_age_s
         candidates = [document["_id"] async for document in collection.find({FLAG: True}, {"_id": 1}).limit(limit)]
         for document_id in candidates:
@@ -194,7 +211,43 @@ class OutboxRelay:
                     # Clear the flag only if nothing new arrived meanwhile.
                     await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
                 elif entries and min(entry.get("at", 0.0) for entry in entries) <= settled:
-                    count += await self._publish_isolating(collection, document_id, entries)
+                    count += await self._send_isolating(collection, entries, _always(document_id))
+                    await self._remove(collection, document_id, entries)
+        return count
+
+    async def sweep_ledger(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        *,
+        min_age_s: float = 10.0,
+        abandon_after_s: float = 300.0,
+    ) -> int:
+        """Finish the group-commit batches of ``collection`` a crash or an outage left in the
+        ledger: publish the events of the documents that were written, in order; drop those of
+        documents never written (nobody was told they were accepted) once the batch is older than
+        ``abandon_after_s`` (younger, a stalled request may still write them)."""
+        count = 0
+        now = time.time()
+        # The ledger holds only unfinished batches: a handful of documents, whatever the store holds.
+        batches = [b async for b in collection.database[LEDGER].find({"collection": collection.name})]
+        for batch in batches:
+            if batch.get("at", 0.0) > now - min_age_s:
+                continue  # its request is still committing it
+            entries: list[dict[str, Any]] = batch.get("entries") or []
+            document_ids = list(dict.fromkeys(entry["document_id"] for entry in entries))
+            written = {
+                document_id
+                for document_id in document_ids
+                if await collection.find_one({"_id": document_id}, {"_id": 1}) is not None
+            }
+            ready = [entry for entry in entries if entry["document_id"] in written]
+            if ready:
+                count += await self._send_isolating(collection, ready, lambda entry: entry["document_id"])
+            unwritten = [entry for entry in entries if entry["document_id"] not in written]
+            if unwritten and batch.get("at", 0.0) > now - abandon_after_s:
+                await collection.database[LEDGER].update_one({"_id": batch["_id"]}, {"$set": {"entries": unwritten}})
+            else:
+                await collection.database[LEDGER].delete_one({"_id": batch["_id"]})
         return count
 
     async def sweep_forever(
