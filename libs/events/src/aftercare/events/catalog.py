@@ -39,7 +39,12 @@ from aftercare.events.incidents import (
     IncidentResolved,
     IncidentUpdated,
 )
-from aftercare.events.notifications import NotificationFailed, NotificationRequested, NotificationSent
+from aftercare.events.notifications import (
+    AdvisoryPublished,
+    NotificationFailed,
+    NotificationRequested,
+    NotificationSent,
+)
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -88,6 +93,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     NotificationRequested,
     NotificationSent,
     NotificationFailed,
+    AdvisoryPublished,
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in EVENT_MODELS}
