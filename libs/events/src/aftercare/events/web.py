@@ -27,8 +27,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aftercare.events.producer import EventTooLarge, PublishFailed
-
 __all__ = [
     "PROBLEM_JSON",
     "TYPE_BASE",
@@ -152,6 +150,10 @@ def install_problem_handlers(
             ),
             request,
         )
+
+    # Here, not at the top: the catalog imports operators, which import this module, and the
+    # producer imports the catalog.
+    from aftercare.events.producer import EventTooLarge, PublishFailed
 
     @app.exception_handler(PublishFailed)
     async def _kafka_unavailable(request: Request, error: PublishFailed) -> JSONResponse:
