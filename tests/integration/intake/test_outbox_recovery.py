@@ -250,6 +250,8 @@ async def test_an_accepted_report_leaves_nothing_pending_in_its_outbox(
 
     assert document is not None
     assert document[outbox.FIELD] == [] and document[outbox.FLAG] is False
+    ledger = await store[intake.database][outbox.LEDGER].find({}).to_list()
+    assert all(entry["document_id"] != incident_id for batch in ledger for entry in batch["entries"])
     assert {e["type"] for e in await incident_events(intake.infrastructure, {incident_id})} == {"incident.reported"}
 
 

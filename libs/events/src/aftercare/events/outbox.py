@@ -215,6 +215,26 @@ class OutboxRelay:
                     await self._remove(collection, document_id, entries)
         return count
 
+    async def flush_ledger(self, collection: AsyncCollection[dict[str, Any]], document_id: Any) -> int:
+        """Publish the events of ``document_id`` that a group commit left in the ledger (its request
+        was answered 503 or crashed); returns how many. For a retry that finds the document
+        written: it may answer "accepted" only once these are on Kafka."""
+        ledger = collection.database[LEDGER]
+        published = 0
+        # The ledger holds only unfinished batches: reading it whole costs next to nothing.
+        async for batch in ledger.find({"collection": collection.name}):
+            entries: list[dict[str, Any]] = batch.get("entries") or []
+            mine = [entry for entry in entries if entry.get("document_id") == document_id]
+            if not mine:
+                continue
+            published += len(await self._send(mine))
+            rest = [entry for entry in entries if entry.get("document_id") != document_id]
+            if rest:
+                await ledger.update_one({"_id": batch["_id"]}, {"$set": {"entries": rest}})
+            else:
+                await ledger.delete_one({"_id": batch["_id"]})
+        return published
+
     async def sweep_ledger(
         self,
         collection: AsyncCollection[dict[str, Any]],
