@@ -24,10 +24,10 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from aftercare.events.producer import EventProducer
+from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.attachments import AttachmentStore
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints.email_server import EmailChannelUnavailable, InboundEmailServer
-from aftercare.intake.incident_desk import IncidentDesk
 from aftercare.intake.rate_limit import RateLimiter
 from aftercare.intake.settings import IntakeSettings
 from aftercare.intake.tenant_registry import TenantRegistry
@@ -707,7 +707,7 @@ async def test_a_taken_smtp_port_is_reported_with_its_setting(
     database = client["email_port_test"]
     components = IntakeComponents(
         settings=settings,
-        desk=IncidentDesk(database, producer),
+        incidents=IncidentStore(database, producer),
         tenants=TenantRegistry(database, producer),
         limiter=RateLimiter(database, 10),
         attachments=AttachmentStore(database, settings.max_attachment_bytes),
