@@ -5,8 +5,8 @@ The form carries a random one-time ``form_token``. The incident id is derived fr
 of tenant and token), so pressing "Send" twice, or the browser re-posting, leads to the same
 incident. The id is derived rather than taken as sent so a chosen token can never name another
 tenant's incident. A *different* report sent with a token already used (a form kept open in a
-second tab, edited and sent again) is not the same submission: it must not vanish into the
-first incident.
+second tab, given another title and sent again) is not the same submission: it must not
+vanish into the first incident.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ def incident_id_for(tenant_id: str, form_token: str) -> str:
 
 
 def same_submission(incident: Incident, report: IncidentReport) -> bool:
-    """Whether ``report`` is the form that opened ``incident`` sent again (not a new report)."""
-    return (
-        incident.title == report.title
-        and incident.description == report.description
-        and incident.reporter == report.reporter
-        and incident.system == report.system
-        and incident.severity == report.severity
-    )
+    """Whether ``report`` is the form that opened ``incident`` sent again (not a new report).
+
+    The same person and the same one-line title: a browser's resend, even after a word of the
+    description was changed, is still the report already received. Another title is another
+    problem.
+    """
+    return incident.title == report.title and incident.reporter == report.reporter

@@ -30,7 +30,7 @@ from aftercare.events.web import Problem, validation_errors
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import alertmanager
 from aftercare.intake.domain.alertmanager import Alert, AlertStatus, WebhookMessage
-from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit
+from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit, inactive_tenant
 from aftercare.intake.entrypoints.pagerduty_api import standalone_schema
 from aftercare.intake.service_layer import move_incident, report_incident
 from aftercare.intake.tenant_registry import Credential
@@ -103,6 +103,8 @@ async def alertmanager_credential(
             kind="unauthenticated",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if not credential.active:
+        raise inactive_tenant(credential, "Alertmanager token")
     await enforce_rate_limit(intake, credential)
     return credential
 

@@ -91,6 +91,14 @@ class SupportMailbox:
                     f"<{address}>: this is not a support address at Aftercare; "
                     "check the address your support provider gave you",
                 )
+            if not credential.active:
+                log.info("email refused: tenant deactivated", recipient=address, tenant_id=credential.tenant_id)
+                return _reply(
+                    550,
+                    "5.2.1",
+                    f"<{address}>: this support address belongs to a deactivated account and takes no mail; "
+                    "contact your support provider another way",
+                )
             verdict = await self._intake.limiter.hit(f"email|{credential.credential_id}")
         except Exception as error:  # the store is unreachable: the sender's server retries later
             log.warning("email recipient check failed; answered 451", recipient=address, error=str(error))
@@ -179,7 +187,7 @@ class SupportMailbox:
         tenants: dict[str, str] = {}
         for address in envelope.rcpt_tos:
             credential = await self._intake.tenants.by_inbound_email(address)
-            if credential is not None:
+            if credential is not None and credential.active:
                 tenants.setdefault(credential.tenant_id, address.lower())
         null_sender = envelope.mail_from in (None, "", "<>")
         receipts = []

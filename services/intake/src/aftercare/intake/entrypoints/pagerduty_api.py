@@ -132,6 +132,16 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
     credential = None
     if isinstance(routing_key, str) and routing_key.strip():
         credential = await intake.tenants.by_routing_key(routing_key)
+    if credential is not None and not credential.active:
+        log.info("pagerduty event for a deactivated tenant refused", tenant_id=credential.tenant_id)
+        return _refused(
+            [
+                f"This routing key belongs to a deactivated account ({credential.tenant_id}); its events "
+                "are not accepted. Ask your support provider to reactivate it"
+            ],
+            status="invalid event",
+            message="Routing key belongs to a deactivated account",
+        )
     if credential is not None:
         verdict = await intake.limiter.hit(f"{credential.kind}|{credential.credential_id}")
         if not verdict.allowed:

@@ -250,6 +250,19 @@ def _twiml_response(body: str) -> Response:
     return Response(body, media_type=TWIML)
 
 
+def _out_of_service(line: Credential) -> Response:
+    # A phone line's own answer: the caller hears it and the call ends; no incident is opened.
+    log.info("call to a deactivated tenant's line; told so", tenant_id=line.tenant_id)
+    return _twiml_response(
+        twiml(
+            _say(
+                "This support line is no longer in service. Please contact your support provider another way. Goodbye."
+            ),
+            "<Hangup/>",
+        )
+    )
+
+
 @router.post("/voice", response_class=Response, responses=PROBLEMS, openapi_extra=_FORM_BODY)
 async def incoming_call(request: Request, intake: Components, x_twilio_signature: Signature = None) -> Response:
     """A call to a tenant's support number (Twilio Voice URL): answers with TwiML.
@@ -259,6 +272,8 @@ async def incoming_call(request: Request, intake: Components, x_twilio_signature
     ``TranscriptionText``, the incident is titled with its first sentence and the call ends.
     """
     line, call = await authenticated_call(request, intake, x_twilio_signature)
+    if not line.active:
+        return _out_of_service(line)
     outcome = await take_call(intake.incidents, intake.phone_calls, line.tenant_id, call)
     log.info(
         "phone call taken",
@@ -282,6 +297,8 @@ async def incoming_call(request: Request, intake: Components, x_twilio_signature
 async def message_recorded(request: Request, intake: Components, x_twilio_signature: Signature = None) -> Response:
     """Twilio's ``<Record action>``: the caller's voice message is recorded; its link joins the incident."""
     line, call = await authenticated_call(request, intake, x_twilio_signature)
+    if not line.active:
+        return _out_of_service(line)
     outcome = await take_call(intake.incidents, intake.phone_calls, line.tenant_id, call)
     return _twiml_response(answer_for_recording(outcome.incident))
 
@@ -293,6 +310,8 @@ async def message_transcribed(request: Request, intake: Components, x_twilio_sig
     A failed transcription still adds the recording link, so the message is never lost.
     """
     line, call = await authenticated_call(request, intake, x_twilio_signature)
+    if not line.active:
+        return _out_of_service(line)
     outcome = await take_call(intake.incidents, intake.phone_calls, line.tenant_id, call)
     log.info(
         "voice message transcribed",
