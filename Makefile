@@ -76,7 +76,7 @@ schemas: python-env
 	$(UV) run --no-sync python -m aftercare.events.schema_export
 
 PY_PATHS := libs services tests bench infra
-MYPY_PACKAGES := -p aftercare.events -p aftercare.intake -p aftercare.triage -p aftercare.remediation -p aftercare.notifier
+MYPY_PACKAGES := -p aftercare.events -p aftercare.intake -p aftercare.triage -p aftercare.remediation -p aftercare.notifier -p aftercare.customer_system
 
 lint: python-env
 	$(UV) run --no-sync ruff check $(PY_PATHS)

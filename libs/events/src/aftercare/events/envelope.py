@@ -28,7 +28,11 @@ class Event(BaseModel):
 
     Subclasses set ``TYPE`` (dotted name, stable forever), ``VERSION`` (bumped on a breaking
     change, with an upcaster from the previous version in ``aftercare.events.catalog``) and
-    ``TOPIC`` (where it is published).
+    ``TOPIC`` (where it is published). Adding an optional field keeps the version.
+
+    Building an event is strict (``extra="forbid"``: an unknown field is a mistake of the code
+    building it); reading one from Kafka is tolerant (``catalog.parse_envelope`` validates with
+    ``extra="ignore"``, so fields added by newer publishers are skipped, not fatal).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,14 +41,22 @@ class Event(BaseModel):
     VERSION: ClassVar[int] = 1
     TOPIC: ClassVar[str]
 
+    def partition_key(self) -> str | None:
+        """The Kafka key of an event that concerns neither one incident nor one tenant (e.g. an
+        operator, keyed per operator on the compacted tenants topic); None for all others."""
+        return None
+
 
 EventT = TypeVar("EventT", bound=Event)
 
 
 class Envelope(BaseModel, Generic[EventT]):
-    """One event with everything needed to route, order, deduplicate and trace it."""
+    """One event with everything needed to route, order, deduplicate and trace it.
 
-    model_config = ConfigDict(frozen=True)
+    Strict when built, tolerant when read (see ``Event``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(default_factory=new_event_id, description="Unique event id; consumers deduplicate on it.")
     type: str = Field(description="Event type, e.g. 'incident.reported'.")
@@ -68,8 +80,8 @@ class Envelope(BaseModel, Generic[EventT]):
 
     @property
     def key(self) -> str:
-        """The Kafka key: the incident id, or the tenant id for tenant-wide events."""
-        return self.incident_id or self.tenant_id
+        """The Kafka key: the incident id, else the event's own key (operators), else the tenant id."""
+        return self.incident_id or self.data.partition_key() or self.tenant_id
 
 
 def envelope_for(

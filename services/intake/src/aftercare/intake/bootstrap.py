@@ -47,7 +47,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             ),
             "outbox-sweep",
         )
-        runtime.spawn(housekeeping.run_forever(intake), "housekeeping")
+        runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
         app.state.intake = intake
         if settings.smtp_enabled:
             email = InboundEmailServer(intake)
