@@ -251,6 +251,8 @@ class _UnexpectedErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except _BodyTooLarge:
+            raise  # not a bug: BodySizeLimit (outside) answers 413
         except Exception as error:
             correlation_id = new_correlation_id()
             log.error(
