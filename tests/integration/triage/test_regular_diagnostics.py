@@ -14,11 +14,9 @@ from aftercare.events.incidents import Severity
 from aftercare.events.producer import EventProducer
 from aftercare.events.tenants import Criticality, DiagnosticTarget, SupportedSystem
 
-from .conftest import TriageUnderTest, publish, report, tenant_event, triage_events
+from .conftest import VIEWER, TriageUnderTest, publish, report, tenant_event, triage_events
 from customer_system_process import CustomerSystemUnderTest, customer_system
 from kafka_helpers import unique_name, wait_until
-
-VIEWER = {"Authorization": "Bearer triage-viewer-token"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +47,7 @@ async def of_type(service: TriageUnderTest, tenant: str, event_type: str) -> lis
 
 
 async def test_a_broken_system_opens_a_problem_and_its_repair_clears_it(
-    triage_service: TriageUnderTest, producer: EventProducer, system: CustomerSystemUnderTest
+    triage_service: TriageUnderTest, producer: EventProducer, system: CustomerSystemUnderTest, http: httpx.AsyncClient
 ) -> None:
     system.reset()
     tenant = unique_name("acme")
@@ -57,8 +55,7 @@ async def test_a_broken_system_opens_a_problem_and_its_repair_clears_it(
     history_url = f"{triage_service.base_url}/v1/targets/{tenant}/shop-web/history"
 
     async def samples() -> list[dict[str, Any]]:
-        async with httpx.AsyncClient() as http:
-            answer = await http.get(history_url, headers=VIEWER)
+        answer = await http.get(history_url, headers=VIEWER)
         return answer.json()["samples"] if answer.status_code == 200 else []
 
     healthy = await wait_until(samples, timeout=30, interval=0.5, message="first probes recorded")

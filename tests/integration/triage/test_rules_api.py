@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest_asyncio
 
 from aftercare.events.producer import EventProducer
 
-from .conftest import TriageUnderTest, publish, tenant_event
+from .conftest import ADMIN, VIEWER, TriageUnderTest, publish, tenant_event
 from kafka_helpers import unique_name, wait_until
-
-ADMIN = {"Authorization": "Bearer triage-admin-token"}
-VIEWER = {"Authorization": "Bearer triage-viewer-token"}
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def http(triage_service: TriageUnderTest) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=triage_service.base_url, timeout=30.0) as client:
-        yield client
 
 
 def assert_problem(answer: httpx.Response, status: int, *words: str) -> dict[str, Any]:
@@ -46,6 +35,8 @@ async def test_a_rule_is_created_changed_and_deleted_with_versions_and_who(http:
     created = await http.post("/v1/rules", json=RULE | {"name": name}, headers=ADMIN)
     assert created.status_code == 201, created.text
     assert created.json()["version"] == 1
+    admin = created.json()["changed_by"]
+    assert admin.startswith("admin-") and admin.endswith("@support.example")
 
     changed = await http.put(
         f"/v1/rules/{name}",
@@ -60,9 +51,9 @@ async def test_a_rule_is_created_changed_and_deleted_with_versions_and_who(http:
     assert deleted.status_code == 200
     versions = (await http.get(f"/v1/rules/{name}/versions", headers=VIEWER)).json()["versions"]
     assert [(v["version"], v["action"], v["changed_by"]) for v in versions] == [
-        (1, "created", "admin"),
-        (2, "updated", "admin"),
-        (3, "deleted", "admin"),
+        (1, "created", admin),
+        (2, "updated", admin),
+        (3, "deleted", admin),
     ]
     assert_problem(await http.get(f"/v1/rules/{name}", headers=VIEWER), 404, name)
 

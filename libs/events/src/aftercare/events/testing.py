@@ -78,6 +78,11 @@ class MemoryBus:
         """Record each envelope as published, in order."""
         return [await self.publish(envelope, topic) for envelope in envelopes]
 
+    async def publish_serialized(self, records: Sequence[tuple[str, bytes, Envelope[Any]]]) -> None:
+        """Record events already serialised (what an outbox or a group commit stored), in order."""
+        for _, value, _ in records:
+            self.published.append(parse_envelope(value))
+
     def published_types(self) -> list[str]:
         """The types of everything published so far, in order."""
         return [envelope.type for envelope in self.published]

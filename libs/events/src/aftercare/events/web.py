@@ -173,6 +173,49 @@ def install_problem_handlers(
             request,
         )
 
+    # Here, not at the top: the catalog imports operators, which import this module, and the
+    # producer imports the catalog.
+    from aftercare.events.producer import EventTooLarge, PublishFailed
+
+    @app.exception_handler(PublishFailed)
+    async def _kafka_unavailable(request: Request, error: PublishFailed) -> JSONResponse:
+        # What was decided is stored with its event in the outbox; the sweep publishes it once
+        # Kafka is back. The caller hears "not done yet, retry" within the publish deadline.
+        correlation_id = new_correlation_id()
+        log.warning(
+            "publish deadline passed; answered 503",
+            path=request.url.path,
+            error=str(error),
+            correlation_id=correlation_id,
+        )
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                f"Kafka did not confirm the request in time; nothing is lost. {retry_advice}",
+                kind="unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_S), CORRELATION_HEADER: correlation_id},
+                correlation_id=correlation_id,
+            ),
+            request,
+        )
+
+    @app.exception_handler(EventTooLarge)
+    async def _event_too_large(request: Request, error: EventTooLarge) -> JSONResponse:
+        # Each channel bounds its fields first; this is the last guard, before anything is stored.
+        field = error.largest_field or "(request)"
+        return problem_response(
+            Problem(
+                413,
+                "Request too large",
+                f"This request would make an event of {error.size} bytes, over the {error.limit}-byte limit. "
+                f"Shorten '{field}' (the largest field) and send it again.",
+                kind="event-too-large",
+                field=field,
+            ),
+            request,
+        )
+
     async def _outage(request: Request, error: Exception) -> JSONResponse:
         # Registered per class (not for Exception), so Starlette answers it and goes on: the
         # connection stays usable for the client's next request.

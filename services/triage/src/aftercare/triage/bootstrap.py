@@ -55,6 +55,8 @@ def build_app(settings: TriageSettings | None = None) -> FastAPI:
         on_connected=on_connected,
         on_shutdown=on_shutdown,
     )
+    # Operators (who may read and change rules) come from the tenants topic like tenants do.
+    runtime.keep_operator_directory()
     app.router.lifespan_context = runtime.lifespan
     app.state.settings = settings
     install_problem_handlers(app, service="Triage")

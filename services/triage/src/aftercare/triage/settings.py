@@ -19,5 +19,3 @@ class TriageSettings(ServiceSettings):
     rules_seed_file: Path | None = None
     regular_diagnostics_enabled: bool = True
     probe_concurrency: int = 200
-    admin_token: str | None = None
-    viewer_token: str | None = None

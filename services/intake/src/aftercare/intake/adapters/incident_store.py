@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from aftercare.events import outbox
-from aftercare.events.envelope import Envelope
+from aftercare.events.group_commit import GroupCommit
 from aftercare.events.incidents import Channel
 from aftercare.events.incidents import IncidentStatus as Status
 from aftercare.events.outbox import OutboxRelay
@@ -67,6 +67,7 @@ class IncidentStore:
         self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # The sweep takes the same turns as the use cases' writes (see OutboxRelay).
         self.relay = OutboxRelay(producer, turn=self.turn)
+        self._openings = GroupCommit(self.collection, producer)
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("tenant_id", ASCENDING), ("number", ASCENDING)], unique=True)
@@ -175,44 +176,29 @@ class IncidentStore:
         # Numbers start at 1001 so they read like ticket numbers on the phone.
         return format_number(1000 + await self._numbers.next(f"incident-number|{tenant_id}"))
 
-    async def insert(self, opening: Opening) -> list[dict[str, Any]] | Literal["exists", "number-taken"]:
-        """Write a new incident with its events in the outbox; returns the outbox as stored.
+    async def insert(self, opening: Opening) -> Literal["inserted", "exists", "number-taken"]:
+        """Write a new incident and publish its events; returns once both are done ("inserted").
 
         Or "exists" (the same incident id was written meanwhile: a retry) or "number-taken"
-        (another instance handed out the same number: decide again with the next).
+        (another instance handed out the same number: decide again with the next). New incidents
+        that arrive together go as one store write and one Kafka batch (their events wait in the
+        group commit's ledger meanwhile, see ``aftercare.events.group_commit``).
         """
-        stored = [outbox.stored(e) for e in opening.events]
+        # Its events wait in the group commit's ledger, not in the document's outbox.
+        document = opening.fields | {outbox.FIELD: [], outbox.FLAG: False}
         try:
-            await self.collection.insert_one(opening.fields | {outbox.FIELD: stored, outbox.FLAG: True})
+            await self._openings.insert(document, opening.events)
         except DuplicateKeyError:
             if await self.collection.find_one({"_id": opening.fields["_id"]}, {"_id": 1}) is not None:
                 return "exists"
             return "number-taken"
-        return stored
+        return "inserted"
 
-    async def publish_opening(self, opening: Opening, stored: list[dict[str, Any]]) -> None:
-        """Publish a new incident's outbox from the events in hand, then empty it in one write.
-
-        What ``relay.flush`` does, without reading the outbox first (a new document's outbox holds
-        exactly these events, and this process's other writes of it wait their turn) and with one
-        write instead of two.
-        """
-        incident_id = opening.fields["_id"]
-        await self._producer.publish_many(opening.events)
-        after = await self.collection.find_one_and_update(
-            {"_id": incident_id},
-            {"$pullAll": {outbox.FIELD: stored}, "$set": {outbox.FLAG: False}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if after is not None and after.get(outbox.FIELD):
-            # Another instance added an event meanwhile: keep the document flagged for the sweep
-            # and publish that event too, as its own flush would.
-            await self.collection.update_one({"_id": incident_id}, {"$set": {outbox.FLAG: True}})
-            await self.relay.flush(self.collection, incident_id)
-
-    async def flush(self, incident_id: str) -> list[Envelope[Any]]:
-        """Publish whatever the incident's outbox holds (what a crash may have left)."""
-        return await self.relay.flush(self.collection, incident_id)
+    async def flush(self, incident_id: str) -> None:
+        """Publish whatever a crash or an outage left pending for the incident, wherever it waits
+        (the group commit's ledger, the document's outbox): a retry may answer "accepted" after."""
+        await self.relay.flush_ledger(self.collection, incident_id)
+        await self.relay.flush(self.collection, incident_id)
 
     async def apply(self, change: IncidentChange) -> bool:
         """Write ``change`` as one update with its events in the outbox, publish them, then claim or

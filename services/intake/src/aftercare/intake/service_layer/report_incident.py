@@ -95,7 +95,7 @@ async def _open(
         if not fresh:
             holder = await store.tenant_of(incident_id)
             if holder is not None:
-                await store.flush(incident_id)  # finish what a crash left pending
+                await store.flush(incident_id)  # finish what a crash or an outage left pending
                 return Outcome(await store.get(holder, incident_id), created=False)
         for _ in range(NUMBER_ATTEMPTS):
             number = await store.next_number(tenant_id)
@@ -108,16 +108,16 @@ async def _open(
                 email_message_ids=email_message_ids,
                 also_publish=also_publish,
             )
+            # Returns once the incident is stored and its events are on Kafka.
             written = await store.insert(opening)
             if written == "exists":
                 # Same incident id written concurrently (a retried Idempotency-Key request).
                 return Outcome(await store.get(tenant_id, incident_id), created=False)
-            if written != "number-taken":
+            if written == "inserted":
                 break
             log.warning("incident number already taken; taking the next", tenant_id=tenant_id, number=number)
         else:
             raise RuntimeError(f"no free incident number for {tenant_id} after {NUMBER_ATTEMPTS} attempts")
-        await store.publish_opening(opening, written)
     log.info(
         "incident opened", tenant_id=tenant_id, incident_id=incident_id, number=number, channel=report.channel.value
     )

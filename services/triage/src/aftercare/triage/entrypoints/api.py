@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from aftercare.events.incidents import Channel, Severity
+from aftercare.events.operators import Operator, require_role
 from aftercare.events.web import Problem
 from aftercare.triage.adapters.rule_store import RuleConflict
 from aftercare.triage.components import TriageComponents
 from aftercare.triage.domain.rules import RuleSpec
-from aftercare.triage.entrypoints.auth import Operator, require_role
 from aftercare.triage.service_layer.rules_admin import RulesAdmin, SampleIncident, UnknownTenant
 
 router = APIRouter(tags=["triage"])
@@ -97,7 +97,7 @@ async def create_rule(spec: RuleSpec, triage: Triage, who: Admin, response: Resp
     """Add a rule (version 1). A rule that does not parse, names an unknown field or has a regex
     that could run away is refused with 422 saying what is wrong; an existing name with 409."""
     try:
-        document = await triage_rules(triage).change(spec, by=who.name, expect_version=0, action="created")
+        document = await triage_rules(triage).change(spec, by=who.email, expect_version=0, action="created")
     except RuleConflict as error:
         raise _conflict(error) from None
     response.headers["Location"] = f"/v1/rules/{spec.name}"
@@ -130,7 +130,7 @@ async def update_rule(
             )
         expected = int(text)
     try:
-        document = await triage_rules(triage).change(spec, by=who.name, expect_version=expected, action="updated")
+        document = await triage_rules(triage).change(spec, by=who.email, expect_version=expected, action="updated")
     except RuleConflict as error:
         raise _conflict(error) from None
     return rule_view(document)
@@ -141,7 +141,7 @@ async def delete_rule(name: str, triage: Triage, who: Admin) -> dict[str, Any]:
     """Retire the rule; its versions stay readable."""
     try:
         document = await triage_rules(triage).change(
-            None, name=name, by=who.name, expect_version=None, action="deleted"
+            None, name=name, by=who.email, expect_version=None, action="deleted"
         )
     except RuleConflict as error:
         raise Problem(404, "No such rule", str(error), kind="not-found") from None
