@@ -58,7 +58,9 @@ class RemediationComponents:
             secret_text = secrets.token_hex(32)
         link_secret = hashlib.sha256(b"acknowledge-links:" + secret_text.encode()).digest()
         escalations = EscalationDesk(store, relay, turns, utc_now, link_secret, settings.public_base_url)
-        engine = RunEngine(store, tenants, vault, caller, escalations, relay, turns, utc_now)
+        engine = RunEngine(
+            store, tenants, vault, caller, escalations, relay, turns, utc_now, settings.lease_margin_seconds
+        )
         runbooks = RunbookLibrary(store, tenants, utc_now)
         return cls(settings, store, tenants, vault, caller, relay, turns, escalations, engine, runbooks)
 

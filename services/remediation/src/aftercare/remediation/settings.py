@@ -43,4 +43,9 @@ class RemediationSettings(ServiceSettings):
     poll_interval_seconds: float = Field(
         default=0.5, gt=0, description="How often due runs and escalations are looked for."
     )
+    lease_margin_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A run whose process stopped is resumed this long after its step's timeout ran out.",
+    )
     max_body_bytes: int = 256 * 1024

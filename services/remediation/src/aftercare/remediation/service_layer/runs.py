@@ -89,7 +89,9 @@ class RunEngine:
         relay: OutboxRelay,
         turns: Turns,
         clock: Callable[[], datetime],
+        lease_margin_s: float = LEASE_MARGIN_S,
     ) -> None:
+        self._lease_margin_s = lease_margin_s
         self._store = store
         self._tenants = tenants
         self._vault = vault
@@ -214,7 +216,7 @@ class RunEngine:
         now = self._clock()
         if run.status in machine.FINAL or next_at is None or next_at > now:
             return
-        claimed = await self._store.claim_run(incident_id, rev, now + timedelta(seconds=LEASE_MARGIN_S))
+        claimed = await self._store.claim_run(incident_id, rev, now + timedelta(seconds=self._lease_margin_s))
         if claimed is None:
             return  # another instance took it
         current: int | None = claimed
@@ -263,6 +265,11 @@ class RunEngine:
                 machine.Escalate(f"automation is paused for this tenant ({paused.get('reason') or 'kill switch'})"),
             )
             return run, None, False
+        if await self._tenants.get(run.tenant_id) is None:
+            # Tenants come on their own topic and may arrive after the incident: wait for it (the
+            # queue timeout escalates if it never comes).
+            await self._store.save_run(run, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
+            return run, None, False
         system = run.system or "(no system)"
         for _ in range(10):
             slots = await self._store.load_slots(run.tenant_id, system)
@@ -290,7 +297,7 @@ class RunEngine:
                 system=run.system,
             ),
         )
-        current = await self._store.save_run(run, rev, now + timedelta(seconds=LEASE_MARGIN_S), [started])
+        current = await self._store.save_run(run, rev, now + timedelta(seconds=self._lease_margin_s), [started])
         if current is not None:
             await self._relay.flush(self._store.runs, run.incident.incident_id)
         return run, current, current is not None
@@ -324,7 +331,7 @@ class RunEngine:
                     target = admin_url(system.admin_endpoint, str(step.params["path"]))
                     # Recorded before the call: a crash during it must not lead to a second call.
                     run = machine.start_step(run, move, params, target, started)
-                    lease = started + timedelta(seconds=step.timeout_seconds + LEASE_MARGIN_S)
+                    lease = started + timedelta(seconds=step.timeout_seconds + self._lease_margin_s)
                     current = await self._store.save_run(run, rev, lease)
                     if current is None:
                         return run, None
@@ -393,7 +400,7 @@ class RunEngine:
                 ),
             ),
         )
-        next_at = run.resume_at or now + timedelta(seconds=LEASE_MARGIN_S)
+        next_at = run.resume_at or now + timedelta(seconds=self._lease_margin_s)
         current = await self._store.save_run(run, current, next_at, events)
         if current is not None:
             await self._relay.flush(self._store.runs, run.incident.incident_id)
@@ -445,7 +452,7 @@ class RunEngine:
             )
             next_at = None
         else:
-            next_at = run.resume_at or now + timedelta(seconds=LEASE_MARGIN_S)
+            next_at = run.resume_at or now + timedelta(seconds=self._lease_margin_s)
         current = await self._store.save_run(run, rev, next_at, events)
         if current is not None:
             await self._relay.flush(self._store.runs, run.incident.incident_id)
