@@ -145,14 +145,23 @@ def remediation(
         stop_remediation(service)
 
 
-@pytest.fixture
-def customer(tmp_path: Path) -> Iterator[CustomerSystemUnderTest]:
-    """A fresh customer system, whose fix endpoints want the tenant's credential."""
-    system = start_customer_system(tmp_path, token="cust-" + secrets.token_hex(8), slow_seconds=0.5)
+@pytest.fixture(scope="module")
+def customer_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CustomerSystemUnderTest]:
+    system = start_customer_system(
+        tmp_path_factory.mktemp("customer"), token="cust-" + secrets.token_hex(8), slow_seconds=0.5
+    )
     try:
         yield system
     finally:
         system.stop()
+
+
+@pytest.fixture
+def customer(customer_process: CustomerSystemUnderTest) -> CustomerSystemUnderTest:
+    """The module's customer system, healthy with its counters zeroed (tests in a module run one
+    at a time); its fix endpoints want the tenant's credential."""
+    customer_process.reset()
+    return customer_process
 
 
 @pytest_asyncio.fixture(loop_scope="session")
