@@ -15,6 +15,7 @@ BURST = 50
 LIMIT = 2
 
 
+@pytest.mark.timeout(900)
 async def test_a_burst_of_50_incidents_never_has_more_than_the_limit_working_on_the_system(scenario: Scenario) -> None:
     runbook = await scenario.put_runbook(
         restart_runbook(

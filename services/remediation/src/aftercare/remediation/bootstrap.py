@@ -5,6 +5,7 @@ Remediation: runbooks that fix known problems, verification, rollback, escalatio
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -29,6 +30,8 @@ def build_app(settings: RemediationSettings | None = None) -> FastAPI:
     app.state.settings = settings
 
     async def on_connected(runtime: ServiceRuntime) -> None:
+        # httpx logs every request at INFO; the run's records already say what was called.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         parts = RemediationComponents.build(runtime, settings)
         await parts.store.ensure_indexes()
         if settings.runbook_seed_dir:

@@ -59,7 +59,16 @@ class RemediationComponents:
         link_secret = hashlib.sha256(b"acknowledge-links:" + secret_text.encode()).digest()
         escalations = EscalationDesk(store, relay, turns, utc_now, link_secret, settings.public_base_url)
         engine = RunEngine(
-            store, tenants, vault, caller, escalations, relay, turns, utc_now, settings.lease_margin_seconds
+            store,
+            tenants,
+            vault,
+            caller,
+            escalations,
+            relay,
+            turns,
+            utc_now,
+            settings.lease_margin_seconds,
+            settings.max_concurrent_runs,
         )
         runbooks = RunbookLibrary(store, tenants, utc_now)
         return cls(settings, store, tenants, vault, caller, relay, turns, escalations, engine, runbooks)

@@ -48,4 +48,5 @@ class RemediationSettings(ServiceSettings):
         gt=0,
         description="A run whose process stopped is resumed this long after its step's timeout ran out.",
     )
+    max_concurrent_runs: int = Field(default=64, ge=1, description="Runs this process advances at the same time.")
     max_body_bytes: int = 256 * 1024

@@ -49,7 +49,8 @@ log = structlog.stdlib.get_logger("aftercare.remediation.runs")
 
 SOURCE = "remediation"
 LEASE_MARGIN_S = 15.0
-QUEUE_RECHECK_S = 1.0
+# Queued runs are woken when a slot frees; this re-check only covers a wake-up lost to a crash.
+QUEUE_RECHECK_S = 5.0
 
 STEP_OVERHEAD = Histogram(
     "aftercare_remediation_step_overhead_seconds",
@@ -90,8 +91,11 @@ class RunEngine:
         turns: Turns,
         clock: Callable[[], datetime],
         lease_margin_s: float = LEASE_MARGIN_S,
+        max_concurrent_drives: int = 64,
     ) -> None:
         self._lease_margin_s = lease_margin_s
+        # A burst of incidents must not become thousands of runs hammering the store at once.
+        self._drives = asyncio.Semaphore(max_concurrent_drives)
         self._store = store
         self._tenants = tenants
         self._vault = vault
@@ -184,10 +188,10 @@ class RunEngine:
 
     # --- driving -------------------------------------------------------------------------
 
-    def spawn_drive(self, incident_id: str) -> None:
+    def spawn_drive(self, incident_id: str, *, now: bool = False) -> None:
         if incident_id in self.driving:
             return
-        task = asyncio.create_task(self.drive(incident_id))
+        task = asyncio.create_task(self.drive(incident_id, now=now))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -197,24 +201,27 @@ class RunEngine:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def drive(self, incident_id: str) -> None:
-        """Advance the run as far as it can go now; safe to call any time, from any instance."""
+    async def drive(self, incident_id: str, *, now: bool = False) -> None:
+        """Advance the run as far as it can go; safe to call any time, from any instance.
+
+        ``now``: do not wait for its due time (a slot was just freed, an approval just given).
+        """
         self.driving.add(incident_id)
         try:
-            async with self._turns(incident_id):
-                await self._drive(incident_id)
+            async with self._drives, self._turns(incident_id):
+                await self._drive(incident_id, now)
         except Exception:
             log.exception("run could not advance; it is retried when due", incident_id=incident_id)
         finally:
             self.driving.discard(incident_id)
 
-    async def _drive(self, incident_id: str) -> None:
+    async def _drive(self, incident_id: str, early: bool) -> None:
         loaded = await self._store.load_run(incident_id)
         if loaded is None:
             return
         run, rev, next_at = loaded
         now = self._clock()
-        if run.status in machine.FINAL or next_at is None or next_at > now:
+        if run.status in machine.FINAL or next_at is None or (next_at > now and not early):
             return
         claimed = await self._store.claim_run(incident_id, rev, now + timedelta(seconds=self._lease_margin_s))
         if claimed is None:
@@ -495,7 +502,7 @@ class RunEngine:
             {"tenant_id": run.tenant_id, "system": run.system, "status": "queued"}, limit=1
         )
         for document in waiting:
-            self.spawn_drive(str(document["_id"]))
+            self.spawn_drive(str(document["_id"]), now=True)
 
     # --- people --------------------------------------------------------------------------
 
@@ -557,5 +564,5 @@ class RunEngine:
                 raise ApprovalProblem(409, "the run changed meanwhile; read it again and retry")
             await self._relay.flush(self._store.runs, incident_id)
         if approved:
-            self.spawn_drive(incident_id)
+            self.spawn_drive(incident_id, now=True)
         return decided
