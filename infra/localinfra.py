@@ -78,11 +78,18 @@ def kafka_libs_dir() -> Path:
     return local_dir() / "cache" / f"kafka-{_digest(KAFKA_POM)}" / "libs"
 
 
-def store_binary() -> Path:
+def store_binary(patches: tuple[str, ...] | None = None) -> Path:
+    """Where the store built with the named FERRETDB_PATCHES (all of them by default) lives."""
+    names = tuple(FERRETDB_PATCHES) if patches is None else patches
     inputs = [*sorted(STORE_SOURCE_DIR.glob("*.go")), STORE_SOURCE_DIR / "go.mod", STORE_SOURCE_DIR / "go.sum"]
-    # A changed patch must rebuild too.
-    patches = hashlib.sha256(repr(sorted(FERRETDB_PATCHES.items())).encode()).hexdigest()[:8]
-    return local_dir() / "cache" / f"store-{_digest(*inputs)}-{patches}" / "aftercare-store"
+    # A changed patch must rebuild too: its edits and its overlay files are part of the key.
+    key = hashlib.sha256()
+    for name in names:
+        key.update(repr((name, FERRETDB_PATCHES[name].edits)).encode())
+        for relative in FERRETDB_PATCHES[name].files:
+            key.update(relative.encode() + (STORE_OVERLAY_DIR / relative).read_bytes())
+    variant = "" if patches is None else "-only-" + "+".join(names or ("none",))
+    return local_dir() / "cache" / f"store-{_digest(*inputs)}-{key.hexdigest()[:8]}{variant}" / "aftercare-store"
 
 
 def _require_tool(name: str, why: str) -> str:
@@ -125,24 +132,72 @@ def fetch_kafka() -> Path:
     return libs
 
 
-# FerretDB 1.24's SQLite backend creates the _id index on `_ferretdb_sjson->"_id"` but looks up
-# `_id` with `_ferretdb_sjson->'$._id'`; SQLite matches index expressions by their text, so every
-# lookup by _id scanned the whole table (27 ms at 10k documents, 100 ms at 50k). The build patches
-# that one constant so lookups by _id use the index. Other filters are evaluated by FerretDB
-# itself over a scan either way (it pushes down only a lone _id equality); hot paths here are
-# written as _id lookups and inserts for that reason.
+@dataclass(frozen=True)
+class FerretDBPatch:
+    """One change to FerretDB's source: text edits ``(file, before, after)`` and whole files
+    copied from ``infra/ferretdb/_overlay/`` to the same path in the module."""
+
+    why: str
+    edits: tuple[tuple[str, str, str], ...] = ()
+    files: tuple[str, ...] = ()
+
+
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.2"
-FERRETDB_PATCHES = {
-    "internal/backends/sqlite/metadata/metadata.go": (
-        "IDColumn = DefaultColumn + \"->'$._id'\"",
-        'IDColumn = DefaultColumn + `->"_id"`',
+STORE_OVERLAY_DIR = STORE_SOURCE_DIR / "_overlay"
+
+# Each command that writes a collection takes that collection's lock first (the lock itself and
+# why: _overlay/internal/handler/aftercare_write_lock.go). The lock is released by a defer when
+# the command's function returns, i.e. after its last write.
+_LOCK = "\tdefer lockCollectionWrites(params.DB, params.Collection)()\n\n"
+
+FERRETDB_PATCHES: dict[str, FerretDBPatch] = {
+    # FerretDB 1.24's SQLite backend creates the _id index on `_ferretdb_sjson->"_id"` but looks up
+    # `_id` with `_ferretdb_sjson->'$._id'`; SQLite matches index expressions by their text, so
+    # every lookup by _id scanned the whole table (27 ms at 10k documents, 100 ms at 50k).
+    "id-index": FerretDBPatch(
+        why="lookups by _id use the _id index",
+        edits=(
+            (
+                "internal/backends/sqlite/metadata/metadata.go",
+                "IDColumn = DefaultColumn + \"->'$._id'\"",
+                'IDColumn = DefaultColumn + `->"_id"`',
+            ),
+        ),
+    ),
+    # Single-document read-modify-write is atomic: FerretDB reads, changes in Go and writes back
+    # with nothing held in between, so concurrent $inc on one document lost most increments.
+    "atomic-writes": FerretDBPatch(
+        why="update, findAndModify, delete and insert hold their collection's write lock",
+        files=("internal/handler/aftercare_write_lock.go",),
+        edits=(
+            (
+                "internal/handler/msg_update.go",
+                "(int32, int32, *types.Array, error) {\n",
+                "(int32, int32, *types.Array, error) {\n" + _LOCK,
+            ),
+            (
+                "internal/handler/msg_findandmodify.go",
+                "(*findAndModifyResult, error) {\n",
+                "(*findAndModifyResult, error) {\n" + _LOCK,
+            ),
+            (
+                "internal/handler/msg_delete.go",
+                "\tvar deleted int32\n",
+                _LOCK + "\tvar deleted int32\n",
+            ),
+            (
+                "internal/handler/msg_insert.go",
+                "\tdocsIter := params.Docs.Iterator()\n",
+                _LOCK + "\tdocsIter := params.Docs.Iterator()\n",
+            ),
+        ),
     ),
 }
 
 
-def _patched_ferretdb(go: str, workdir: Path, env: dict[str, str], out: Any) -> Path:
-    """A copy of the FerretDB module from the module cache with FERRETDB_PATCHES applied."""
+def _patched_ferretdb(go: str, workdir: Path, env: dict[str, str], out: Any, patches: tuple[str, ...]) -> Path:
+    """A copy of the FerretDB module from the module cache with the named patches applied."""
     downloaded = subprocess.run(
         [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
         cwd=STORE_SOURCE_DIR,
@@ -159,18 +214,29 @@ def _patched_ferretdb(go: str, workdir: Path, env: dict[str, str], out: Any) -> 
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target)
-    for relative, (before, after) in FERRETDB_PATCHES.items():
-        path = target / relative
-        path.chmod(0o644)
-        text = path.read_text()
-        if before not in text:
-            raise InfraError(f"the FerretDB patch for {relative} no longer applies; review FERRETDB_PATCHES")
-        path.write_text(text.replace(before, after))
+    for name in patches:
+        patch = FERRETDB_PATCHES[name]
+        for relative in patch.files:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(STORE_OVERLAY_DIR / relative, target / relative)
+        for relative, before, after in patch.edits:
+            path = target / relative
+            path.chmod(0o644)
+            text = path.read_text()
+            if text.count(before) != 1:
+                raise InfraError(
+                    f"the FerretDB patch {name!r} no longer applies to {relative} "
+                    f"(expected the text once, found it {text.count(before)} times); review FERRETDB_PATCHES"
+                )
+            path.write_text(text.replace(before, after))
     return target
 
 
-def build_store() -> Path:
-    binary = store_binary()
+def build_store(patches: tuple[str, ...] | None = None) -> Path:
+    """Build (once, then cached) the store with the named FERRETDB_PATCHES, all by default.
+
+    Benchmarks build variants without some patches to measure what a patch costs or saves."""
+    binary = store_binary(patches)
     if binary.exists():
         return binary
     go = _require_tool("go", "build the FerretDB-based store from the Go module proxy")
@@ -179,7 +245,8 @@ def build_store() -> Path:
     log_file = binary.parent / "go-build.log"
     env = dict(os.environ, CGO_ENABLED="0")
     with log_file.open("w") as out:
-        patched = _patched_ferretdb(go, binary.parent, env, out)
+        names = tuple(FERRETDB_PATCHES) if patches is None else patches
+        patched = _patched_ferretdb(go, binary.parent, env, out, names)
         # Build with a copy of go.mod that replaces FerretDB by the patched copy; the committed
         # go.mod stays plain so `go` commands in infra/ferretdb keep working without the copy.
         modfile = binary.parent / "go.mod"
@@ -435,6 +502,8 @@ class StoreNode:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 27017
+    # Which FERRETDB_PATCHES to build with; None means all (benchmarks compare variants).
+    patches: tuple[str, ...] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -455,7 +524,7 @@ class StoreNode:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         return [
-            str(build_store()),
+            str(build_store(self.patches)),
             "-listen",
             f"{self.host}:{self.port}",
             "-data",

@@ -16,6 +16,7 @@ from aftercare.events.catalog import (
     EVENT_TYPES,
     EventRejected,
     InvalidEvent,
+    NewerVersionThanKnown,
     UnknownEventType,
     parse_envelope,
     serialize,
@@ -181,11 +182,18 @@ def test_a_version_that_is_not_a_positive_integer_is_rejected(version: Any) -> N
         parse_envelope(raw)
 
 
-def test_a_version_newer_than_this_code_knows_says_to_deploy_newer_events() -> None:
+def test_a_version_newer_than_this_code_knows_says_which_version_to_deploy() -> None:
     raw = json.dumps(acknowledged_document(version=IncidentAcknowledged.VERSION + 1))
 
-    with pytest.raises(InvalidEvent, match=r"incident.acknowledged v2 is newer .* \(v1\); deploy the newer"):
+    with pytest.raises(NewerVersionThanKnown) as rejected:
         parse_envelope(raw)
+
+    assert str(rejected.value) == (
+        "incident.acknowledged v2 (published by 'intake') is newer than this service knows (v1); "
+        "deploy this service with an aftercare-events that knows incident.acknowledged v2, "
+        "then replay this dead letter (aftercare dead-letters replay)"
+    )
+    assert isinstance(rejected.value, InvalidEvent), "dead-lettered, never retried"
 
 
 def test_data_that_is_not_an_object_is_rejected() -> None:
@@ -205,12 +213,39 @@ def test_data_that_fails_validation_is_rejected_naming_the_field() -> None:
     assert "channel" in str(rejected.value)
 
 
-def test_unknown_fields_in_data_are_rejected_not_dropped() -> None:
+def test_fields_this_code_does_not_know_are_ignored_when_reading_at_every_level() -> None:
+    # A newer publisher added optional fields (an additive change keeps the version).
+    envelope = envelope_for(reported(), source="intake", tenant_id="acme", incident_id="inc-1")
+    document = json.loads(serialize(envelope))
+    document["data"]["escalate_to"] = "ceo"
+    document["data"]["reporter"]["pager"] = "+49 30 1234"
+    document["data"]["attachments"][0]["checksum"] = "sha256:abc"
+    document["partition_hint"] = 7
+
+    parsed = parse_envelope(json.dumps(document))
+
+    assert parsed == envelope
+
+
+def test_a_known_field_is_still_validated_strictly_when_unknown_ones_are_ignored() -> None:
     document = acknowledged_document()
     document["data"]["escalate_to"] = "ceo"
+    document["data"]["channel"] = "carrier-pigeon"
 
-    with pytest.raises(InvalidEvent, match="escalate_to"):
+    with pytest.raises(InvalidEvent, match="channel"):
         parse_envelope(json.dumps(document))
+
+
+def test_building_an_event_or_envelope_with_an_unknown_field_is_an_error() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="escalate_to"):
+        IncidentAcknowledged(incident_id="inc-1", number="INC-1", by="ops", channel=Channel.API, escalate_to="ceo")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="pager"):
+        Reporter(name="Ada", pager="+49 30 1234")  # type: ignore[call-arg]
+    envelope = envelope_for(reported(), source="intake", tenant_id="acme")
+    with pytest.raises(ValidationError, match="partition_hint"):
+        Envelope[IncidentReported](**envelope.model_dump(), partition_hint=7)
 
 
 def test_an_envelope_without_a_tenant_is_rejected() -> None:

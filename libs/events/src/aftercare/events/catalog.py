@@ -1,8 +1,24 @@
 """Every event type the system knows, how to read old versions, and how to parse a message.
 
-A breaking change to a payload bumps its ``VERSION`` and adds an upcaster here from the old
-version's dict to the new one (``UPCASTERS[("incident.reported", 1)] = upcast_v1_v2``), so
-events already on Kafka stay readable. Consumers always see the latest version.
+How events evolve (the rule, also in ``libs/events/README.md``):
+
+* **Additive changes keep the version**: a new optional field (with a default) may be added to a
+  payload at any time. Reading tolerates fields it does not know (``parse_envelope`` validates
+  with ``extra="ignore"``), so a consumer on older code reads events of newer publishers and
+  simply does not see the new field. Building an event stays strict (the models forbid unknown
+  fields), so a typo in a producer is an error, not a silently dropped field.
+* **Anything else is a new version**: removing or renaming a field, making one required,
+  changing its type or meaning. Bump the model's ``VERSION`` and register an upcaster here from
+  the old version's payload dict to the new one (``UPCASTERS[("incident.reported", 1)] =
+  upcast_v1_v2``), so events already on Kafka stay readable. Consumers always see the latest
+  version.
+* One frozen sample payload per event type and version lives under
+  ``tests/unit/event_samples/``; a test parses (and upcasts) each one, so a change that breaks
+  old events fails there first.
+
+A consumer that meets a version newer than its code knows dead-letters it with a message that
+names the version to deploy (``NewerVersionThanKnown``); after deploying, replay it with
+``aftercare dead-letters replay``.
 """
 
 from __future__ import annotations
@@ -23,7 +39,12 @@ from aftercare.events.incidents import (
     IncidentResolved,
     IncidentUpdated,
 )
-from aftercare.events.notifications import NotificationFailed, NotificationRequested, NotificationSent
+from aftercare.events.notifications import (
+    AdvisoryPublished,
+    NotificationFailed,
+    NotificationRequested,
+    NotificationSent,
+)
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -72,6 +93,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     NotificationRequested,
     NotificationSent,
     NotificationFailed,
+    AdvisoryPublished,
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in EVENT_MODELS}
@@ -94,6 +116,21 @@ class InvalidEvent(EventRejected):
     pass
 
 
+class NewerVersionThanKnown(InvalidEvent):
+    """The event is of a version this code cannot read yet: deploy newer code, then replay it."""
+
+    def __init__(self, event_type: str, version: int, known: int, source: object) -> None:
+        publisher = f" (published by {source!r})" if isinstance(source, str) and source else ""
+        super().__init__(
+            f"{event_type} v{version}{publisher} is newer than this service knows (v{known}); "
+            f"deploy this service with an aftercare-events that knows {event_type} v{version}, "
+            "then replay this dead letter (aftercare dead-letters replay)"
+        )
+        self.event_type = event_type
+        self.version = version
+        self.known = known
+
+
 def upcast(event_type: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
     """Bring an old payload up to the current version of its type."""
     model = EVENT_TYPES[event_type]
@@ -109,8 +146,11 @@ def upcast(event_type: str, version: int, payload: dict[str, Any]) -> dict[str, 
 def parse_envelope(raw: bytes | str) -> Envelope[Event]:
     """Parse a Kafka message value into an envelope holding the latest version of its event.
 
-    Raises ``UnknownEventType`` or ``InvalidEvent`` (both ``EventRejected``) with a message that
-    says what is wrong; such a message is dead-lettered, never retried.
+    Fields the models do not know are ignored (forward compatible: a newer publisher may have
+    added optional fields); everything the models do know is validated as strictly as when the
+    event was built. Raises ``UnknownEventType`` or ``InvalidEvent`` (both ``EventRejected``;
+    ``NewerVersionThanKnown`` for a version from the future) with a message that says what is
+    wrong; such a message is dead-lettered, never retried.
     """
     try:
         document = json.loads(raw)
@@ -126,17 +166,16 @@ def parse_envelope(raw: bytes | str) -> Envelope[Event]:
     if not isinstance(version, int) or version < 1:
         raise InvalidEvent(f"{event_type}: 'version' must be a positive integer, got {version!r}")
     if version > model.VERSION:
-        raise InvalidEvent(
-            f"{event_type} v{version} is newer than this service knows (v{model.VERSION}); "
-            "deploy the newer aftercare-events"
-        )
+        raise NewerVersionThanKnown(event_type, version, model.VERSION, document.get("source"))
     data = document.get("data")
     if not isinstance(data, dict):
         raise InvalidEvent(f"{event_type}: 'data' must be a JSON object")
     if version < model.VERSION:
         document = {**document, "data": upcast(event_type, version, data), "version": model.VERSION}
     try:
-        return Envelope[model].model_validate(document)  # type: ignore[valid-type]
+        # ``extra="ignore"`` overrides the models' ``extra="forbid"`` for this validation only,
+        # nested parts included: reading is tolerant, building (the constructors) stays strict.
+        return Envelope[model].model_validate(document, extra="ignore")  # type: ignore[valid-type]
     except ValidationError as error:
         raise InvalidEvent(f"{event_type} v{version} failed validation: {error}") from None
 

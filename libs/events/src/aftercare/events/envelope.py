@@ -28,7 +28,11 @@ class Event(BaseModel):
 
     Subclasses set ``TYPE`` (dotted name, stable forever), ``VERSION`` (bumped on a breaking
     change, with an upcaster from the previous version in ``aftercare.events.catalog``) and
-    ``TOPIC`` (where it is published).
+    ``TOPIC`` (where it is published). Adding an optional field keeps the version.
+
+    Building an event is strict (``extra="forbid"``: an unknown field is a mistake of the code
+    building it); reading one from Kafka is tolerant (``catalog.parse_envelope`` validates with
+    ``extra="ignore"``, so fields added by newer publishers are skipped, not fatal).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,9 +46,12 @@ EventT = TypeVar("EventT", bound=Event)
 
 
 class Envelope(BaseModel, Generic[EventT]):
-    """One event with everything needed to route, order, deduplicate and trace it."""
+    """One event with everything needed to route, order, deduplicate and trace it.
 
-    model_config = ConfigDict(frozen=True)
+    Strict when built, tolerant when read (see ``Event``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(default_factory=new_event_id, description="Unique event id; consumers deduplicate on it.")
     type: str = Field(description="Event type, e.g. 'incident.reported'.")

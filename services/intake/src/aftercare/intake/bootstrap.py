@@ -45,7 +45,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS),
             "outbox-sweep",
         )
-        runtime.spawn(housekeeping.run_forever(intake), "housekeeping")
+        runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
         app.state.intake = intake
         if settings.smtp_enabled:
             email = InboundEmailServer(intake)

@@ -3,6 +3,8 @@ are the shared `AFTERCARE_KAFKA_BOOTSTRAP_SERVERS` and `AFTERCARE_MONGO_URL`).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
 
 from aftercare.events.settings import ServiceSettings
@@ -14,3 +16,4 @@ class TriageSettings(ServiceSettings):
     service_name: str = "triage"
     http_port: int = 8002
     database: str = "aftercare_triage"
+    rules_seed_file: Path | None = None

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aftercare.events import topics
 from aftercare.events.consumer import HandlerTable
-from aftercare.events.runtime import ServiceRuntime
-from aftercare.events.tenant_copy import TenantCopy
+from aftercare.events.incidents import (
+    IncidentClosed,
+    IncidentReclassified,
+    IncidentReported,
+    IncidentResolved,
+    IncidentUpdated,
+)
 from aftercare.events.tenants import TenantUpserted
+
+if TYPE_CHECKING:
+    from aftercare.triage.components import TriageComponents
 
 CONSUMER_GROUP = "triage"
 TOPICS = [topics.INCIDENTS, topics.TENANTS]
 
 
-def handlers(runtime: ServiceRuntime) -> HandlerTable:
-    tenants = TenantCopy(runtime.db)
+def handlers(triage: TriageComponents) -> HandlerTable:
     return {
-        TenantUpserted: [tenants.apply],
+        TenantUpserted: [triage.tenants.apply, triage.triage.tenant_arrived],
+        IncidentReported: [triage.triage.reported],
+        IncidentUpdated: [triage.triage.updated],
+        IncidentReclassified: [triage.triage.reclassified],
+        IncidentResolved: [triage.triage.resolved],
+        IncidentClosed: [triage.triage.resolved],
     }
