@@ -84,7 +84,8 @@ def start_remediation(
             "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "AFTERCARE_REMEDIATION_OPERATORS": json.dumps(OPERATORS),
             "AFTERCARE_REMEDIATION_CREDENTIAL_KEY": Fernet.generate_key().decode(),
-            "AFTERCARE_REMEDIATION_POLL_INTERVAL_SECONDS": "0.2",
+            "AFTERCARE_REMEDIATION_POLL_INTERVAL_SECONDS": "0.5",
+            "AFTERCARE_REMEDIATION_DUE_POLL_SECONDS": "0.3",
             "AFTERCARE_REMEDIATION_LEASE_MARGIN_SECONDS": "2",
             "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "60",
         } | (extra_env or {})

@@ -14,6 +14,7 @@ from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
 from aftercare.events.web import BodySizeLimit, install_problem_handlers
 from aftercare.remediation.components import RemediationComponents
 from aftercare.remediation.entrypoints import api, consumer, scheduled
+from aftercare.remediation.service_layer import escalations
 from aftercare.remediation.settings import RemediationSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -40,7 +41,8 @@ def build_app(settings: RemediationSettings | None = None) -> FastAPI:
             parts.relay.sweep_forever([parts.store.runs, parts.store.escalations], OUTBOX_SWEEP_SECONDS),
             "outbox-sweep",
         )
-        runtime.spawn(scheduled.run_forever(parts, settings.poll_interval_seconds), "due-times")
+        runtime.spawn(scheduled.run_forever(parts, settings.poll_interval_seconds), "due-runs")
+        runtime.on_due(escalations.DEADLINE, parts.escalations.deadline_due)
         app.state.remediation = parts
 
     async def on_shutdown(runtime: ServiceRuntime) -> None:

@@ -57,7 +57,9 @@ class RemediationComponents:
             )
             secret_text = secrets.token_hex(32)
         link_secret = hashlib.sha256(b"acknowledge-links:" + secret_text.encode()).digest()
-        escalations = EscalationDesk(store, relay, turns, utc_now, link_secret, settings.public_base_url)
+        escalations = EscalationDesk(
+            store, relay, turns, utc_now, link_secret, settings.public_base_url, runtime.due_times
+        )
         engine = RunEngine(
             store,
             tenants,

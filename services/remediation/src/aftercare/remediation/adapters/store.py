@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -25,6 +25,17 @@ from aftercare.remediation.domain.runbook import Runbook
 
 Document = dict[str, Any]
 
+IMMUTABLE_RUN_FIELDS = (
+    "runbook",
+    "incident",
+    "run_id",
+    "runbook_name",
+    "runbook_version",
+    "tenant_id",
+    "system",
+    "created_at",
+)
+
 
 class RemediationStore:
     def __init__(self, database: AsyncDatabase[Document]) -> None:
@@ -37,6 +48,8 @@ class RemediationStore:
         self.escalations: AsyncCollection[Document] = database["escalations"]
         self.policies: AsyncCollection[Document] = database["escalation_policies"]
         self.tenant_settings: AsyncCollection[Document] = database["tenant_settings"]
+        # Stored runbook versions never change: read each once per process.
+        self._versions: dict[str, tuple[Runbook, Document]] = {}
 
     async def ensure_indexes(self) -> None:
         await outbox.OutboxRelay.ensure_indexes(self.runs)
@@ -55,10 +68,14 @@ class RemediationStore:
         head = await self.runbooks.find_one({"_id": name})
         if head is None or head.get("deleted"):
             return None
-        version = await self.runbook_versions.find_one({"_id": f"{name}@{head['version']}"})
-        if version is None:
-            return None
-        return Runbook.model_validate(version["document"]), int(head["version"]), version
+        key = f"{name}@{head['version']}"
+        cached = self._versions.get(key)
+        if cached is None:
+            version = await self.runbook_versions.find_one({"_id": key})
+            if version is None:
+                return None
+            cached = self._versions[key] = (Runbook.model_validate(version["document"]), version)
+        return cached[0], int(head["version"]), cached[1]
 
     async def runbook_version(self, name: str, version: int) -> Document | None:
         return await self.runbook_versions.find_one({"_id": f"{name}@{version}"})
@@ -111,8 +128,10 @@ class RemediationStore:
     # --- incidents as remediation knows them ---------------------------------------------
 
     async def merge_incident(self, incident_id: str, fields: Document) -> Document:
-        await self.incidents.update_one({"_id": incident_id}, {"$set": fields}, upsert=True)
-        return await self.incidents.find_one({"_id": incident_id}) or {}
+        merged = await self.incidents.find_one_and_update(
+            {"_id": incident_id}, {"$set": fields}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return merged or {}
 
     async def incident(self, incident_id: str) -> Document | None:
         return await self.incidents.find_one({"_id": incident_id})
@@ -158,6 +177,13 @@ class RemediationStore:
         """Write the run if it is still at ``rev``; the new rev, or None when it changed meanwhile."""
         update = outbox.add_to_update({"$set": self.run_document(run, next_at), "$inc": {"rev": 1}}, *(events or []))
         result = await self.runs.update_one({"_id": run.incident.incident_id, "rev": rev}, update)
+        return rev + 1 if result.modified_count else None
+
+    async def set_next_at(self, incident_id: str, rev: int, next_at: datetime) -> int | None:
+        """Only move the run's due time (a run that waits for a slot changes nothing else)."""
+        result = await self.runs.update_one(
+            {"_id": incident_id, "rev": rev}, {"$set": {"next_at": next_at}, "$inc": {"rev": 1}}
+        )
         return rev + 1 if result.modified_count else None
 
     async def claim_run(self, incident_id: str, rev: int, lease_until: datetime) -> int | None:
@@ -249,7 +275,3 @@ class RemediationStore:
         update = outbox.add_to_update({"$set": escalation.model_dump(), "$inc": {"rev": 1}}, *(events or []))
         result = await self.escalations.update_one({"_id": escalation.key, "rev": rev}, update)
         return rev + 1 if result.modified_count else None
-
-    async def due_escalations(self, now: datetime, limit: int = 200) -> list[str]:
-        cursor = self.escalations.find({"next_at": {"$lte": now}}, {"_id": 1}).limit(limit)
-        return [document["_id"] async for document in cursor]

@@ -38,9 +38,8 @@ class IncidentsForRemediation:
             "source": event.source,
             "labels": event.labels,
         }
-        document = await self._store.incident(event.incident_id)
-        if event.system and not (document or {}).get("system"):
-            fields["system"] = event.system
+        if event.system:
+            fields["reported_system"] = event.system  # triage's recognised system wins when it has one
         await self._store.merge_incident(event.incident_id, fields)
         await self._engine.consider(event.incident_id, caused_by=envelope)
 

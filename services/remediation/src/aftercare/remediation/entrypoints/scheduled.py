@@ -1,7 +1,9 @@
-"""Timed work: runs and escalations whose stored due time has come.
+"""Timed work: runs whose stored due time (``next_at``) has come.
 
-Every instance polls; each due run or escalation is claimed by a write guarded by its ``rev``,
-so only one instance acts on it (see ``service_layer/runs.py``).
+Every instance polls; each due run is claimed by a write guarded by its ``rev``, so only one
+instance advances it (see ``service_layer/runs.py``). A run's due time lives in the run itself
+because it doubles as the lease of the process working on it. Escalation deadlines are stored
+due times of the shared scheduler (``aftercare.events.schedule``, kind ``escalation.deadline``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ async def run_due_once(components: RemediationComponents) -> int:
         if incident_id not in engine.driving:
             engine.spawn_drive(incident_id)
             count += 1
-    for key in await components.store.due_escalations(now):
-        await components.escalations.on_deadline(key)
-        count += 1
     return count
 
 

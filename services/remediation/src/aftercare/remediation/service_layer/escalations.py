@@ -15,6 +15,7 @@ import structlog
 from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.remediation import EscalationAcknowledged, IncidentEscalated
+from aftercare.events.schedule import DueItem, DueTimes
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain import escalation as rules
 from aftercare.remediation.domain.escalation import Escalation, Page
@@ -25,6 +26,7 @@ from aftercare.remediation.service_layer.turns import Turns
 log = structlog.stdlib.get_logger("aftercare.remediation.escalations")
 
 SOURCE = "remediation"
+DEADLINE = "escalation.deadline"  # the kind of stored due time: a level's acknowledgement deadline
 
 
 class LinkRefused(ValueError):
@@ -40,7 +42,9 @@ class EscalationDesk:
         clock: Callable[[], datetime],
         link_secret: bytes,
         public_base_url: str,
+        due_times: DueTimes,
     ) -> None:
+        self._due = due_times
         self._store = store
         self._relay = relay
         self._turns = turns
@@ -101,12 +105,32 @@ class EscalationDesk:
             policy=policy,
         )
         escalation, page = rules.page_level(escalation, 1, now)
+        # The deadline is stored before the escalation: a crash in between leaves a due time
+        # that finds nothing to do, never an escalation that nobody follows up.
+        await self._schedule(escalation.key, page.acknowledge_by)
         inserted = await self._store.insert_escalation(escalation, [self._page_event(escalation, page, caused_by)])
+        if not inserted:
+            existing = await self._store.load_escalation(escalation.key)
+            if existing is not None and existing[0].next_at is not None:
+                await self._schedule(escalation.key, existing[0].next_at)
+            elif existing is not None:
+                await self._due.cancel(self._due_key(escalation.key))
         if inserted:
             log.info("incident escalated", incident_id=incident.incident_id, purpose=purpose, reason=reason)
             async with self._turns(escalation.key):
                 await self._relay.flush(self._store.escalations, escalation.key)
         return inserted
+
+    @staticmethod
+    def _due_key(key: str) -> str:
+        return f"escalation:{key}"
+
+    async def _schedule(self, key: str, at: datetime) -> None:
+        await self._due.schedule(self._due_key(key), at, DEADLINE, {"key": key})
+
+    async def deadline_due(self, item: DueItem) -> None:
+        """Handler of the stored due time ``escalation.deadline`` (idempotent: it checks the state)."""
+        await self.on_deadline(str(item.payload["key"]))
 
     async def on_deadline(self, key: str) -> None:
         """A level's acknowledgement deadline passed: page the next level (or note it ran out)."""
@@ -117,12 +141,15 @@ class EscalationDesk:
             escalation, rev = loaded
             decision = rules.on_deadline(escalation, self._clock())
             if isinstance(decision, rules.NotYet):
+                if decision.until is not None:
+                    await self._schedule(key, decision.until)
                 return
             if isinstance(decision, rules.Exhausted):
                 await self._store.save_escalation(decision.escalation, rev)
                 log.warning("escalation ran out of levels unacknowledged", incident_id=escalation.incident_id)
                 return
             event = self._page_event(decision.escalation, decision.page, None)
+            await self._schedule(key, decision.page.acknowledge_by)
             if await self._store.save_escalation(decision.escalation, rev, [event]) is not None:
                 await self._relay.flush(self._store.escalations, key)
                 log.info("escalated to the next level", incident_id=escalation.incident_id, level=decision.page.level)
@@ -170,6 +197,7 @@ class EscalationDesk:
             )
             if await self._store.save_escalation(changed, rev, [event]) is None:
                 return False
+            await self._due.cancel(self._due_key(key))
             await self._relay.flush(self._store.escalations, key)
             log.info("escalation acknowledged", incident_id=escalation.incident_id, by=by, via=via)
             return True

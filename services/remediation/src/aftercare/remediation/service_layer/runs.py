@@ -50,7 +50,9 @@ log = structlog.stdlib.get_logger("aftercare.remediation.runs")
 SOURCE = "remediation"
 LEASE_MARGIN_S = 15.0
 # Queued runs are woken when a slot frees; this re-check only covers a wake-up lost to a crash.
-QUEUE_RECHECK_S = 5.0
+QUEUE_RECHECK_S = 30.0
+TENANT_RECHECK_S = 2.0
+TENANT_CACHE_S = 1.0
 
 STEP_OVERHEAD = Histogram(
     "aftercare_remediation_step_overhead_seconds",
@@ -70,7 +72,7 @@ def facts_from(document: dict[str, Any]) -> IncidentFacts:
         incident_id=document["_id"],
         tenant_id=document["tenant_id"],
         number=document.get("number") or "",
-        system=document.get("system"),
+        system=document.get("system") or document.get("reported_system"),
         category=document.get("category"),
         priority=document.get("priority"),
         severity=document.get("severity"),
@@ -105,6 +107,8 @@ class RunEngine:
         self._turns = turns
         self._clock = clock
         self.driving: set[str] = set()
+        self._again: set[str] = set()
+        self._tenant_cache: dict[str, tuple[TenantUpserted, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -190,6 +194,10 @@ class RunEngine:
 
     def spawn_drive(self, incident_id: str, *, now: bool = False) -> None:
         if incident_id in self.driving:
+            if now:
+                # It is being advanced right now, perhaps from a state read before this wake-up
+                # (a slot freed): advance it once more when that ends.
+                self._again.add(incident_id)
             return
         task = asyncio.create_task(self.drive(incident_id, now=now))
         self._tasks.add(task)
@@ -214,6 +222,9 @@ class RunEngine:
             log.exception("run could not advance; it is retried when due", incident_id=incident_id)
         finally:
             self.driving.discard(incident_id)
+            if incident_id in self._again:
+                self._again.discard(incident_id)
+                self.spawn_drive(incident_id, now=True)
 
     async def _drive(self, incident_id: str, early: bool) -> None:
         loaded = await self._store.load_run(incident_id)
@@ -272,10 +283,10 @@ class RunEngine:
                 machine.Escalate(f"automation is paused for this tenant ({paused.get('reason') or 'kill switch'})"),
             )
             return run, None, False
-        if await self._tenants.get(run.tenant_id) is None:
+        if await self._tenant(run.tenant_id) is None:
             # Tenants come on their own topic and may arrive after the incident: wait for it (the
             # queue timeout escalates if it never comes).
-            await self._store.save_run(run, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
+            await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=TENANT_RECHECK_S))
             return run, None, False
         system = run.system or "(no system)"
         for _ in range(10):
@@ -285,12 +296,12 @@ class RunEngine:
                 await self._escalate(run, rev, machine.Escalate(decision.reason))
                 return run, None, False
             if isinstance(decision, blast_radius.Hold):
-                await self._store.save_run(run, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
+                await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
                 return run, None, False
             if decision.slots is slots or await self._store.save_slots(run.tenant_id, system, slots, decision.slots):
                 break
         else:
-            await self._store.save_run(run, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
+            await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=TENANT_RECHECK_S))
             return run, None, False
         run = machine.admit(run, now)
         started = self._event(
@@ -309,8 +320,19 @@ class RunEngine:
             await self._relay.flush(self._store.runs, run.incident.incident_id)
         return run, current, current is not None
 
+    async def _tenant(self, tenant_id: str) -> TenantUpserted | None:
+        # Read at most once a second per tenant: every step of every run needs it.
+        now = time.monotonic()
+        cached = self._tenant_cache.get(tenant_id)
+        if cached is not None and now - cached[1] < TENANT_CACHE_S:
+            return cached[0]
+        tenant = await self._tenants.get(tenant_id)
+        if tenant is not None:
+            self._tenant_cache[tenant_id] = (tenant, now)
+        return tenant
+
     async def _system(self, run: Run) -> tuple[TenantUpserted | None, SupportedSystem | None]:
-        tenant = await self._tenants.get(run.tenant_id)
+        tenant = await self._tenant(run.tenant_id)
         if tenant is None:
             return None, None
         return tenant, next((system for system in tenant.systems if system.name == run.system), None)
