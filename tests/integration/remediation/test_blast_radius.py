@@ -15,7 +15,7 @@ BURST = 50
 LIMIT = 2
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 async def test_a_burst_of_50_incidents_never_has_more_than_the_limit_working_on_the_system(scenario: Scenario) -> None:
     runbook = await scenario.put_runbook(
         restart_runbook(
@@ -33,7 +33,8 @@ async def test_a_burst_of_50_incidents_never_has_more_than_the_limit_working_on_
         done = [run for run in runs if run["status"] in ("succeeded", "escalated", "rejected")]
         return runs if len(done) == BURST else None
 
-    runs = await wait_until(all_ended, timeout=240, interval=1.0, message="all 50 runs end")
+    # Generous: on a loaded machine the store takes ~0.1 s per write and a run makes about 20.
+    runs = await wait_until(all_ended, timeout=700, interval=2.0, message="all 50 runs end")
 
     assert sorted(run["incident_id"] for run in runs) == sorted(incident_ids)
     assert all(run["status"] == "succeeded" for run in runs), [r["outcome"] for r in runs if r["status"] != "succeeded"]

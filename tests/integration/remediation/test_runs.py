@@ -170,3 +170,58 @@ async def test_the_kill_switch_stops_automation_for_the_tenant(scenario: Scenari
 
     assert ended["status"] == "escalated" and "migration tonight" in ended["outcome"]
     assert scenario.customer.count("restart-service") == 0
+
+
+async def test_runbooks_are_versioned_and_invalid_ones_refused_saying_what_is_wrong(scenario: Scenario) -> None:
+    name = unique_name("api")
+    api = scenario.api
+    assert (await api.put(f"/v1/runbooks/{name}", json=restart_runbook(name))).status_code == 401
+    viewer = await api.put(f"/v1/runbooks/{name}", json=restart_runbook(name), headers=as_role("viewer"))
+    assert viewer.status_code == 403 and viewer.headers["content-type"] == "application/problem+json"
+
+    yaml_text = f"""
+name: {name}
+steps:
+  - name: restart
+    action: shell
+    params: {{command: "systemctl restart {{incident.title}}"}}
+  - name: clear
+    action: http_admin
+    params: {{path: /clear-cache}}
+verification: {{expect_status: [200]}}
+"""
+    refused = await api.put(
+        f"/v1/runbooks/{name}", content=yaml_text, headers=as_role("admin") | {"Content-Type": "application/yaml"}
+    )
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"].endswith("/invalid-runbook")
+    assert {"field": "steps.1.timeout_seconds", "message": "every step needs a timeout_seconds"} in problem["errors"]
+    assert any(e["field"] == "steps.0.action" and "unknown action 'shell'" in e["message"] for e in problem["errors"])
+    assert (await api.get(f"/v1/runbooks/{name}", headers=as_role("viewer"))).status_code == 404
+
+    first = await api.put(f"/v1/runbooks/{name}", json=restart_runbook(name), headers=as_role("admin"))
+    same = await api.put(f"/v1/runbooks/{name}", json=restart_runbook(name), headers=as_role("admin"))
+    changed = await api.put(
+        f"/v1/runbooks/{name}", json=restart_runbook(name, description="v2"), headers=as_role("admin")
+    )
+    assert (first.status_code, first.json()["version"]) == (201, 1)
+    assert (same.status_code, same.json()["version"]) == (200, 1)
+    assert (changed.status_code, changed.json()["version"]) == (201, 2)
+    versions = (await api.get(f"/v1/runbooks/{name}/versions", headers=as_role("viewer"))).json()["versions"]
+    assert [(v["version"], v["created_by"]) for v in versions] == [(1, "op-admin"), (2, "op-admin")]
+
+    async def planned() -> list[dict[str, object]] | None:
+        # The tenant's systems arrive on their own topic: wait until remediation knows them.
+        plan = await api.post(
+            f"/v1/runbooks/{name}/dry-run",
+            json={"tenant_id": scenario.tenant_id, "system": "shop-web", "number": "INC-9"},
+            headers=as_role("viewer"),
+        )
+        steps: list[dict[str, object]] = plan.json()["steps"]
+        return steps if steps[1]["target"] else None
+
+    steps = await wait_until(planned, timeout=60, message="dry run with the system's admin endpoint")
+    assert steps[0]["params"] == {"text": "restarting for INC-9"}
+    assert steps[1]["target"] == scenario.customer.base_url + "/admin/restart-service"
+    assert scenario.customer.count("restart-service") == 0  # a dry run touches nothing
