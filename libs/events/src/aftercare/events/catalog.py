@@ -45,6 +45,7 @@ from aftercare.events.notifications import (
     NotificationRequested,
     NotificationSent,
 )
+from aftercare.events.operators import OperatorRemoved, OperatorUpserted
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -68,6 +69,8 @@ from aftercare.events.triage import (
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     TenantUpserted,
+    OperatorUpserted,
+    OperatorRemoved,
     IncidentReported,
     IncidentUpdated,
     IncidentAcknowledged,

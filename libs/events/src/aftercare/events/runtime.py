@@ -38,11 +38,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
 from aftercare.events.logs import configure_logging
+from aftercare.events.operators import OperatorDirectory
 from aftercare.events.processed import ProcessedEventLog
 from aftercare.events.producer import EventProducer
 from aftercare.events.schedule import DueHandler, DueTimes, Job, Jobs, Leases, new_holder_id
 from aftercare.events.settings import ServiceSettings
-from aftercare.events.topics import TopicSpec, topic_specs
+from aftercare.events.topics import TENANTS, TopicSpec, topic_specs
 from aftercare.events.tracing import configure_tracing
 
 log = structlog.stdlib.get_logger("aftercare.events.runtime")
@@ -156,6 +157,8 @@ class ServiceRuntime:
         self._pending_jobs: list[tuple[str, float, Job]] = []
         self._pending_due_handlers: list[tuple[str, DueHandler]] = []
         self._due_poller_started = False
+        self.operators: OperatorDirectory | None = None
+        self._keeps_operator_directory = False
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -167,6 +170,30 @@ class ServiceRuntime:
         if self.producer is None:
             raise RuntimeError("Kafka is not connected yet")
         return self.producer
+
+    # --- operators ---------------------------------------------------------------------------
+
+    def keep_operator_directory(self) -> None:
+        """Keep this service's copy of the operators from the tenants topic (``runtime.operators``),
+        which ``aftercare.events.operators.require_role`` checks credentials against. Call before
+        the runtime starts."""
+        if self._keeps_operator_directory:
+            return
+        if self.mongo is not None:
+            raise RuntimeError("keep_operator_directory() must be called before the runtime starts")
+        self._keeps_operator_directory = True
+        self._consumer_specs.append(
+            ConsumerSpec(
+                group_id="operator-directory",
+                topics=[TENANTS],
+                handlers=lambda runtime: runtime.require_operators().handlers(),
+            )
+        )
+
+    def require_operators(self) -> OperatorDirectory:
+        if self.operators is None:
+            raise RuntimeError("this service keeps no operator directory: call runtime.keep_operator_directory()")
+        return self.operators
 
     # --- single-instance work --------------------------------------------------------------
 
@@ -228,6 +255,8 @@ class ServiceRuntime:
         database = self.mongo[self.settings.database]
         self._jobs = Jobs(Leases(database, self.holder_id, period=timedelta(seconds=self.settings.lease_seconds)))
         self._due_times = DueTimes(database)
+        if self._keeps_operator_directory:
+            self.operators = OperatorDirectory(database)
         for name, interval_s, job in self._pending_jobs:
             self._jobs.every(name, interval_s, job)
         for kind, handler in self._pending_due_handlers:
@@ -257,6 +286,8 @@ class ServiceRuntime:
             )
             await ProcessedEventLog(self.db).ensure_indexes()
             await self.due_times.ensure_indexes()
+            if self.operators is not None:
+                await self.operators.ensure_indexes()
             if self._on_store_ready is not None:
                 await self._on_store_ready(self)
             log.info("store connected", store=self.settings.mongo_url)
