@@ -40,11 +40,10 @@ setup: python-env infra-setup
 # in the environment for anything real.
 run: export AFTERCARE_INTAKE_SEED_FILE ?= infra/seed/demo-tenants.json
 run: export AFTERCARE_INTAKE_ADMIN_TOKEN ?= demo-admin-token
-# Remediation's demo: runbooks from infra/seed/runbooks, one demo admin operator, and a demo key
+# Remediation's demo: runbooks from infra/seed/runbooks and a demo key
 # for the tenants' system credentials (make your own for anything real: see the remediation notes).
 run: export AFTERCARE_REMEDIATION_RUNBOOK_SEED_DIR ?= infra/seed/runbooks
 run: export AFTERCARE_REMEDIATION_CREDENTIAL_KEY ?= rD9YK3UKD2-CSHogFW4uFLaALKsD1NIY_QGEsbHVoUs=
-run: export AFTERCARE_REMEDIATION_OPERATORS ?= [{"id":"demo-admin","name":"Demo Admin","role":"admin","token":"demo-remediation-admin-token"}]
 run: setup
 	@echo ""
 	@echo "Aftercare is starting. Where to look:"

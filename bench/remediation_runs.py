@@ -27,9 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -49,6 +47,7 @@ from pymongo import AsyncMongoClient
 
 from aftercare.events.envelope import envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, Severity
+from aftercare.events.operators import OPERATOR_EVENTS_TENANT, OperatorUpserted, new_operator_token, token_digest
 from aftercare.events.producer import EventProducer
 from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
@@ -59,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "infra"))
 from localinfra import free_port  # noqa: E402
 
-ADMIN_TOKEN = "bench-admin-" + secrets.token_hex(8)
+ADMIN_TOKEN = new_operator_token()
 SYSTEM = "bench-web"
 
 
@@ -232,7 +231,6 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
         "AFTERCARE_REMEDIATION_DATABASE": database,
         "AFTERCARE_REMEDIATION_CONSUMER_GROUP_PREFIX": f"{database}-",
         "AFTERCARE_REMEDIATION_HTTP_PORT": str(port),
-        "AFTERCARE_REMEDIATION_OPERATORS": json.dumps([{"id": "bench", "role": "admin", "token": ADMIN_TOKEN}]),
         "AFTERCARE_REMEDIATION_CREDENTIAL_KEY": Fernet.generate_key().decode(),
         "AFTERCARE_LOG_LEVEL": "WARNING",
     }
@@ -263,6 +261,19 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
         producer = EventProducer(bootstrap, client_id="bench-tenant")
         await producer.start()
         await producer.publish(tenant)
+        await producer.publish(
+            envelope_for(
+                OperatorUpserted(
+                    operator_id="bench",
+                    name="Bench",
+                    email="bench@example.net",
+                    role="admin",  # type: ignore[arg-type]
+                    token_digests=[token_digest(ADMIN_TOKEN)],
+                ),
+                source="bench",
+                tenant_id=OPERATOR_EVENTS_TENANT,
+            )
+        )
         await producer.stop()
 
         # First start: store the runbook, then stop so the incidents wait as a backlog.

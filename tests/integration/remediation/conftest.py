@@ -28,6 +28,7 @@ from cryptography.fernet import Fernet
 from aftercare.events import topics
 from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, Severity
+from aftercare.events.operators import new_operator_token
 from aftercare.events.producer import EventProducer
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
 from aftercare.events.triage import IncidentTriaged
@@ -36,11 +37,7 @@ from customer_system_process import CustomerSystemUnderTest, start_customer_syst
 from kafka_helpers import Infrastructure, headers_of, read_all, unique_name, wait_until
 from localinfra import free_port
 
-OPERATOR_TOKENS = {role: f"{role}-{secrets.token_hex(12)}" for role in ("viewer", "responder", "admin")}
-OPERATORS = [
-    {"id": f"op-{role}", "name": role.title(), "email": f"{role}@support.example", "role": role, "token": token}
-    for role, token in OPERATOR_TOKENS.items()
-]
+OPERATOR_TOKENS = {role: new_operator_token() for role in ("viewer", "responder", "admin")}
 SYSTEM = "shop-web"
 
 
@@ -82,7 +79,6 @@ def start_remediation(
             "AFTERCARE_REMEDIATION_CONSUMER_GROUP_PREFIX": f"{database}-",
             "AFTERCARE_REMEDIATION_HTTP_PORT": str(port),
             "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "AFTERCARE_REMEDIATION_OPERATORS": json.dumps(OPERATORS),
             "AFTERCARE_REMEDIATION_CREDENTIAL_KEY": Fernet.generate_key().decode(),
             "AFTERCARE_REMEDIATION_POLL_INTERVAL_SECONDS": "0.5",
             "AFTERCARE_REMEDIATION_DUE_POLL_SECONDS": "0.3",

@@ -16,9 +16,11 @@ from .conftest import (
     as_role,
     new_scenario,
     of_type,
+    publish_operators,
     restart_runbook,
     start_remediation,
     stop_remediation,
+    wait_for_operators,
 )
 from customer_system_process import CustomerSystemUnderTest
 from kafka_helpers import Infrastructure, unique_name, wait_until
@@ -29,7 +31,9 @@ pytestmark = pytest.mark.integration
 async def test_a_restart_interrupted_by_kill_9_is_never_called_twice(
     infrastructure: Infrastructure, tmp_path: Path, customer: CustomerSystemUnderTest, producer: EventProducer
 ) -> None:
+    await publish_operators(infrastructure.bootstrap_servers)
     first: RemediationUnderTest = start_remediation(infrastructure, tmp_path / "first")
+    await asyncio.to_thread(wait_for_operators, first)
     second: RemediationUnderTest | None = None
     try:
         async with httpx.AsyncClient(base_url=first.base_url, timeout=30) as api:
@@ -45,6 +49,7 @@ async def test_a_restart_interrupted_by_kill_9_is_never_called_twice(
         assert customer.count("restart-service") == 1
 
         second = start_remediation(infrastructure, tmp_path / "second", env=first.env)
+        await asyncio.to_thread(wait_for_operators, second)
         async with httpx.AsyncClient(base_url=second.base_url, timeout=30) as api:
             scenario.api = api
             scenario.remediation = second

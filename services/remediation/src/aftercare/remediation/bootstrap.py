@@ -62,6 +62,8 @@ def build_app(settings: RemediationSettings | None = None) -> FastAPI:
         on_connected=on_connected,
         on_shutdown=on_shutdown,
     )
+    # Operators (and their roles) from the tenants topic: require_role checks against this copy.
+    runtime.keep_operator_directory()
     app.router.lifespan_context = runtime.lifespan
     install_problem_handlers(app, service="Remediation")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, advice="Runbooks are small; send less.")

@@ -3,22 +3,10 @@ are the shared `AFTERCARE_KAFKA_BOOTSTRAP_SERVERS` and `AFTERCARE_MONGO_URL`).""
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from aftercare.events.settings import ServiceSettings
-
-
-class OperatorConfig(BaseModel):
-    """An operator known to remediation until the shared operator directory is wired in."""
-
-    id: str
-    name: str = ""
-    email: str | None = None
-    role: Literal["viewer", "responder", "admin"]
-    token: str = Field(min_length=16)
 
 
 class RemediationSettings(ServiceSettings):
@@ -36,9 +24,6 @@ class RemediationSettings(ServiceSettings):
     link_secret: str | None = Field(default=None, description="Signs acknowledge links; the credential key when unset.")
     runbook_seed_dir: str | None = Field(
         default=None, description="Runbook files stored at start-up (new versions only)."
-    )
-    operators: list[OperatorConfig] = Field(
-        default_factory=list, description="JSON list of {id, name, email, role, token} allowed to use the API."
     )
     poll_interval_seconds: float = Field(
         default=0.5, gt=0, description="How often due runs and escalations are looked for."

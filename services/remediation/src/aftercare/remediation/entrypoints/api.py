@@ -15,21 +15,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from aftercare.events.operators import Operator, require_role
 from aftercare.events.web import Problem
 from aftercare.remediation.adapters.credentials import CredentialKeyMissing
 from aftercare.remediation.components import RemediationComponents, utc_now
 from aftercare.remediation.domain.escalation import EscalationPolicy
 from aftercare.remediation.domain.runbook import IncidentFacts, RunbookInvalid
-from aftercare.remediation.entrypoints.auth import require_role
 from aftercare.remediation.service_layer.escalations import LinkRefused
 from aftercare.remediation.service_layer.runs import ApprovalProblem
-from aftercare.remediation.settings import OperatorConfig
 
 router = APIRouter(prefix="/v1")
 
-Viewer = Annotated[OperatorConfig, Depends(require_role("viewer"))]
-Responder = Annotated[OperatorConfig, Depends(require_role("responder"))]
-Admin = Annotated[OperatorConfig, Depends(require_role("admin"))]
+Viewer = Annotated[Operator, Depends(require_role("viewer"))]
+Responder = Annotated[Operator, Depends(require_role("responder"))]
+Admin = Annotated[Operator, Depends(require_role("admin"))]
 
 HIDDEN = {"outbox", "outbox_pending", "_id", "rev"}
 
@@ -48,6 +47,12 @@ def components(request: Request) -> RemediationComponents:
 
 
 Parts = Annotated[RemediationComponents, Depends(components)]
+
+
+def may_see(operator: Operator, tenant_id: str | None) -> None:
+    """Operators limited to some tenants see nothing of the others (404, as if it did not exist)."""
+    if tenant_id is not None and not operator.may_see(tenant_id):
+        raise Problem(404, "Not found", "There is nothing here you may see.", kind="not-found")
 
 
 def encoded(value: Any) -> dict[str, Any]:
@@ -118,7 +123,7 @@ async def validate_runbook(request: Request, _: Viewer) -> dict[str, Any]:
 async def put_runbook(name: str, request: Request, operator: Admin, parts: Parts, response: Response) -> dict[str, Any]:
     """Store a new version of a runbook (YAML or JSON body); refused with what is wrong if invalid."""
     try:
-        runbook, version = await parts.runbooks.save(await runbook_source(request), by=operator.id, name=name)
+        runbook, version = await parts.runbooks.save(await runbook_source(request), by=operator.operator_id, name=name)
     except RunbookInvalid as error:
         raise invalid_runbook(error) from None
     if version is None:
@@ -165,7 +170,7 @@ async def runbook_version(name: str, version: int, _: Viewer, parts: Parts) -> d
 @router.delete("/runbooks/{name}", tags=["runbooks"], status_code=204)
 async def delete_runbook(name: str, operator: Admin, parts: Parts) -> Response:
     """Retire a runbook: no new runs use it; its versions and runs stay for the audit."""
-    if not await parts.store.delete_runbook(name, operator.id, utc_now()):
+    if not await parts.store.delete_runbook(name, operator.operator_id, utc_now()):
         raise Problem(404, "No such runbook", f"There is no runbook named {name!r}.")
     return Response(status_code=204)
 
@@ -183,8 +188,9 @@ class DryRunIncident(BaseModel):
 
 
 @router.post("/runbooks/{name}/dry-run", tags=["runbooks"])
-async def dry_run(name: str, incident: DryRunIncident, _: Viewer, parts: Parts) -> dict[str, Any]:
+async def dry_run(name: str, incident: DryRunIncident, operator: Viewer, parts: Parts) -> dict[str, Any]:
     """What the runbook would do for such an incident, parameters filled, without doing it."""
+    may_see(operator, incident.tenant_id)
     plan = await parts.runbooks.dry_run(name, IncidentFacts(**incident.model_dump()))
     if plan is None:
         raise Problem(404, "No such runbook", f"There is no runbook named {name!r}.")
@@ -228,10 +234,10 @@ async def runbook_stats(name: str, _: Viewer, parts: Parts) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}", tags=["runs"])
-async def get_run(run_id: str, _: Viewer, parts: Parts) -> dict[str, Any]:
+async def get_run(run_id: str, operator: Viewer, parts: Parts) -> dict[str, Any]:
     """One run: status, cursor, every step's record, approval."""
     document = await parts.store.find_run(run_id)
-    if document is None:
+    if document is None or not operator.may_see(str(document.get("tenant_id"))):
         raise Problem(404, "No such run", f"There is no run {run_id}.")
     return run_summary(document) | {"runbook": document.get("runbook")}
 
@@ -241,10 +247,10 @@ class Decision(BaseModel):
 
 
 async def _decide(
-    parts: RemediationComponents, run_id: str, approved: bool, operator: OperatorConfig, note: str
+    parts: RemediationComponents, run_id: str, approved: bool, operator: Operator, note: str
 ) -> dict[str, Any]:
     try:
-        run = await parts.engine.decide_approval(run_id, approved, operator.id, operator.email, note)
+        run = await parts.engine.decide_approval(run_id, approved, operator.operator_id, operator.email, note)
     except ApprovalProblem as error:
         titles = {403: "Not an approver", 404: "No such run", 409: "Not waiting for approval"}
         raise Problem(error.status, titles.get(error.status, "Refused"), str(error)) from None
@@ -267,12 +273,15 @@ async def reject(run_id: str, operator: Responder, parts: Parts, decision: Decis
 
 
 @router.get("/incidents/{incident_id}/audit", tags=["audit"])
-async def incident_audit(incident_id: str, _: Viewer, parts: Parts) -> dict[str, Any]:
+async def incident_audit(incident_id: str, operator: Viewer, parts: Parts) -> dict[str, Any]:
     """Everything remediation did for an incident: its run (steps, approvals) and escalations."""
     loaded = await parts.store.runs_of({"_id": incident_id}, limit=1)
     escalations = await parts.store.escalations_of(incident_id)
     incident = await parts.store.incident(incident_id)
-    if not loaded and not escalations and incident is None:
+    tenant_id = (incident or (loaded[0] if loaded else None) or (escalations[0] if escalations else {})).get(
+        "tenant_id"
+    )
+    if (not loaded and not escalations and incident is None) or not operator.may_see(str(tenant_id)):
         raise Problem(404, "Unknown incident", f"Remediation has nothing on incident {incident_id}.")
     return {
         "incident": public(incident or {}),
@@ -288,7 +297,9 @@ class Acknowledgement(BaseModel):
 @router.post("/incidents/{incident_id}/acknowledge", tags=["escalations"])
 async def acknowledge(incident_id: str, operator: Responder, parts: Parts) -> dict[str, Any]:
     """Acknowledge the incident's escalations: nobody further is paged."""
-    count = await parts.escalations.acknowledge_incident(incident_id, operator.id, "api")
+    incident = await parts.store.incident(incident_id)
+    may_see(operator, (incident or {}).get("tenant_id"))
+    count = await parts.escalations.acknowledge_incident(incident_id, operator.operator_id, "api")
     return {"incident_id": incident_id, "acknowledged": count}
 
 
@@ -339,13 +350,15 @@ async def acknowledge_link(escalation_id: str, request: Request, parts: Parts) -
 @router.put("/tenants/{tenant_id}/escalation-policy", tags=["tenants"])
 async def put_policy(tenant_id: str, policy: EscalationPolicy, operator: Admin, parts: Parts) -> dict[str, Any]:
     """Set the tenant's escalation levels (contacts, acknowledgement timeouts)."""
-    await parts.store.save_policy(tenant_id, policy, operator.id, utc_now())
+    may_see(operator, tenant_id)
+    await parts.store.save_policy(tenant_id, policy, operator.operator_id, utc_now())
     return {"tenant_id": tenant_id, "policy": policy.model_dump(mode="json")}
 
 
 @router.get("/tenants/{tenant_id}/escalation-policy", tags=["tenants"])
-async def get_policy(tenant_id: str, _: Viewer, parts: Parts) -> dict[str, Any]:
+async def get_policy(tenant_id: str, operator: Viewer, parts: Parts) -> dict[str, Any]:
     """The tenant's escalation levels."""
+    may_see(operator, tenant_id)
     policy = await parts.store.policy(tenant_id)
     if policy is None:
         raise Problem(404, "No policy", f"Tenant {tenant_id} has no escalation policy; the default pages 'on-call'.")
@@ -360,13 +373,15 @@ class KillSwitch(BaseModel):
 @router.put("/tenants/{tenant_id}/kill-switch", tags=["tenants"])
 async def put_kill_switch(tenant_id: str, switch: KillSwitch, operator: Admin, parts: Parts) -> dict[str, Any]:
     """Pause (or resume) all automation for a tenant: runs not yet touching a system escalate instead."""
-    await parts.store.set_kill_switch(tenant_id, switch.paused, switch.reason, operator.id, utc_now())
+    may_see(operator, tenant_id)
+    await parts.store.set_kill_switch(tenant_id, switch.paused, switch.reason, operator.operator_id, utc_now())
     return {"tenant_id": tenant_id, "paused": switch.paused, "reason": switch.reason}
 
 
 @router.get("/tenants/{tenant_id}/kill-switch", tags=["tenants"])
-async def get_kill_switch(tenant_id: str, _: Viewer, parts: Parts) -> dict[str, Any]:
+async def get_kill_switch(tenant_id: str, operator: Viewer, parts: Parts) -> dict[str, Any]:
     """Whether automation is paused for the tenant."""
+    may_see(operator, tenant_id)
     paused = await parts.store.automation_paused(tenant_id)
     return encoded(
         {
@@ -386,16 +401,18 @@ async def put_credential(
     tenant_id: str, system: str, credential: Credential, operator: Admin, parts: Parts
 ) -> Response:
     """Store the credential runbooks use on this system's admin endpoint (encrypted; never shown again)."""
+    may_see(operator, tenant_id)
     try:
-        await parts.vault.store(tenant_id, system, credential.bearer_token, operator.id, utc_now())
+        await parts.vault.store(tenant_id, system, credential.bearer_token, operator.operator_id, utc_now())
     except CredentialKeyMissing as error:
         raise Problem(503, "Credentials cannot be stored", str(error), kind="no-credential-key") from None
     return Response(status_code=204)
 
 
 @router.get("/tenants/{tenant_id}/systems/{system}/credential", tags=["tenants"])
-async def get_credential(tenant_id: str, system: str, _: Admin, parts: Parts) -> dict[str, Any]:
+async def get_credential(tenant_id: str, system: str, operator: Admin, parts: Parts) -> dict[str, Any]:
     """Whether a credential is stored, who set it and when (never the credential)."""
+    may_see(operator, tenant_id)
     described = await parts.vault.describe(tenant_id, system)
     if described is None:
         raise Problem(404, "No credential", f"No credential is stored for {system} of tenant {tenant_id}.")
@@ -403,8 +420,9 @@ async def get_credential(tenant_id: str, system: str, _: Admin, parts: Parts) ->
 
 
 @router.delete("/tenants/{tenant_id}/systems/{system}/credential", tags=["tenants"], status_code=204)
-async def delete_credential(tenant_id: str, system: str, _: Admin, parts: Parts) -> Response:
+async def delete_credential(tenant_id: str, system: str, operator: Admin, parts: Parts) -> Response:
     """Forget the credential."""
+    may_see(operator, tenant_id)
     if not await parts.vault.remove(tenant_id, system):
         raise Problem(404, "No credential", f"No credential is stored for {system} of tenant {tenant_id}.")
     return Response(status_code=204)
