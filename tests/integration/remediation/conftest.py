@@ -6,6 +6,7 @@ its HTTP API, the customer system's counters, and the events it publishes back."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -28,7 +29,13 @@ from cryptography.fernet import Fernet
 from aftercare.events import topics
 from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, Severity
-from aftercare.events.operators import new_operator_token
+from aftercare.events.operators import (
+    OPERATOR_EVENTS_TENANT,
+    OperatorUpserted,
+    Role,
+    new_operator_token,
+    token_digest,
+)
 from aftercare.events.producer import EventProducer
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
 from aftercare.events.triage import IncidentTriaged
@@ -130,12 +137,48 @@ def stop_remediation(service: RemediationUnderTest, *, kill: bool = False) -> No
         process.wait()
 
 
+async def publish_operators(bootstrap_servers: str) -> None:
+    """The operators the tests act as, announced as intake announces them (tenants topic)."""
+    producer = EventProducer(bootstrap_servers, client_id="remediation-tests-operators")
+    await producer.start()
+    try:
+        for role, token in OPERATOR_TOKENS.items():
+            await producer.publish(
+                envelope_for(
+                    OperatorUpserted(
+                        operator_id=f"op-{role}",
+                        name=role.title(),
+                        email=f"{role}@support.example",
+                        role=Role(role),
+                        token_digests=[token_digest(token)],
+                    ),
+                    source="intake",
+                    tenant_id=OPERATOR_EVENTS_TENANT,
+                )
+            )
+    finally:
+        await producer.stop()
+
+
+def wait_for_operators(service: RemediationUnderTest, timeout_s: float = 120.0) -> None:
+    """Until remediation's operator directory knows the test operators."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = httpx.get(service.base_url + "/v1/runbooks", headers=as_role("admin"), timeout=10)
+        if answer.status_code == 200:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"remediation did not learn the test operators; see {service.log_file}")
+
+
 @pytest.fixture(scope="module")
 def remediation(
     infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RemediationUnderTest]:
     """One remediation process for a test module (each test uses its own tenant)."""
+    asyncio.run(publish_operators(infrastructure.bootstrap_servers))
     service = start_remediation(infrastructure, tmp_path_factory.mktemp("remediation"))
+    wait_for_operators(service)
     try:
         yield service
     finally:

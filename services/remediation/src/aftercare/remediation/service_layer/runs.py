@@ -234,10 +234,10 @@ class RunEngine:
         now = self._clock()
         if run.status in machine.FINAL or next_at is None or (next_at > now and not early):
             return
-        claimed = await self._store.claim_run(incident_id, rev, now + timedelta(seconds=self._lease_margin_s))
-        if claimed is None:
-            return  # another instance took it
-        current: int | None = claimed
+        # No separate claim write: every write below names the rev it read, and the first one
+        # before any outside effect (the 'started' record of an HTTP call) also moves next_at to
+        # a lease, so a second instance that loaded the same run can only lose its writes.
+        current: int | None = rev
         while current is not None:
             now = self._clock()
             move = machine.decide(run, now)
