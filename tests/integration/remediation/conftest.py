@@ -37,7 +37,9 @@ from aftercare.events.operators import (
     token_digest,
 )
 from aftercare.events.producer import EventProducer
+from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
+from aftercare.events.topics import topic_specs
 from aftercare.events.triage import IncidentTriaged
 
 from customer_system_process import CustomerSystemUnderTest, start_customer_system
@@ -139,6 +141,8 @@ def stop_remediation(service: RemediationUnderTest, *, kill: bool = False) -> No
 
 async def publish_operators(bootstrap_servers: str) -> None:
     """The operators the tests act as, announced as intake announces them (tenants topic)."""
+    # The first service started on a fresh broker creates the topics; here nobody may have yet.
+    await ensure_topics(bootstrap_servers, topic_specs(), partitions=3)
     producer = EventProducer(bootstrap_servers, client_id="remediation-tests-operators")
     await producer.start()
     try:
@@ -160,7 +164,7 @@ async def publish_operators(bootstrap_servers: str) -> None:
         await producer.stop()
 
 
-def wait_for_operators(service: RemediationUnderTest, timeout_s: float = 120.0) -> None:
+def wait_for_operators(service: RemediationUnderTest, timeout_s: float = 300.0) -> None:
     """Until remediation's operator directory knows the test operators."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
