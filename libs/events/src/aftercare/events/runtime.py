@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
+from aftercare.events.consumer import DEFAULT_CONCURRENCY, ConsumerRunner, HandlerTable, RetryPolicy
 from aftercare.events.logs import configure_logging
 from aftercare.events.operators import OperatorDirectory
 from aftercare.events.processed import ProcessedEventLog
@@ -60,13 +60,15 @@ class ConsumerSpec:
     """A consumer group of this service: what it reads and the handler table to dispatch to.
 
     ``handlers`` is a function of the runtime because handlers need the database and the
-    producer, which exist only once the runtime has connected.
+    producer, which exist only once the runtime has connected. ``concurrency`` is how many
+    events of different keys (incidents) are handled at once; one key's are always in order.
     """
 
     group_id: str
     topics: Sequence[str]
     handlers: Callable[[ServiceRuntime], HandlerTable]
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 async def retry_until_ready(
@@ -321,6 +323,7 @@ class ServiceRuntime:
                     processed=ProcessedEventLog(self.db),
                     producer=producer,
                     retry=spec.retry,
+                    concurrency=spec.concurrency,
                     client_id=f"{self.name}-{spec.group_id}",
                 )
                 self.runners.append(runner)
