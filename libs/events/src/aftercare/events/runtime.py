@@ -306,7 +306,11 @@ class ServiceRuntime:
                 timeout_s=timeout,
                 stopping=self._stopping,
             )
-            producer = EventProducer(self.settings.kafka_bootstrap_servers, client_id=self.name)
+            producer = EventProducer(
+                self.settings.kafka_bootstrap_servers,
+                client_id=self.name,
+                publish_deadline_s=self.settings.publish_deadline_seconds,
+            )
             await retry_until_ready("the Kafka producer", producer.start, timeout_s=timeout, stopping=self._stopping)
             self.producer = producer
             log.info("Kafka connected", kafka=self.settings.kafka_bootstrap_servers)
@@ -454,4 +458,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         timeout_graceful_shutdown=30,
         access_log=False,
+        # HTTPS when the service's settings name a certificate and key (plain HTTP otherwise).
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
