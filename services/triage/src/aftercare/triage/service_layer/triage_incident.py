@@ -305,7 +305,7 @@ class IncidentTriage:
                 dedup_key=event.dedup_key,
             )
             await self.heads.claim(keys, head, replace_older_than=event.reported_at - grouping.GROUP_WINDOW)
-        await self.flaps.record(source_key, "opened", event.reported_at)
+        await self.flaps.record(source_key, "opened", event.reported_at, known=(opened, resolved))
         log.info(
             "incident triaged",
             priority=decision.priority.value,
