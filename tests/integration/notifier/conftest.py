@@ -5,6 +5,7 @@ producer to put events on the real topics as intake, triage and remediation woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message
@@ -22,15 +24,19 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from aftercare.events import topics
 from aftercare.events.envelope import Envelope as EventEnvelope
 from aftercare.events.envelope import Event, envelope_for
 from aftercare.events.producer import EventProducer
+from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import Contact, ContractTier, SlaTarget, SupportedSystem, TenantUpserted
+from aftercare.events.topics import topic_specs
 
-from kafka_helpers import Infrastructure, unique_name
+from kafka_helpers import Infrastructure, partitions_of, unique_name
 from localinfra import free_port
 
 Behaviour = Callable[[str], str | None]  # phase ("rcpt" or "data") -> SMTP reply to give, or None for OK
@@ -73,8 +79,8 @@ class SmtpCapture:
         return reply or "250 OK"
 
 
-@pytest.fixture(scope="session")
-def smtp_capture() -> Iterator[SmtpCapture]:
+@contextlib.contextmanager
+def running_smtp_capture() -> Iterator[SmtpCapture]:
     capture = SmtpCapture(port=free_port())
     controller = Controller(capture, hostname=capture.host, port=capture.port)
     controller.start()
@@ -82,6 +88,13 @@ def smtp_capture() -> Iterator[SmtpCapture]:
         yield capture
     finally:
         controller.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_capture() -> Iterator[SmtpCapture]:
+    """The SMTP server of the shared notifier."""
+    with running_smtp_capture() as capture:
+        yield capture
 
 
 @dataclass
@@ -92,11 +105,21 @@ class NotifierUnderTest:
     env: dict[str, str]
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
+    started_once: bool = False
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def start(self) -> None:
+    def start(self, *, from_now: bool = True) -> None:
+        """Start the process and wait for /readyz. A new deployment starts at the end of the
+        incident topics (``from_now``): the session's earlier tests left hundreds of incidents
+        there that are not this test's business. Tenants are always read from the start."""
+        if from_now and not self.started_once:
+            bootstrap = self.env["AFTERCARE_KAFKA_BOOTSTRAP_SERVERS"]
+            group = self.env["AFTERCARE_NOTIFIER_CONSUMER_GROUP_PREFIX"] + "notifier"
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(asyncio.run, _commit_end_offsets(bootstrap, group, INCIDENT_TOPICS)).result()
+        self.started_once = True
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "aftercare.notifier"], env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -133,6 +156,22 @@ class NotifierUnderTest:
         """SIGKILL from any thread (the SMTP server's, in crash tests)."""
         if self.process is not None:
             os.kill(self.process.pid, signal.SIGKILL)
+
+
+INCIDENT_TOPICS = [topics.INCIDENTS, topics.TRIAGE, topics.REMEDIATION, topics.NOTIFICATIONS]
+
+
+async def _commit_end_offsets(bootstrap: str, group: str, names: list[str]) -> None:
+    await ensure_topics(bootstrap, topic_specs(), partitions=3)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(name, p) for name in names for p in await partitions_of(bootstrap, name)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit({tp: offset for tp, offset in ends.items()})
+    finally:
+        await consumer.stop()
 
 
 def make_notifier(

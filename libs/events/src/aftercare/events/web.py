@@ -151,6 +151,42 @@ def install_problem_handlers(
             request,
         )
 
+    # Here, not at the top: the catalog imports operators, which import this module, and the
+    # producer imports the catalog.
+    from aftercare.events.producer import EventTooLarge, PublishFailed
+
+    @app.exception_handler(PublishFailed)
+    async def _kafka_unavailable(request: Request, error: PublishFailed) -> JSONResponse:
+        # What was decided is stored with its event in the outbox; the sweep publishes it once
+        # Kafka is back. The caller hears "not done yet, retry" within the publish deadline.
+        log.warning("publish deadline passed; answered 503", path=request.url.path, error=str(error))
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                f"Kafka did not confirm the request in time; nothing is lost. {retry_advice}",
+                kind="unavailable",
+                headers={"Retry-After": "5"},
+            ),
+            request,
+        )
+
+    @app.exception_handler(EventTooLarge)
+    async def _event_too_large(request: Request, error: EventTooLarge) -> JSONResponse:
+        # Each channel bounds its fields first; this is the last guard, before anything is stored.
+        field = error.largest_field or "(request)"
+        return problem_response(
+            Problem(
+                413,
+                "Request too large",
+                f"This request would make an event of {error.size} bytes, over the {error.limit}-byte limit. "
+                f"Shorten '{field}' (the largest field) and send it again.",
+                kind="event-too-large",
+                field=field,
+            ),
+            request,
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         # A bug or an outage, not the caller's fault: say so, and whether retrying makes sense.

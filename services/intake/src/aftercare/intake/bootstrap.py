@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
+from aftercare.events.runtime import ConsumerSpec, ServiceRuntime, retry_until_ready
 from aftercare.events.web import BodySizeLimit, install_problem_handlers
 from aftercare.intake import housekeeping
 from aftercare.intake.components import IntakeComponents
@@ -17,6 +17,7 @@ from aftercare.intake.entrypoints import (
     alertmanager_api,
     consumer,
     incidents_api,
+    operators_api,
     pagerduty_api,
     phone_api,
     web_portal,
@@ -39,7 +40,14 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         intake = IntakeComponents.build(runtime, settings)
         await intake.ensure_indexes()
         if settings.seed_file is not None:
-            await intake.tenants.load_seed(settings.seed_file)
+            seed_file = settings.seed_file
+            # Idempotent, so retried: the first publishes to a broker that has just started (or
+            # just created its topics) can outlast the publish deadline while leaders are elected.
+            await retry_until_ready(
+                "the seed tenants stored and announced",
+                lambda: intake.tenants.load_seed(seed_file),
+                timeout_s=settings.startup_timeout_seconds,
+            )
         # Publish whatever a crash left in outboxes, then keep sweeping in the background.
         runtime.spawn(
             intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS),
@@ -47,6 +55,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         )
         runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
         app.state.intake = intake
+        await operators_api.start(app, runtime)
         if settings.smtp_enabled:
             email = InboundEmailServer(intake)
             await email.start()
@@ -83,6 +92,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(runtime.operations_router())
     app.include_router(incidents_api.router)
     app.include_router(admin_api.router)
+    app.include_router(operators_api.router)
     app.include_router(pagerduty_api.router)
     app.include_router(alertmanager_api.router)
     app.include_router(phone_api.router)

@@ -33,12 +33,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from aftercare.events import outbox
 from aftercare.events.envelope import Envelope, Event, envelope_for
+from aftercare.events.group_commit import GroupCommit
 from aftercare.events.incidents import (
     AttachmentRef,
     Channel,
@@ -128,6 +129,9 @@ class IncidentDesk:
         self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # The sweep takes the same turns as the desk's own writes (see OutboxRelay).
         self._relay = OutboxRelay(producer, turn=self._turn)
+        # New incidents that arrive together: one store write and one Kafka batch for all of them
+        # (their events wait in the outbox ledger meanwhile, see aftercare.events.group_commit).
+        self._openings = GroupCommit(self.incidents, producer)
 
     async def ensure_indexes(self) -> None:
         await self.incidents.create_index([("tenant_id", ASCENDING), ("number", ASCENDING)], unique=True)
@@ -268,7 +272,9 @@ class IncidentDesk:
             if not fresh:
                 existing = await self.incidents.find_one({"_id": incident_id}, {"_id": 1, "tenant_id": 1})
                 if existing is not None:
-                    await self._relay.flush(self.incidents, incident_id)  # finish what a crash left pending
+                    # Finish what a crash or an outage left pending, wherever it waits.
+                    await self._relay.flush_ledger(self.incidents, incident_id)
+                    await self._relay.flush(self.incidents, incident_id)
                     return Outcome(await self.get(existing["tenant_id"], incident_id), created=False)
             for _ in range(NUMBER_ATTEMPTS):
                 number = format_number(await self._next_sequence(tenant_id))
@@ -276,7 +282,8 @@ class IncidentDesk:
                     tenant_id, incident_id, number, report, email_message_ids, also_publish
                 )
                 try:
-                    await self.incidents.insert_one(document)
+                    # Returns once the incident is stored and its events are on Kafka.
+                    await self._openings.insert(document, events)
                     break
                 except DuplicateKeyError:
                     if await self.incidents.find_one({"_id": incident_id}, {"_id": 1}) is not None:
@@ -285,7 +292,6 @@ class IncidentDesk:
                     log.warning("incident number already taken; taking the next", tenant_id=tenant_id, number=number)
             else:
                 raise RuntimeError(f"no free incident number for {tenant_id} after {NUMBER_ATTEMPTS} attempts")
-            await self._publish_opening(incident_id, events, document[outbox.FIELD])
         log.info(
             "incident opened", tenant_id=tenant_id, incident_id=incident_id, number=number, channel=report.channel.value
         )
@@ -359,31 +365,11 @@ class IncidentDesk:
                 )
             ],
             "applied_events": [],
-            outbox.FIELD: [outbox.stored(e) for e in (event, *followers)],
-            outbox.FLAG: True,
+            # Its events wait in the group commit's ledger, not here: published before the 202.
+            outbox.FIELD: [],
+            outbox.FLAG: False,
         }
         return document, [event, *followers]
-
-    async def _publish_opening(
-        self, incident_id: str, events: list[Envelope[Any]], stored: list[dict[str, Any]]
-    ) -> None:
-        """Publish a new incident's outbox from the events in hand, then empty it in one write.
-
-        What ``relay.flush`` does, without reading the outbox first (a new document's outbox holds
-        exactly these events, and this process's other writes of it wait their turn) and with one
-        write instead of two.
-        """
-        await self._producer.publish_many(events)
-        after = await self.incidents.find_one_and_update(
-            {"_id": incident_id},
-            {"$pullAll": {outbox.FIELD: stored}, "$set": {outbox.FLAG: False}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if after is not None and after.get(outbox.FIELD):
-            # Another instance added an event meanwhile: keep the document flagged for the sweep
-            # and publish that event too, as its own flush would.
-            await self.incidents.update_one({"_id": incident_id}, {"$set": {outbox.FLAG: True}})
-            await self._relay.flush(self.incidents, incident_id)
 
     async def _occurrence(
         self, incident: Incident, report: IncidentReport, also_publish: FollowUps | None = None

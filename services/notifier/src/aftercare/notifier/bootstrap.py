@@ -10,9 +10,10 @@ from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
 from aftercare.events.web import install_problem_handlers
+from aftercare.notifier.adapters import live_feed
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.components import NotifierComponents
-from aftercare.notifier.entrypoints import api, consumer, scheduled
+from aftercare.notifier.entrypoints import api, consumer, dashboard, scheduled, status_page
 from aftercare.notifier.settings import NotifierSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -39,6 +40,10 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
             "outbox-sweep",
         )
         runtime.spawn(scheduled.run_forever(notifier, settings.delivery_poll_seconds), "deliveries")
+        runtime.spawn(
+            live_feed.tail(settings.kafka_bootstrap_servers, consumer.DASHBOARD_TOPICS, notifier.read_model),
+            "dashboard-live-tail",
+        )
 
     async def on_shutdown(runtime: ServiceRuntime) -> None:
         notifier = getattr(app.state, "notifier", None)
@@ -57,8 +62,11 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         on_connected=on_connected,
         on_shutdown=on_shutdown,
     )
+    runtime.keep_operator_directory()
     app.router.lifespan_context = runtime.lifespan
     install_problem_handlers(app, service="The notifier")
     app.include_router(runtime.operations_router())
     app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.include_router(status_page.router)
     return app

@@ -10,10 +10,12 @@ from datetime import timedelta
 
 import httpx
 
+from aftercare.events.operators import OperatorDirectory
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.runtime import ServiceRuntime
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import NotificationChannel
+from aftercare.notifier.adapters.live_feed import LiveFeed
 from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.sms import SmsSender
 from aftercare.notifier.adapters.smtp import EmailRelay, EmailSender, SmtpSettings
@@ -43,6 +45,8 @@ class NotifierComponents:
     email: EmailRelay
     http: httpx.AsyncClient
     wake: asyncio.Event
+    live: LiveFeed
+    operators: OperatorDirectory | None
 
     @classmethod
     def build(
@@ -52,6 +56,8 @@ class NotifierComponents:
         tenants = TenantCopy(runtime.db)
         wake = asyncio.Event()
         read_model = IncidentReadModel(store.incidents)
+        live = LiveFeed()
+        read_model.listeners.append(live.publish)
         relay = OutboxRelay(runtime.require_producer())
         http = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
         email = EmailRelay(
@@ -115,6 +121,8 @@ class NotifierComponents:
             email=email,
             http=http,
             wake=wake,
+            live=live,
+            operators=runtime.operators,
         )
 
     async def close(self) -> None:

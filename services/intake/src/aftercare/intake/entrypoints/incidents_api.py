@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -13,6 +12,7 @@ from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severi
 from aftercare.events.web import Problem
 from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.domain.lifecycle import TransitionRefused
+from aftercare.intake.domain.moments import UtcDatetime
 from aftercare.intake.entrypoints.dependencies import ApiCaller, Components
 from aftercare.intake.idempotency import IdempotencyConflict, IdempotencyKeys, body_digest
 from aftercare.intake.incident_desk import IncidentDesk, IncidentNotFound, Outcome
@@ -43,7 +43,7 @@ class NewIncident(BaseModel):
     )
     labels: dict[str, str] = Field(default_factory=dict, max_length=50)
     reporter: Reporter = Field(default_factory=Reporter)
-    occurred_at: datetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
+    occurred_at: UtcDatetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
 
     @field_validator("labels")
     @classmethod
@@ -156,7 +156,7 @@ async def list_incidents(
     caller: ApiCaller,
     status: Annotated[list[IncidentStatus] | None, Query(description="Only these statuses")] = None,
     channel: Annotated[Channel | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="Created at or after (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> IncidentPage:

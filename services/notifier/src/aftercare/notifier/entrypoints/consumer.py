@@ -30,6 +30,7 @@ from aftercare.notifier.components import NotifierComponents
 
 CONSUMER_GROUP = "notifier"
 TOPICS = [topics.TENANTS, topics.INCIDENTS, topics.TRIAGE, topics.REMEDIATION, topics.NOTIFICATIONS]
+DASHBOARD_TOPICS = [topics.INCIDENTS, topics.TRIAGE, topics.REMEDIATION, topics.NOTIFICATIONS]
 
 # Events a customer may hear about: the read model learns them, then notices are planned.
 CUSTOMER_FACING: tuple[type[Event], ...] = (
