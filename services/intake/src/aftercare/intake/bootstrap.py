@@ -50,7 +50,9 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             )
         # Publish whatever a crash left in outboxes, then keep sweeping in the background.
         runtime.spawn(
-            intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS),
+            intake.incidents.relay.sweep_forever(
+                [intake.incidents.collection, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS
+            ),
             "outbox-sweep",
         )
         runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
@@ -72,7 +74,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             ConsumerSpec(
                 group_id=consumer.CONSUMER_GROUP,
                 topics=consumer.TOPICS,
-                handlers=lambda rt: consumer.handlers(app.state.intake.desk),
+                handlers=lambda rt: consumer.handlers(app.state.intake.incidents),
             )
         ],
         on_connected=on_store_and_kafka,
