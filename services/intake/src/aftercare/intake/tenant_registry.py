@@ -99,6 +99,8 @@ class TenantRegistry:
                 systems=tenant.systems,
                 status_page_slug=slug,
                 inbound_emails=inbound,
+                languages=tenant.languages,
+                probe_allowlist=tenant.probe_allowlist,
             ),
             source="intake",
             tenant_id=tenant_id,
