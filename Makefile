@@ -47,6 +47,9 @@ run: export AFTERCARE_INTAKE_ADMIN_TOKEN ?= demo-admin-token
 # Remediation's demo: runbooks from infra/seed/runbooks and a demo key
 # for the tenants' system credentials (make your own for anything real: see the remediation notes).
 run: export AFTERCARE_REMEDIATION_RUNBOOK_SEED_DIR ?= infra/seed/runbooks
+# The demo shows every step of one incident within a minute ("we noticed", "we are fixing",
+# "resolved"); a real deployment keeps the default spacing of progress updates (15 minutes).
+run: export AFTERCARE_NOTIFIER_THROTTLE_MINUTES ?= 0
 run: export AFTERCARE_REMEDIATION_CREDENTIAL_KEY ?= rD9YK3UKD2-CSHogFW4uFLaALKsD1NIY_QGEsbHVoUs=
 # make run HTTPS=1: intake on https://localhost:8001 with a dev CA's certificate (README, "HTTPS on a laptop").
 ifeq ($(HTTPS),1)
