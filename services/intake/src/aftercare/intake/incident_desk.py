@@ -13,13 +13,15 @@ needs a transaction (the embedded store has none):
 * a consumed event is applied once: its id goes into ``applied_events`` in the same write, and
   the write's filter excludes documents that already have it.
 
-The embedded store (FerretDB 1.24 on SQLite) does not make an update of one document atomic:
-two ``$inc``/``$push`` on the same document at once can lose one while both report success. So
-within this process, the reads and writes of one incident take turns (``_turn``), and a
-tenant's number counter is incremented by one batch at a time; on MongoDB that costs nothing,
-as each such write is short. The same store uses an index only when the filter is
-``{"_id": ...}`` alone and scans the whole collection otherwise, so the reads and writes on the
-accept path filter by ``_id`` only.
+Several intake instances may share one store: each write is atomic on one document (on the
+embedded store too, through its build patch), and a read-then-write that announces what it read
+(an occurrence's count) writes only over what it read and tries again otherwise. Within this
+process, the reads and writes of one incident still take turns (``_turn``) and a tenant's
+number counter is incremented by one batch at a time: not for correctness any more, but so that
+one process's own concurrent reports of an incident do not keep missing each other's writes and
+retrying, and so that a burst costs one counter write instead of one per report. The embedded
+store answers lookups from indexes only for ``_id`` and for equalities on indexed fields; the
+accept path filters by ``_id``.
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ log = structlog.stdlib.get_logger("aftercare.intake.incident_desk")
 
 SOURCE = "intake"
 
-# How often a new incident gets another number when the one it got is taken (only when several
-# instances share the embedded store, whose counter increments are not atomic).
+# How often a new incident gets another number when the one it got is taken (a counter document
+# lost or restored from a backup; the unique index on (tenant, number) has the last word).
 NUMBER_ATTEMPTS = 5
+# Occurrences of one incident counted by other instances between a read and its write.
+OCCURRENCE_ATTEMPTS = 50
 
 
 class IncidentNotFound(LookupError):
@@ -235,6 +239,9 @@ class IncidentDesk:
             if existing is not None:
                 return await self._occurrence(existing, report, also_publish)
         fresh = incident_id is None  # a new random id: no earlier attempt can have written it
+        # Found written when opening, the incident is another request's (not this one's earlier
+        # attempt): then this report is one more occurrence of it.
+        repeat_if_written = fresh
         incident_id = incident_id or str(uuid.uuid4())
         if report.dedup_key:
             claimed = await self._claim_open_key(tenant_id, report.dedup_key, incident_id)
@@ -250,9 +257,13 @@ class IncidentDesk:
                 try:
                     return await self._occurrence(await self.get(tenant_id, claimed), report, also_publish)
                 except IncidentNotFound:
-                    # The other request crashed before writing; take its place under its id.
-                    incident_id, fresh = claimed, False
-        return await self._open(tenant_id, incident_id, report, email_message_ids, also_publish, fresh=fresh)
+                    # The other request crashed before writing, or it is still opening it on
+                    # another instance: take its place under its id (one of the two writes wins).
+                    incident_id, fresh, repeat_if_written = claimed, False, True
+        outcome = await self._open(tenant_id, incident_id, report, email_message_ids, also_publish, fresh=fresh)
+        if not outcome.created and repeat_if_written:
+            return await self._occurrence(outcome.incident, report, also_publish)
+        return outcome
 
     async def _open(
         self,
@@ -389,49 +400,57 @@ class IncidentDesk:
         self, incident: Incident, report: IncidentReport, also_publish: FollowUps | None = None
     ) -> Outcome:
         async with self._turn(incident.incident_id):
-            # Read again in turn: another report of the same problem may have counted itself meanwhile.
-            incident = await self.get(incident.tenant_id, incident.incident_id)
-            now = _now()
-            seen = _as_stored(report.occurred_at) if report.occurred_at else now
-            count = incident.occurrence_count + 1
-            event = envelope_for(
-                IncidentUpdated(
+            for _ in range(OCCURRENCE_ATTEMPTS):
+                # Read again in turn: another report of the same problem may have counted itself meanwhile.
+                incident = await self.get(incident.tenant_id, incident.incident_id)
+                now = _now()
+                seen = _as_stored(report.occurred_at) if report.occurred_at else now
+                count = incident.occurrence_count + 1
+                event = envelope_for(
+                    IncidentUpdated(
+                        incident_id=incident.incident_id,
+                        number=incident.number,
+                        channel=report.channel,
+                        kind="occurrence",
+                        message=report.title,
+                        author=report.reporter,
+                        occurrence_count=count,
+                        last_seen_at=seen,
+                        attachments=report.attachments,
+                    ),
+                    source=SOURCE,
+                    tenant_id=incident.tenant_id,
                     incident_id=incident.incident_id,
-                    number=incident.number,
-                    channel=report.channel,
-                    kind="occurrence",
-                    message=report.title,
-                    author=report.reporter,
-                    occurrence_count=count,
-                    last_seen_at=seen,
-                    attachments=report.attachments,
-                ),
-                source=SOURCE,
-                tenant_id=incident.tenant_id,
-                incident_id=incident.incident_id,
-                time=now,
-            )
-            update: dict[str, Any] = {
-                "$inc": {"occurrence_count": 1},
-                "$set": {"updated_at": now},
-                "$max": {"last_seen_at": seen},
-            }
-            if count <= MAX_OCCURRENCES_ON_TIMELINE:
-                update["$push"] = {
-                    "timeline": _entry(
-                        "occurrence",
-                        f"Seen again ({count}x): {report.title}",
-                        at=now,
-                        by=_who(report.reporter),
-                        channel=report.channel.value,
-                        event_id=event.id,
-                    )
+                    time=now,
+                )
+                update: dict[str, Any] = {
+                    "$inc": {"occurrence_count": 1},
+                    "$set": {"updated_at": now},
+                    "$max": {"last_seen_at": seen},
                 }
-            followers = _follow_ups(also_publish, event, incident.number)
-            await self._write(incident.incident_id, update, event, *followers)
-            return Outcome(
-                await self.get(incident.tenant_id, incident.incident_id), created=False, events=[event, *followers]
-            )
+                if count <= MAX_OCCURRENCES_ON_TIMELINE:
+                    update["$push"] = {
+                        "timeline": _entry(
+                            "occurrence",
+                            f"Seen again ({count}x): {report.title}",
+                            at=now,
+                            by=_who(report.reporter),
+                            channel=report.channel.value,
+                            event_id=event.id,
+                        )
+                    }
+                followers = _follow_ups(also_publish, event, incident.number)
+                # Only over the count read: the event announces this count, and another instance
+                # (whose turns are its own) may have counted one in between; then count again.
+                if await self._write(
+                    incident.incident_id, update, event, *followers, expect_count=incident.occurrence_count
+                ):
+                    return Outcome(
+                        await self.get(incident.tenant_id, incident.incident_id),
+                        created=False,
+                        events=[event, *followers],
+                    )
+            raise RuntimeError(f"occurrence of {incident.incident_id} not counted after {OCCURRENCE_ATTEMPTS} attempts")
 
     async def add_update(
         self,
@@ -695,10 +714,13 @@ class IncidentDesk:
         event: Envelope[Any],
         *followers: Envelope[Any],
         expect_status: Status | None = None,
+        expect_count: int | None = None,
     ) -> bool:
         query: dict[str, Any] = {"_id": incident_id}
         if expect_status is not None:
             query["status"] = expect_status.value
+        if expect_count is not None:
+            query["occurrence_count"] = expect_count
         result = await self.incidents.update_one(query, outbox.add_to_update(update, event, *followers))
         if result.matched_count == 0:
             return False
