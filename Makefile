@@ -54,6 +54,7 @@ run: setup
 	$(UV) run --no-sync honcho start -f Procfile
 
 test: setup
+	@bash infra/browser.sh
 	@# pytest exits 5 when it collected no test: that must never pass as green.
 	@$(UV) run --no-sync pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose"; exit 1; fi; \

@@ -23,10 +23,11 @@ import pytest_asyncio
 from aftercare.events import topics
 from aftercare.events.envelope import Envelope, Event, envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, Reporter, Severity
+from aftercare.events.operators import OPERATOR_EVENTS_TENANT, OperatorUpserted, Role, new_operator_token, token_digest
 from aftercare.events.producer import EventProducer
 from aftercare.events.tenants import ContractTier, Criticality, SlaTarget, SupportedSystem, TenantUpserted
 
-from kafka_helpers import Infrastructure, headers_of, read_all, unique_name
+from kafka_helpers import Infrastructure, headers_of, read_all, unique_name, wait_until
 from localinfra import free_port
 
 
@@ -109,7 +110,7 @@ def triage_service(
         stop_triage(service)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def producer(infrastructure: Infrastructure) -> AsyncIterator[EventProducer]:
     kafka = EventProducer(infrastructure.bootstrap_servers, client_id="triage-tests")
     await kafka.start()
@@ -117,6 +118,37 @@ async def producer(infrastructure: Infrastructure) -> AsyncIterator[EventProduce
         yield kafka
     finally:
         await kafka.stop()
+
+
+ADMIN_TOKEN = new_operator_token()
+VIEWER_TOKEN = new_operator_token()
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def http(triage_service: TriageUnderTest, producer: EventProducer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on triage, once triage's operator directory knows an admin and a viewer."""
+    suffix = unique_name("op")
+    for role, token in (("admin", ADMIN_TOKEN), ("viewer", VIEWER_TOKEN)):
+        operator = OperatorUpserted(
+            operator_id=f"{role}-{suffix}",
+            name=f"{role.title()} {suffix}",
+            email=f"{role}-{suffix}@support.example",
+            role=Role(role),
+            token_digests=[token_digest(token)],
+        )
+        await producer.publish(
+            envelope_for(operator, source="tests", tenant_id=OPERATOR_EVENTS_TENANT, time=datetime.now(UTC))
+        )
+    async with httpx.AsyncClient(base_url=triage_service.base_url, timeout=30.0) as client:
+
+        async def known() -> bool:
+            answers = [await client.get("/v1/rules", headers=headers) for headers in (ADMIN, VIEWER)]
+            return all(answer.status_code == 200 for answer in answers)
+
+        await wait_until(known, timeout=45, interval=0.5, message="operators reached triage")
+        yield client
 
 
 GOLD = ContractTier(

@@ -39,7 +39,13 @@ from aftercare.events.incidents import (
     IncidentResolved,
     IncidentUpdated,
 )
-from aftercare.events.notifications import NotificationFailed, NotificationRequested, NotificationSent
+from aftercare.events.notifications import (
+    AdvisoryPublished,
+    NotificationFailed,
+    NotificationRequested,
+    NotificationSent,
+)
+from aftercare.events.operators import OperatorRemoved, OperatorUpserted
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -63,6 +69,8 @@ from aftercare.events.triage import (
 
 EVENT_MODELS: tuple[type[Event], ...] = (
     TenantUpserted,
+    OperatorUpserted,
+    OperatorRemoved,
     IncidentReported,
     IncidentUpdated,
     IncidentAcknowledged,
@@ -88,6 +96,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     NotificationRequested,
     NotificationSent,
     NotificationFailed,
+    AdvisoryPublished,
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {model.TYPE: model for model in EVENT_MODELS}

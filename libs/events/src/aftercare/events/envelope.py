@@ -41,6 +41,11 @@ class Event(BaseModel):
     VERSION: ClassVar[int] = 1
     TOPIC: ClassVar[str]
 
+    def partition_key(self) -> str | None:
+        """The Kafka key of an event that concerns neither one incident nor one tenant (e.g. an
+        operator, keyed per operator on the compacted tenants topic); None for all others."""
+        return None
+
 
 EventT = TypeVar("EventT", bound=Event)
 
@@ -75,8 +80,8 @@ class Envelope(BaseModel, Generic[EventT]):
 
     @property
     def key(self) -> str:
-        """The Kafka key: the incident id, or the tenant id for tenant-wide events."""
-        return self.incident_id or self.tenant_id
+        """The Kafka key: the incident id, else the event's own key (operators), else the tenant id."""
+        return self.incident_id or self.data.partition_key() or self.tenant_id
 
 
 def envelope_for(

@@ -9,7 +9,11 @@ A service builds a ``ServiceRuntime`` with its settings and its consumers, mount
 * topics are created if missing (partitions from settings, tenants compacted);
 * consumers start once Kafka and the store are there; on SIGTERM uvicorn runs the lifespan's
   shutdown, which stops consumers (finish the message in hand, commit, close), then the
-  producer and the store client.
+  producer and the store client;
+* single-instance work (``aftercare.events.schedule``): ``runtime.every(name, interval_s, job)``
+  runs ``job`` once per interval per deployment, ``runtime.due_times.schedule(...)`` stores a
+  due time and ``runtime.on_due(kind, handler)`` handles it; both start once the runtime is
+  connected and stop on shutdown.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -33,10 +38,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
 from aftercare.events.logs import configure_logging
+from aftercare.events.operators import OperatorDirectory
 from aftercare.events.processed import ProcessedEventLog
 from aftercare.events.producer import EventProducer
+from aftercare.events.schedule import DueHandler, DueTimes, Job, Jobs, Leases, new_holder_id
 from aftercare.events.settings import ServiceSettings
-from aftercare.events.topics import TopicSpec, topic_specs
+from aftercare.events.topics import TENANTS, TopicSpec, topic_specs
 from aftercare.events.tracing import configure_tracing
 
 log = structlog.stdlib.get_logger("aftercare.events.runtime")
@@ -144,6 +151,14 @@ class ServiceRuntime:
         self.connected = asyncio.Event()
         self.startup_error: BaseException | None = None
         self.background_tasks: list[asyncio.Task[Any]] = []
+        self.holder_id = new_holder_id()
+        self._jobs: Jobs | None = None
+        self._due_times: DueTimes | None = None
+        self._pending_jobs: list[tuple[str, float, Job]] = []
+        self._pending_due_handlers: list[tuple[str, DueHandler]] = []
+        self._due_poller_started = False
+        self.operators: OperatorDirectory | None = None
+        self._keeps_operator_directory = False
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -155,6 +170,69 @@ class ServiceRuntime:
         if self.producer is None:
             raise RuntimeError("Kafka is not connected yet")
         return self.producer
+
+    # --- operators ---------------------------------------------------------------------------
+
+    def keep_operator_directory(self) -> None:
+        """Keep this service's copy of the operators from the tenants topic (``runtime.operators``),
+        which ``aftercare.events.operators.require_role`` checks credentials against. Call before
+        the runtime starts."""
+        if self._keeps_operator_directory:
+            return
+        if self.mongo is not None:
+            raise RuntimeError("keep_operator_directory() must be called before the runtime starts")
+        self._keeps_operator_directory = True
+        self._consumer_specs.append(
+            ConsumerSpec(
+                group_id="operator-directory",
+                topics=[TENANTS],
+                handlers=lambda runtime: runtime.require_operators().handlers(),
+            )
+        )
+
+    def require_operators(self) -> OperatorDirectory:
+        if self.operators is None:
+            raise RuntimeError("this service keeps no operator directory: call runtime.keep_operator_directory()")
+        return self.operators
+
+    # --- single-instance work --------------------------------------------------------------
+
+    def every(self, name: str, interval_s: float, job: Job) -> None:
+        """Run ``job()`` every ``interval_s`` seconds in one instance of the deployment.
+
+        A lease document ``every:<name>`` in this service's store decides which instance; the
+        time of the next run is kept there too, so restarts and takeovers neither repeat nor
+        skip a run. Starts once the runtime is connected; stops on shutdown. A failing job is
+        logged and runs again next interval. See ``aftercare.events.schedule``.
+        """
+        if self._jobs is None:
+            self._pending_jobs.append((name, interval_s, job))
+        else:
+            self._jobs.every(name, interval_s, job)
+
+    def on_due(self, kind: str, handler: DueHandler) -> None:
+        """Handle stored due times of ``kind`` (``runtime.due_times.schedule(key, due_at, kind,
+        payload)``): fired at least once after their time by one instance; handlers must be
+        idempotent. Every instance registers the same handlers."""
+        if self._due_times is None:
+            self._pending_due_handlers.append((kind, handler))
+        else:
+            self._due_times.on_due(kind, handler)
+            self._start_due_poller()
+
+    @property
+    def due_times(self) -> DueTimes:
+        """This service's stored due times: ``schedule(key, due_at, kind, payload)``, ``cancel(key)``."""
+        if self._due_times is None:
+            raise RuntimeError("the store is not connected yet")
+        return self._due_times
+
+    def _start_due_poller(self) -> None:
+        if self._due_poller_started or self._jobs is None or self._due_times is None or not self.connected.is_set():
+            return
+        if self._due_times.kinds:
+            self._due_poller_started = True
+            self._jobs.every("due-times", self.settings.due_poll_seconds, self._due_times.poll)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -174,6 +252,17 @@ class ServiceRuntime:
         self.mongo = AsyncMongoClient(
             self.settings.mongo_url, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000, tz_aware=True
         )
+        database = self.mongo[self.settings.database]
+        self._jobs = Jobs(Leases(database, self.holder_id, period=timedelta(seconds=self.settings.lease_seconds)))
+        self._due_times = DueTimes(database)
+        if self._keeps_operator_directory:
+            self.operators = OperatorDirectory(database)
+        for name, interval_s, job in self._pending_jobs:
+            self._jobs.every(name, interval_s, job)
+        for kind, handler in self._pending_due_handlers:
+            self._due_times.on_due(kind, handler)
+        self._pending_jobs.clear()
+        self._pending_due_handlers.clear()
         self._connect_task = asyncio.create_task(self._connect(), name=f"{self.name}-connect")
         log.info(
             "service starting",
@@ -196,6 +285,9 @@ class ServiceRuntime:
                 stopping=self._stopping,
             )
             await ProcessedEventLog(self.db).ensure_indexes()
+            await self.due_times.ensure_indexes()
+            if self.operators is not None:
+                await self.operators.ensure_indexes()
             if self._on_store_ready is not None:
                 await self._on_store_ready(self)
             log.info("store connected", store=self.settings.mongo_url)
@@ -234,6 +326,9 @@ class ServiceRuntime:
                 self.runners.append(runner)
                 self._runner_tasks.append(asyncio.create_task(self._keep_consuming(runner)))
             self.connected.set()
+            self._start_due_poller()
+            assert self._jobs is not None
+            self._jobs.start()
             log.info("service ready", service=self.name)
         except asyncio.CancelledError:
             return
@@ -266,6 +361,8 @@ class ServiceRuntime:
             runner.stop()
         if self._runner_tasks:
             await asyncio.gather(*self._runner_tasks, return_exceptions=True)
+        if self._jobs is not None:
+            await self._jobs.stop()
         for task in self.background_tasks:
             task.cancel()
         if self.background_tasks:

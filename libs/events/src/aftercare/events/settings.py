@@ -44,3 +44,7 @@ class ServiceSettings(BaseSettings):
     )
     # Start-up waits this long in total for Kafka and the store before giving up with an error.
     startup_timeout_seconds: float = Field(default=300.0, validation_alias=_shared("STARTUP_TIMEOUT_SECONDS"))
+    # Single-instance work (aftercare.events.schedule): a holder that stops renewing its lease for
+    # this long is replaced; due times are looked for this often.
+    lease_seconds: float = Field(default=15.0, gt=0, description="Lease period of single-instance jobs.")
+    due_poll_seconds: float = Field(default=1.0, gt=0, description="How often stored due times are looked for.")

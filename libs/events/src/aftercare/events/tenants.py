@@ -40,6 +40,7 @@ class NotificationChannel(StrEnum):
     SMS = "sms"
     WEBHOOK = "webhook"
     PHONE = "phone"
+    CHAT = "chat"
 
 
 class _Part(BaseModel):
@@ -128,6 +129,10 @@ class TenantUpserted(Event):
     contacts: list[Contact] = Field(default_factory=list)
     systems: list[SupportedSystem] = Field(default_factory=list)
     status_page_slug: str | None = None
+    inbound_emails: list[str] = Field(
+        default_factory=list,
+        description="Addresses at intake that open or join this tenant's incidents (Reply-To of customer emails).",
+    )
     languages: list[str] = Field(
         default_factory=lambda: ["en"], description="Languages the tenant's people write in (BCP 47)."
     )

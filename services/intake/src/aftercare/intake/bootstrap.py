@@ -17,6 +17,7 @@ from aftercare.intake.entrypoints import (
     alertmanager_api,
     consumer,
     incidents_api,
+    operators_api,
     pagerduty_api,
     phone_api,
     web_portal,
@@ -45,8 +46,9 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS),
             "outbox-sweep",
         )
-        runtime.spawn(housekeeping.run_forever(intake), "housekeeping")
+        runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
         app.state.intake = intake
+        await operators_api.start(app, runtime)
         if settings.smtp_enabled:
             email = InboundEmailServer(intake)
             await email.start()
@@ -83,6 +85,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(runtime.operations_router())
     app.include_router(incidents_api.router)
     app.include_router(admin_api.router)
+    app.include_router(operators_api.router)
     app.include_router(pagerduty_api.router)
     app.include_router(alertmanager_api.router)
     app.include_router(phone_api.router)

@@ -1,12 +1,13 @@
 """Intake's periodic chores: close incidents that stayed resolved, forget spent rate-limit windows.
 
-Every intake instance runs them; each chore is safe to run twice at once (closing is a
-conditional move, deleting old windows is idempotent).
+They run once per interval per deployment (``runtime.every("housekeeping", ...)`` in
+bootstrap.py: one instance holds the lease). Each chore is still safe to run twice at once
+(closing is a conditional move, deleting old windows is idempotent), because a lease taken over
+from a stalled holder can briefly overlap.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -25,12 +26,3 @@ async def run_once(intake: IntakeComponents) -> int:
         )
     await intake.limiter.forget_old_windows()
     return closed
-
-
-async def run_forever(intake: IntakeComponents) -> None:
-    while True:
-        await asyncio.sleep(intake.settings.housekeeping_interval_seconds)
-        try:
-            await run_once(intake)
-        except Exception as error:  # the store may be away for a moment; try again next round
-            log.warning("housekeeping failed; will retry", error=str(error))

@@ -82,6 +82,10 @@ class TenantRegistry:
         current = await self.tenants.find_one({"_id": tenant_id}, {"portal_slug": 1})
         slug = profile.portal_slug or (current or {}).get("portal_slug") or new_portal_slug()
         tenant = Tenant(tenant_id=tenant_id, **(profile.model_dump() | {"portal_slug": slug}))
+        # The notifier sets these as Reply-To of customer emails, so replies join the incident.
+        inbound = sorted(
+            [d["value"] async for d in self._credentials.find({"kind": EMAIL, "tenant_id": tenant_id}, {"value": 1})]
+        )
         event = envelope_for(
             TenantUpserted(
                 tenant_id=tenant_id,
@@ -91,6 +95,7 @@ class TenantRegistry:
                 contacts=tenant.contacts,
                 systems=tenant.systems,
                 status_page_slug=slug,
+                inbound_emails=inbound,
             ),
             source="intake",
             tenant_id=tenant_id,
@@ -150,6 +155,11 @@ class TenantRegistry:
             await self._register(EMAIL, address, tenant_id, name=address)
         await self._credentials.delete_many(
             {"kind": EMAIL, "tenant_id": tenant_id, "value": {"$nin": emails.addresses}}
+        )
+        # Announce the tenant again: other services learn its inbound addresses from the event.
+        current = await self.get(tenant_id)
+        await self.upsert(
+            tenant_id, TenantProfile.model_validate(current.model_dump(include=set(TenantProfile.model_fields)))
         )
         return emails.addresses
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
+from aftercare.events.web import BodySizeLimit, install_problem_handlers
 from aftercare.triage.components import TriageComponents
-from aftercare.triage.entrypoints import consumer
+from aftercare.triage.entrypoints import api, consumer, scheduled
 from aftercare.triage.settings import TriageSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -30,7 +31,17 @@ def build_app(settings: TriageSettings | None = None) -> FastAPI:
         runtime.spawn(
             triage.incidents.relay.sweep_forever([triage.incidents.collection], OUTBOX_SWEEP_SECONDS), "outbox-sweep"
         )
+        runtime.spawn(
+            triage.incidents.relay.sweep_forever([triage.targets.targets], OUTBOX_SWEEP_SECONDS), "outbox-sweep-targets"
+        )
+        if settings.regular_diagnostics_enabled:
+            runtime.spawn(scheduled.run_regular_diagnostics(triage.regular), "regular-diagnostics")
         app.state.triage = triage
+
+    async def on_shutdown(runtime: ServiceRuntime) -> None:
+        triage = getattr(app.state, "triage", None)
+        if triage is not None:
+            await triage.prober.close()
 
     runtime = ServiceRuntime(
         settings,
@@ -42,7 +53,14 @@ def build_app(settings: TriageSettings | None = None) -> FastAPI:
             )
         ],
         on_connected=on_connected,
+        on_shutdown=on_shutdown,
     )
+    # Operators (who may read and change rules) come from the tenants topic like tenants do.
+    runtime.keep_operator_directory()
     app.router.lifespan_context = runtime.lifespan
+    app.state.settings = settings
+    install_problem_handlers(app, service="Triage")
+    app.add_middleware(BodySizeLimit, max_bytes=1_000_000, advice="Send fewer rules at once.")
     app.include_router(runtime.operations_router())
+    app.include_router(api.router)
     return app

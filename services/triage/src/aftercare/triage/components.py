@@ -8,10 +8,15 @@ from pathlib import Path
 
 import structlog
 
+from aftercare.events.envelope import Envelope
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.runtime import ServiceRuntime
+from aftercare.events.tenants import TenantUpserted
+from aftercare.triage.adapters.probes import Prober
 from aftercare.triage.adapters.rule_store import RuleBook, RuleStore, load_seed_file
 from aftercare.triage.adapters.store import FlapHistory, GroupingHeads, TenantDirectory, TriageIncidents
+from aftercare.triage.adapters.targets import TargetStore
+from aftercare.triage.service_layer.diagnose import IncidentDiagnosis, RegularDiagnostics
 from aftercare.triage.service_layer.triage_incident import IncidentTriage
 from aftercare.triage.settings import TriageSettings
 
@@ -29,6 +34,10 @@ class TriageComponents:
     rule_store: RuleStore
     rules: RuleBook
     triage: IncidentTriage
+    prober: Prober
+    targets: TargetStore
+    diagnosis: IncidentDiagnosis
+    regular: RegularDiagnostics
 
     @classmethod
     def build(cls, runtime: ServiceRuntime, settings: TriageSettings) -> TriageComponents:
@@ -38,11 +47,23 @@ class TriageComponents:
         incidents = TriageIncidents(database, relay)
         rule_store = RuleStore(database)
         rules = RuleBook(rule_store)
-        triage = IncidentTriage(incidents, tenants, rules, GroupingHeads(database), FlapHistory(database))
-        return cls(settings, runtime, tenants, incidents, rule_store, rules, triage)
+        prober = Prober()
+        diagnosis = IncidentDiagnosis(incidents, prober, runtime.spawn)
+        triage = IncidentTriage(
+            incidents, tenants, rules, GroupingHeads(database), FlapHistory(database), on_triaged=diagnosis.after_triage
+        )
+        targets = TargetStore(database, relay)
+        regular = RegularDiagnostics(targets, prober, concurrency=settings.probe_concurrency)
+        return cls(
+            settings, runtime, tenants, incidents, rule_store, rules, triage, prober, targets, diagnosis, regular
+        )
+
+    async def sync_targets(self, envelope: Envelope[TenantUpserted]) -> None:
+        await self.targets.sync_tenant(envelope.data)
 
     async def prepare(self) -> None:
         await self.incidents.ensure_indexes()
+        await self.targets.ensure_indexes()
         seed = self.settings.rules_seed_file or DEFAULT_RULES
         if await self.rule_store.seed(load_seed_file(seed), datetime.now(UTC)):
             log.info("rules seeded", file=str(seed))

@@ -17,3 +17,5 @@ class TriageSettings(ServiceSettings):
     http_port: int = 8002
     database: str = "aftercare_triage"
     rules_seed_file: Path | None = None
+    regular_diagnostics_enabled: bool = True
+    probe_concurrency: int = 200

@@ -24,7 +24,7 @@ TOPICS = [topics.INCIDENTS, topics.TENANTS]
 
 def handlers(triage: TriageComponents) -> HandlerTable:
     return {
-        TenantUpserted: [triage.tenants.apply, triage.triage.tenant_arrived],
+        TenantUpserted: [triage.tenants.apply, triage.sync_targets, triage.triage.tenant_arrived],
         IncidentReported: [triage.triage.reported],
         IncidentUpdated: [triage.triage.updated],
         IncidentReclassified: [triage.triage.reclassified],

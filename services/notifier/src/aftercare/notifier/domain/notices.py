@@ -1,0 +1,144 @@
+"""What a customer should hear about, decided from the events of an incident's life.
+
+A *notice* is one customer-facing message ("we received INC-1042", "INC-1042 is resolved"),
+before anyone decides who gets it on which channel. Its ``notice_id`` is what makes it once-only:
+the same notice for the same contact on the same channel is the same delivery, however often the
+event behind it is redelivered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aftercare.events.envelope import Envelope
+from aftercare.events.incidents import IncidentReported, IncidentResolved
+from aftercare.events.notifications import NotificationRequested
+from aftercare.events.remediation import IncidentEscalated, RemediationStarted
+from aftercare.events.tenants import Priority
+from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+
+
+class NoticeKind(StrEnum):
+    """The customer-facing messages, named as their templates are."""
+
+    RECEIVED = "incident-received"
+    UPDATED = "incident-updated"  # intake's acknowledgement of a reply that joined an incident
+    TRIAGED = "incident-triaged"
+    DIAGNOSED = "diagnosis-confirmed"
+    REMEDIATING = "remediation-started"
+    RESOLVED = "incident-resolved"
+    ESCALATED = "incident-escalated"
+    PERIODIC = "incident-periodic-update"
+    ADVISORY = "advisory-published"
+    DIGEST = "digest"
+
+
+# Never held by quiet hours nor spaced by throttling: the customer is waiting for exactly these.
+URGENT_KINDS = frozenset({NoticeKind.RESOLVED, NoticeKind.ESCALATED})
+# Progress updates: at most one per incident per throttle window, per contact and channel.
+THROTTLED_KINDS = frozenset({NoticeKind.TRIAGED, NoticeKind.DIAGNOSED, NoticeKind.REMEDIATING, NoticeKind.PERIODIC})
+# Direct answers to a person who wrote to us: sent at once to that person.
+DIRECT_KINDS = frozenset({NoticeKind.RECEIVED, NoticeKind.UPDATED})
+
+
+@dataclass(frozen=True)
+class Notice:
+    kind: NoticeKind
+    notice_id: str
+    tenant_id: str
+    incident_id: str | None
+    about_event_id: str
+    priority: Priority | None = None
+    context: dict[str, str] = field(default_factory=dict)
+    # Set for messages addressed to one person (intake's acknowledgements), not to the contacts.
+    recipient: str | None = None
+    language: str | None = None
+    subject: str | None = None
+    in_reply_to: str | None = None
+
+
+def received_notice_id(incident_id: str) -> str:
+    # Intake's acknowledgement and our own "received" to the same address are one message.
+    return f"{incident_id}:received"
+
+
+def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Notice | None:
+    """The notice an event calls for, or None. ``incident`` is the read model's view (number,
+    title, priority), since e.g. remediation events do not carry the incident's number."""
+    data = envelope.data
+    view = incident or {}
+    priority = Priority(view["priority"]) if view.get("priority") else None
+    base: dict[str, str] = {
+        "number": str(view.get("number") or getattr(data, "number", "") or ""),
+        "title": str(view.get("title") or ""),
+        "priority": priority.value if priority else "",
+    }
+    tenant, incident_id = envelope.tenant_id, envelope.incident_id
+
+    def make(kind: NoticeKind, notice_id: str | None = None, **context: str) -> Notice:
+        return Notice(
+            kind=kind,
+            notice_id=notice_id or f"{envelope.id}:{kind.value}",
+            tenant_id=tenant,
+            incident_id=incident_id,
+            about_event_id=envelope.id,
+            priority=priority,
+            context=base | context,
+        )
+
+    if isinstance(data, NotificationRequested):
+        kind = NoticeKind(data.template) if data.template in NoticeKind._value2member_map_ else NoticeKind.UPDATED
+        notice_id = (
+            received_notice_id(data.incident_id)
+            if kind is NoticeKind.RECEIVED and data.incident_id
+            else f"requested:{data.notification_id}"
+        )
+        return Notice(
+            kind=kind,
+            notice_id=notice_id,
+            tenant_id=tenant,
+            incident_id=data.incident_id,
+            about_event_id=envelope.id,
+            priority=priority,
+            context=base | {k: v for k, v in data.context.items() if k != "status_url"},
+            recipient=data.recipient,
+            language=data.language,
+            subject=data.subject,
+            in_reply_to=data.in_reply_to,
+        )
+    if incident_id is None:
+        return None
+    if isinstance(data, IncidentReported):
+        return make(NoticeKind.RECEIVED, received_notice_id(incident_id), number=data.number, title=data.title)
+    if isinstance(data, IncidentTriaged):
+        if data.duplicate_of:
+            return None  # grouped into another incident: that one's messages carry the news
+        due = data.response_due_at.isoformat() if data.response_due_at else ""
+        return Notice(
+            kind=NoticeKind.TRIAGED,
+            notice_id=f"{envelope.id}:{NoticeKind.TRIAGED.value}",
+            tenant_id=tenant,
+            incident_id=incident_id,
+            about_event_id=envelope.id,
+            priority=data.priority,
+            context=base | {"priority": data.priority.value, "category": data.category, "response_due_at": due},
+        )
+    if isinstance(data, DiagnosisCompleted):
+        if not (data.suspected_cause or data.conclusion):
+            return None  # nothing confirmed yet: no news for the customer
+        return make(NoticeKind.DIAGNOSED, conclusion=data.conclusion, cause=data.suspected_cause or "")
+    if isinstance(data, RemediationStarted):
+        return make(NoticeKind.REMEDIATING, f"{incident_id}:remediation:{data.run_id}", runbook=data.runbook)
+    if isinstance(data, IncidentResolved):
+        # One "resolved" per resolution; a reopened and resolved-again incident is news again.
+        return make(NoticeKind.RESOLVED, resolution=data.resolution, by=data.by)
+    if isinstance(data, IncidentEscalated):
+        return make(
+            NoticeKind.ESCALATED,
+            f"{incident_id}:escalated:{data.level}",
+            reason=data.reason,
+            escalated_to=data.escalated_to or "",
+        )
+    return None

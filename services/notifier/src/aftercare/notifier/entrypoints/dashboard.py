@@ -1,0 +1,361 @@
+"""The operators' dashboard: sign-in, the live incident list (server-sent events), an incident's
+timeline across services, pending approvals with approve/reject, incidents per hour.
+
+Sessions live in the notifier's store (any instance answers any browser); the cookie holds only
+a random session id. Every form carries the session's CSRF token. Operators see only the tenants
+they may see; ``viewer`` sees, ``responder`` acts. Approve/reject call remediation's API as the
+signed-in operator, with the operator API token given at sign-in (kept in the session document,
+never in the browser), since operator tokens are issued by intake and only their digests travel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import secrets
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from aftercare.events.operators import Operator, Role
+from aftercare.notifier.components import NotifierComponents
+from aftercare.notifier.domain.incident_view import sla_state
+from aftercare.notifier.entrypoints.dependencies import Components
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+SESSION_COOKIE = "aftercare_session"
+LOGIN_CSRF_COOKIE = "aftercare_login_csrf"
+HEARTBEAT_S = 15.0
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%}td,th{padding:.3em .5em;border-bottom:1px solid #ddd;text-align:left}
+.breached{color:#fff;background:#c0392b;font-weight:bold}.running{color:#1e8449}
+.P1{color:#c0392b;font-weight:bold}.P2{color:#d35400}.new{animation:flash 2s}
+@keyframes flash{from{background:#fff3b0}to{background:none}}
+nav a{margin-right:1em}.muted{color:#777}form.inline{display:inline}
+"""
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+async def _session(request: Request, notifier: NotifierComponents) -> tuple[dict[str, Any], Operator] | None:
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not session_id:
+        return None
+    session = await notifier.store.db["sessions"].find_one({"_id": session_id})
+    if session is None or session["expires_at"] < datetime.now(UTC):
+        return None
+    directory = notifier.operators
+    operator_event = await directory.get(session["operator_id"]) if directory else None
+    if operator_event is None or not operator_event.active:
+        return None
+    return session, Operator.from_event(operator_event)
+
+
+def _login_page(error: str = "", csrf: str | None = None) -> HTMLResponse:
+    token = csrf or secrets.token_urlsafe(24)
+    page = _page(
+        "Sign in - Aftercare",
+        "<h1>Aftercare operators</h1>"
+        + (f"<p class='breached'>{_e(error)}</p>" if error else "")
+        + "<form method='post' action='/dashboard/login'>"
+        f"<input type='hidden' name='csrf' value='{token}'>"
+        "<p><label>Email <input name='email' type='email' required autocomplete='username'></label></p>"
+        "<p><label>Password <input name='password' type='password' required autocomplete='current-password'>"
+        "</label></p>"
+        "<p><label>Operator API token (responders: lets the dashboard approve and reject as you) "
+        "<input name='api_token' type='password' autocomplete='off'></label></p>"
+        "<p><button type='submit'>Sign in</button></p></form>",
+    )
+    page.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/dashboard")
+    return page
+
+
+@router.get("/login")
+async def login_form() -> HTMLResponse:
+    """The sign-in form."""
+    return _login_page()
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    notifier: Components,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1024)],
+    csrf: Annotated[str, Form(max_length=100)],
+    api_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Check the operator's password (Argon2, the operator directory) and open a session."""
+    if not secrets.compare_digest(csrf, request.cookies.get(LOGIN_CSRF_COOKIE, "")):
+        return _login_page("The form expired; please sign in again.")
+    directory = notifier.operators
+    operator = await directory.verify_login(email, password) if directory else None
+    response: Response
+    if operator is None:
+        response = _login_page("Unknown email or wrong password.")
+        response.status_code = 401
+        return response
+    if not operator.active:
+        response = _login_page("This operator is deactivated; ask an admin.")
+        response.status_code = 403
+        return response
+    if api_token:
+        holder = await directory.by_token(api_token) if directory else None
+        if holder is None or holder.operator_id != operator.operator_id:
+            response = _login_page("That API token is not yours; leave it empty or use your own.")
+            response.status_code = 401
+            return response
+    session_id = secrets.token_urlsafe(32)
+    await notifier.store.db["sessions"].insert_one(
+        {
+            "_id": session_id,
+            "operator_id": operator.operator_id,
+            "api_token": api_token or None,
+            "csrf": secrets.token_urlsafe(24),
+            "expires_at": datetime.now(UTC) + timedelta(hours=notifier.settings.session_hours),
+        }
+    )
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="lax", path="/")
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/dashboard")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, notifier: Components, csrf: Annotated[str, Form(max_length=100)]) -> Response:
+    """End the session."""
+    found = await _session(request, notifier)
+    if found is not None and secrets.compare_digest(csrf, found[0]["csrf"]):
+        await notifier.store.db["sessions"].delete_one({"_id": found[0]["_id"]})
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def _visible(operator: Operator) -> list[str] | None:
+    return None if operator.tenants is None else sorted(operator.tenants)
+
+
+def row_json(view: dict[str, Any], now: datetime) -> dict[str, Any]:
+    state, left = sla_state(view, now)
+    due = view.get("resolution_due_at") or view.get("response_due_at")
+    return {
+        "incident_id": view["incident_id"],
+        "number": view.get("number") or "",
+        "tenant_id": view.get("tenant_id"),
+        "title": view.get("title") or "",
+        "priority": view.get("priority") or "",
+        "status": view.get("status"),
+        "channel": view.get("channel") or "",
+        "verdict": view.get("verdict") or "",
+        "sla": state,
+        "sla_due": due.isoformat() if isinstance(due, datetime) else None,
+        "sla_left_s": left,
+        "notifications_sent": view.get("notifications_sent", 0),
+    }
+
+
+def _matches(view: dict[str, Any], tenant: str | None, status: str | None, priority: str | None) -> bool:
+    return (
+        (not tenant or view.get("tenant_id") == tenant)
+        and (not status or view.get("status") == status)
+        and (not priority or view.get("priority") == priority)
+    )
+
+
+def _hourly_chart(views: list[dict[str, Any]], now: datetime) -> str:
+    hours = Counter(
+        int((now - v["reported_at"]).total_seconds() // 3600)
+        for v in views
+        if isinstance(v.get("reported_at"), datetime) and now - v["reported_at"] < timedelta(hours=24)
+    )
+    peak = max(hours.values(), default=1)
+    bars = "".join(
+        f"<rect x='{(23 - h) * 12}' y='{40 - 38 * hours.get(h, 0) / peak:.1f}' width='10' "
+        f"height='{38 * hours.get(h, 0) / peak:.1f}' fill='#2e86c1'><title>{hours.get(h, 0)} incidents "
+        f"{h}h ago</title></rect>"
+        for h in range(24)
+    )
+    return f"<svg id='per-hour' width='288' height='42' role='img' aria-label='incidents per hour'>{bars}</svg>"
+
+
+@router.get("")
+async def dashboard(
+    request: Request,
+    notifier: Components,
+    tenant: Annotated[str | None, Query(max_length=100)] = None,
+    status: Annotated[str | None, Query(max_length=40)] = None,
+    priority: Annotated[str | None, Query(max_length=4)] = None,
+) -> Response:
+    """The live incident list with filters, pending approvals and incidents per hour."""
+    found = await _session(request, notifier)
+    if found is None:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    session, operator = found
+    now = datetime.now(UTC)
+    views = await notifier.read_model.list(_visible(operator))
+    shown = [v for v in views if _matches(v, tenant, status, priority)]
+    rows = "".join(_row_html(row_json(v, now)) for v in shown)
+    approvals = ""
+    for view in views:
+        for approval in view.get("pending_approvals") or []:
+            buttons = ""
+            if operator.can(Role.RESPONDER):
+                for action in ("approve", "reject"):
+                    buttons += (
+                        f"<form class='inline' method='post' "
+                        f"action='/dashboard/runs/{_e(approval['run_id'])}/{action}'>"
+                        f"<input type='hidden' name='csrf' value='{session['csrf']}'>"
+                        f"<button type='submit' name='{action}'>{action.title()}</button></form> "
+                    )
+            approvals += (
+                f"<li id='approval-{_e(approval['approval_id'])}'><b>{_e(view.get('number'))}</b> "
+                f"{_e(approval.get('step'))}: {_e(approval.get('reason'))} {buttons}</li>"
+            )
+    notice = _e(request.query_params.get("notice", ""))
+    body = (
+        f"<nav><b>Aftercare</b> <span class='muted'>{_e(operator.name)} ({operator.role.value})</span> "
+        f"<form class='inline' method='post' action='/dashboard/logout'><input type='hidden' name='csrf' "
+        f"value='{session['csrf']}'><button>Sign out</button></form></nav>"
+        + (f"<p id='notice'>{notice}</p>" if notice else "")
+        + f"<h2>Incidents per hour (24 h)</h2>{_hourly_chart(views, now)}"
+        + f"<h2>Pending approvals</h2><ul id='approvals'>{approvals or '<li class=muted>none</li>'}</ul>"
+        + "<h2>Incidents</h2><form method='get'>"
+        f"<input name='tenant' placeholder='tenant' value='{_e(tenant)}'> "
+        f"<input name='status' placeholder='status' value='{_e(status)}'> "
+        f"<input name='priority' placeholder='P1..P4' value='{_e(priority)}'> <button>Filter</button></form>"
+        "<table><thead><tr><th>Number</th><th>Tenant</th><th>Title</th><th>Priority</th><th>Status</th>"
+        "<th>SLA</th><th>Channel</th><th>Diagnosis</th><th>Sent</th></tr></thead>"
+        f"<tbody id='incidents'>{rows}</tbody></table>"
+        f"<script>const FILTER={json.dumps({'tenant': tenant, 'status': status, 'priority': priority})};"
+        f"{LIVE_JS}</script>"
+    )
+    return _page("Dashboard - Aftercare", body)
+
+
+def _row_html(row: dict[str, Any]) -> str:
+    sla = row["sla"]
+    return (
+        f"<tr id='row-{_e(row['incident_id'])}' data-tenant='{_e(row['tenant_id'])}'>"
+        f"<td><a href='/dashboard/incidents/{_e(row['incident_id'])}'>{_e(row['number'])}</a></td>"
+        f"<td>{_e(row['tenant_id'])}</td><td>{_e(row['title'])}</td>"
+        f"<td class='{_e(row['priority'])}'>{_e(row['priority'])}</td><td>{_e(row['status'])}</td>"
+        f"<td class='sla {sla}' data-due='{_e(row['sla_due'] or '')}' data-state='{sla}'>{sla}</td>"
+        f"<td>{_e(row['channel'])}</td><td>{_e(row['verdict'])}</td><td>{row['notifications_sent']}</td></tr>"
+    )
+
+
+# The browser side: rows arrive as server-sent events; SLA countdowns tick locally and turn red.
+LIVE_JS = (Path(__file__).resolve().parent.parent / "templates" / "dashboard.js").read_text()
+
+
+@router.get("/events")
+async def events(request: Request, notifier: Components) -> Response:
+    """Server-sent events: each changed incident the operator may see, as a JSON row."""
+    found = await _session(request, notifier)
+    if found is None:
+        return Response(status_code=401)
+    _, operator = found
+    queue = notifier.live.subscribe()
+
+    async def stream() -> Any:
+        try:
+            yield ": connected\n\n"
+            while True:
+                try:
+                    view = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if not operator.may_see(str(view.get("tenant_id"))):
+                    continue
+                data = json.dumps(row_json(view, datetime.now(UTC)), default=str)
+                yield f"event: incident\ndata: {data}\n\n"
+        finally:
+            notifier.live.unsubscribe(queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/incidents/{incident_id}")
+async def incident_timeline(incident_id: str, request: Request, notifier: Components) -> Response:
+    """One incident's whole timeline across services, notifications included."""
+    found = await _session(request, notifier)
+    if found is None:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    _, operator = found
+    view = await notifier.read_model.get(incident_id)
+    if view is None or not operator.may_see(str(view.get("tenant_id"))):
+        page = _page("Not found", "<p>No such incident, or not one you may see.</p>")
+        page.status_code = 404
+        return page
+    entries = await notifier.read_model.timeline(incident_id)
+    items = "".join(
+        f"<tr><td>{_e(entry['time'])}</td><td>{_e(entry['source'])}</td><td>{_e(entry['type'])}</td>"
+        f"<td>{_e(entry['summary'])}</td></tr>"
+        for entry in entries
+    )
+    return _page(
+        f"{view.get('number')} - Aftercare",
+        f"<p><a href='/dashboard'>&larr; all incidents</a></p><h1>{_e(view.get('number'))} {_e(view.get('title'))}</h1>"
+        f"<p>{_e(view.get('tenant_id'))} &middot; {_e(view.get('priority'))} &middot; {_e(view.get('status'))}</p>"
+        f"<table id='timeline'><tr><th>When</th><th>Service</th><th>Event</th><th>What</th></tr>{items}</table>",
+    )
+
+
+@router.post("/runs/{run_id}/{action}")
+async def decide(
+    run_id: str,
+    action: str,
+    request: Request,
+    notifier: Components,
+    csrf: Annotated[str, Form(max_length=100)],
+) -> Response:
+    """Approve or reject a remediation run, as the signed-in operator (remediation's API)."""
+    found = await _session(request, notifier)
+    if found is None:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    session, operator = found
+    if action not in ("approve", "reject") or not secrets.compare_digest(csrf, session["csrf"]):
+        page = _page("Refused", "<p>This form is stale or forged (CSRF check failed); reload the dashboard.</p>")
+        page.status_code = 403
+        return page
+    if not operator.can(Role.RESPONDER) or not session.get("api_token"):
+        return RedirectResponse(
+            "/dashboard?notice=" + "Approving needs the responder role and your API token at sign-in.", status_code=303
+        )
+    url = f"{notifier.settings.remediation_base_url.rstrip('/')}/v1/runs/{run_id}/{action}"
+    try:
+        answer = await notifier.http.post(
+            url,
+            json={"note": f"from the dashboard by {operator.name}"},
+            headers={"Authorization": f"Bearer {session['api_token']}"},
+        )
+        outcome = f"{action}: remediation answered {answer.status_code}"
+        if answer.status_code >= 400:
+            outcome += (
+                f" ({answer.json().get('detail', '')})"
+                if answer.headers.get("content-type", "").endswith("json")
+                else ""
+            )
+    except httpx.HTTPError as error:
+        outcome = f"{action} failed: remediation unreachable ({type(error).__name__})"
+    return RedirectResponse("/dashboard?notice=" + outcome, status_code=303)

@@ -1,0 +1,50 @@
+"""The single-instance job: whoever holds the ``deliveries`` lease sends what is due, recovers
+claims that died with their process, and fires stored due times (periodic updates, digests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import structlog
+
+from aftercare.notifier.components import NotifierComponents
+from aftercare.notifier.service_layer.notify import DIGEST, PERIODIC_UPDATE
+
+ROUND_LIMIT = 200
+
+log = structlog.stdlib.get_logger("aftercare.notifier.scheduled")
+
+
+async def tick(notifier: NotifierComponents) -> int:
+    """One round of the job (when this instance holds the lease); returns deliveries attempted."""
+    now = datetime.now(UTC)
+    if not await notifier.delivery_lease.hold(now):
+        return 0
+    await notifier.worker.recover_lost_claims()
+    async for timer in notifier.due_times.due(now):
+        try:
+            if timer["kind"] == PERIODIC_UPDATE:
+                await notifier.planner.fire_periodic_update(timer)
+            elif timer["kind"] == DIGEST:
+                await notifier.digests.send(timer)
+            await notifier.due_times.done(timer)
+        except Exception:  # stays due; tried again next round
+            log.exception("due time failed", timer=timer["_id"], kind=timer["kind"])
+    return await notifier.worker.run_due(ROUND_LIMIT)
+
+
+async def run_forever(notifier: NotifierComponents, poll_seconds: float) -> None:
+    while True:
+        # Cleared before the round: a wake-up from a handler during the round is not lost.
+        notifier.wake.clear()
+        try:
+            attempted = await tick(notifier)
+        except Exception as error:  # the store may be away; try again next round
+            log.warning("delivery round failed; will retry", error=str(error))
+            attempted = 0
+        if attempted >= ROUND_LIMIT:
+            continue  # a full round: more are probably due already
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(notifier.wake.wait(), timeout=poll_seconds)

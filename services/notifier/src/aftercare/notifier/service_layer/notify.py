@@ -1,0 +1,244 @@
+"""Use case: an event arrives -> the read model learns it -> the notices it calls for are planned
+(who, which channel, when) and stored as deliveries, once per idempotency key."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from pymongo.errors import DuplicateKeyError
+
+from aftercare.events.envelope import Envelope
+from aftercare.events.incidents import IncidentClosed, IncidentReopened, IncidentResolved
+from aftercare.events.tenant_copy import TenantCopy
+from aftercare.events.tenants import Priority, TenantUpserted
+from aftercare.events.triage import IncidentTriaged
+from aftercare.notifier.adapters.read_model import IncidentReadModel
+from aftercare.notifier.adapters.store import DueTimes, Store
+from aftercare.notifier.domain.delivery import DeliveryState
+from aftercare.notifier.domain.incident_view import is_open
+from aftercare.notifier.domain.notices import THROTTLED_KINDS, Notice, NoticeKind, notice_for
+from aftercare.notifier.domain.preferences import Policy, Subscription, plan, throttle_key
+from aftercare.notifier.settings import NotifierSettings
+
+log = structlog.stdlib.get_logger("aftercare.notifier.notify")
+
+PERIODIC_UPDATE = "periodic-update"
+DIGEST = "digest"
+
+
+@dataclass
+class Links:
+    portal_base_url: str
+    public_base_url: str
+
+    def incident(self, tenant: TenantUpserted | None, incident_id: str | None) -> str:
+        slug = tenant.status_page_slug if tenant else None
+        if slug and incident_id:
+            return f"{self.portal_base_url.rstrip('/')}/portal/{slug}/incidents/{incident_id}"
+        return self.status_page(tenant)
+
+    def status_page(self, tenant: TenantUpserted | None) -> str:
+        slug = tenant.status_page_slug if tenant else None
+        return f"{self.public_base_url.rstrip('/')}/status/{slug}" if slug else self.public_base_url
+
+
+class NotificationPlanner:
+    def __init__(
+        self,
+        store: Store,
+        tenants: TenantCopy,
+        read_model: IncidentReadModel,
+        settings: NotifierSettings,
+        wake_delivery: asyncio.Event,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._tenants = tenants
+        self.read_model = read_model
+        self._settings = settings
+        self._due = DueTimes(store)
+        self._wake = wake_delivery
+        self._clock = clock
+        self.links = Links(settings.portal_base_url, settings.public_base_url)
+        self.policy = Policy(
+            throttle_minutes=settings.throttle_minutes,
+            digest_every=timedelta(minutes=settings.digest_interval_minutes),
+        )
+
+    async def on_event(self, envelope: Envelope[Any]) -> None:
+        """Handler for every incident, triage, remediation and notification-request event."""
+        view = await self.read_model.apply(envelope)
+        notice = notice_for(envelope, view)
+        if notice is not None:
+            await self.store_notice(notice)
+        await self._keep_periodic_updates(envelope, view)
+
+    async def on_tenant(self, envelope: Envelope[TenantUpserted]) -> None:
+        """Keep the tenant copy, then plan the notices that waited for this tenant."""
+        await self._tenants.apply(envelope)
+        async for document in self._store.waiting_notices.find({"tenant_id": envelope.data.tenant_id}):
+            await self.store_notice(notice_from_document(document["notice"]))
+            await self._store.waiting_notices.delete_one({"_id": document["_id"]})
+
+    async def on_read_model_only(self, envelope: Envelope[Any]) -> None:
+        """Handler for events that only go on the dashboard (steps, approvals, notifications)."""
+        await self.read_model.apply(envelope)
+
+    async def store_notice(self, notice: Notice) -> int:
+        """Plan ``notice``'s deliveries and store the new ones; returns how many were new."""
+        now = self._clock()
+        tenant = await self._tenants.get(notice.tenant_id)
+        if tenant is None and notice.recipient is None:
+            # The tenant travels on another topic and may arrive later (a fresh notifier reads
+            # everything from the start): park the notice until it does (see ``on_tenant``).
+            await self._store.waiting_notices.update_one(
+                {"_id": notice.notice_id},
+                {"$set": {"tenant_id": notice.tenant_id, "notice": notice_to_document(notice), "at": now}},
+                upsert=True,
+            )
+            log.info("notice waits for its tenant", tenant_id=notice.tenant_id, notice=notice.notice_id)
+            return 0
+        contacts = list(tenant.contacts) if tenant else []
+        subscriptions = {
+            document["contact"]: Subscription.model_validate(document["subscription"])
+            async for document in self._store.subscriptions.find({"tenant_id": notice.tenant_id})
+        }
+        throttled: dict[str, datetime] = {}
+        if notice.kind in THROTTLED_KINDS and notice.incident_id:
+            async for document in self._store.throttle.find({"incident_id": notice.incident_id}):
+                throttled[document["_id"]] = document["last_due"]
+        digest_at = next_digest(now, self.policy.digest_every)
+        planned = plan(notice, contacts, subscriptions, now, throttled, digest_at, self.policy)
+        contact_names = {c.email or c.phone or c.name: c.name for c in contacts}
+        new = 0
+        for delivery in planned:
+            context = notice.context | {
+                "status_url": self.links.incident(tenant, notice.incident_id),
+                "status_page_url": self.links.status_page(tenant),
+                "tenant_name": tenant.name if tenant else "",
+                "contact_name": next(
+                    (name for address, name in contact_names.items() if address.lower() == delivery.contact),
+                    delivery.recipient.split("@")[0],
+                ),
+            }
+            document = {
+                "_id": delivery.key,
+                "tenant_id": notice.tenant_id,
+                "incident_id": notice.incident_id,
+                "notice_id": notice.notice_id,
+                "about_event_id": notice.about_event_id,
+                "kind": notice.kind.value,
+                "priority": notice.priority.value if notice.priority else None,
+                "channel": delivery.channel.value,
+                "recipient": delivery.recipient,
+                "contact": delivery.contact,
+                "language": delivery.language,
+                "context": context,
+                "subject": notice.subject,
+                "in_reply_to": notice.in_reply_to,
+                "state": DeliveryState.PENDING.value,
+                "due_at": delivery.due_at,
+                "held_reason": delivery.held_reason,
+                "digest": delivery.digest,
+                "attempt_count": 0,
+                "attempts": [],
+                "created_at": now,
+            }
+            try:
+                await self._store.deliveries.insert_one(document)
+            except DuplicateKeyError:
+                continue  # planned before: a redelivered event, or intake's ack already took it
+            new += 1
+            if notice.kind in THROTTLED_KINDS and notice.incident_id:
+                await self._store.throttle.update_one(
+                    {"_id": throttle_key(notice, delivery.recipient, delivery.channel)},
+                    {"$set": {"incident_id": notice.incident_id}, "$max": {"last_due": delivery.due_at}},
+                    upsert=True,
+                )
+            if delivery.digest:
+                await self._due.schedule_if_absent(
+                    f"digest|{notice.tenant_id}|{delivery.channel.value}|{delivery.recipient.lower()}|{digest_at.isoformat()}",
+                    DIGEST,
+                    digest_at,
+                    {"tenant_id": notice.tenant_id, "channel": delivery.channel.value, "recipient": delivery.recipient},
+                )
+        if new:
+            log.info("deliveries planned", kind=notice.kind.value, new=new, incident_id=notice.incident_id)
+            self._wake.set()
+        return new
+
+    # --- periodic updates while a P1/P2 is open ------------------------------------------------
+
+    def update_interval(self, priority: str | None) -> timedelta | None:
+        if priority == Priority.P1.value:
+            return timedelta(minutes=self._settings.periodic_update_minutes_p1)
+        if priority == Priority.P2.value:
+            return timedelta(minutes=self._settings.periodic_update_minutes_p2)
+        return None
+
+    async def _keep_periodic_updates(self, envelope: Envelope[Any], view: dict[str, Any] | None) -> None:
+        incident_id = envelope.incident_id
+        if incident_id is None or view is None:
+            return
+        key = f"{PERIODIC_UPDATE}|{incident_id}"
+        if isinstance(envelope.data, IncidentResolved | IncidentClosed) or not is_open(view):
+            await self._due.cancel(key)
+            return
+        if isinstance(envelope.data, IncidentTriaged | IncidentReopened):
+            interval = self.update_interval(view.get("priority"))
+            if interval is None:
+                await self._due.cancel(key)
+            else:
+                await self._due.schedule(key, PERIODIC_UPDATE, self._clock() + interval, {"incident_id": incident_id})
+
+    async def fire_periodic_update(self, timer: dict[str, Any]) -> None:
+        """A P1/P2 incident's update is due: tell its contacts it is still being worked on."""
+        incident_id = timer["payload"]["incident_id"]
+        view = await self.read_model.get(incident_id)
+        interval = self.update_interval((view or {}).get("priority"))
+        if view is None or not is_open(view) or interval is None:
+            return
+        notice = Notice(
+            kind=NoticeKind.PERIODIC,
+            notice_id=f"{incident_id}:update:{timer['due_at'].isoformat()}",
+            tenant_id=view["tenant_id"],
+            incident_id=incident_id,
+            about_event_id=timer["_id"],
+            priority=Priority(view["priority"]),
+            context={
+                "number": view.get("number") or "",
+                "title": view.get("title") or "",
+                "priority": view["priority"],
+                "status": view.get("status") or "",
+            },
+        )
+        await self.store_notice(notice)
+        await self._due.schedule(timer["_id"], PERIODIC_UPDATE, timer["due_at"] + interval, timer["payload"])
+
+
+def next_digest(now: datetime, every: timedelta) -> datetime:
+    """Digests go out on a fixed grid (every ``every`` since the epoch), so all instances agree."""
+    step = every.total_seconds()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    slots = int((now - epoch).total_seconds() // step) + 1
+    return epoch + timedelta(seconds=slots * step)
+
+
+def notice_to_document(notice: Notice) -> dict[str, Any]:
+    document = dataclasses.asdict(notice)
+    document["kind"] = notice.kind.value
+    document["priority"] = notice.priority.value if notice.priority else None
+    return document
+
+
+def notice_from_document(document: dict[str, Any]) -> Notice:
+    fields = dict(document)
+    fields["kind"] = NoticeKind(fields["kind"])
+    fields["priority"] = Priority(fields["priority"]) if fields.get("priority") else None
+    return Notice(**fields)
