@@ -15,7 +15,7 @@ UV := $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: run test setup python-env infra-setup infra-up infra-down infra-status bench schemas lint check help
+.PHONY: run test setup devcert python-env infra-setup infra-up infra-down infra-status bench schemas lint check help
 
 help:
 	@echo "make run     start Kafka, the store and all four services in the foreground (Ctrl-C stops all)"
@@ -36,10 +36,21 @@ infra-setup:
 
 setup: python-env infra-setup
 
+# A development CA and a certificate for localhost (kept in .local/devcert/, remade near expiry).
+devcert:
+	$(PYTHON) infra/devcert.py
+
 # The demo tenant (infra/seed/demo-tenants.json) and admin token for a first look; override both
 # in the environment for anything real.
 run: export AFTERCARE_INTAKE_SEED_FILE ?= infra/seed/demo-tenants.json
 run: export AFTERCARE_INTAKE_ADMIN_TOKEN ?= demo-admin-token
+# make run HTTPS=1: intake on https://localhost:8001 with a dev CA's certificate (README, "HTTPS on a laptop").
+ifeq ($(HTTPS),1)
+run: export AFTERCARE_INTAKE_TLS_CERTFILE ?= .local/devcert/intake.pem
+run: export AFTERCARE_INTAKE_TLS_KEYFILE ?= .local/devcert/intake.key
+run: export AFTERCARE_INTAKE_PUBLIC_BASE_URL ?= https://localhost:8001
+run: devcert
+endif
 run: setup
 	@echo ""
 	@echo "Aftercare is starting. Where to look:"

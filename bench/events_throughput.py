@@ -147,7 +147,9 @@ async def take_turns(
 async def publish_with_event_producer(bootstrap: str, events: list[Envelope[Any]]) -> Measured:
     topic = unique("publish")
     await ensure_topics(bootstrap, topic_specs([topic]), partitions=PARTITIONS)
-    producer = EventProducer(bootstrap, client_id="bench-event-producer", linger_ms=LINGER_MS)
+    producer = EventProducer(
+        bootstrap, client_id="bench-event-producer", linger_ms=LINGER_MS, publish_deadline_s=ROUND_TIMEOUT_S
+    )
     await producer.start()
     try:
         await producer.publish_many(events[:500], topic)  # connections and metadata
@@ -188,7 +190,8 @@ async def publish_bare(bootstrap: str, events: list[Envelope[Any]]) -> Measured:
 async def filled_topic(bootstrap: str, count: int, size: int) -> str:
     topic = unique("consume")
     await ensure_topics(bootstrap, topic_specs([topic]), partitions=PARTITIONS)
-    producer = EventProducer(bootstrap, client_id="bench-filler")
+    # Thousands of events in one call: far beyond the per-request publish deadline meant for services.
+    producer = EventProducer(bootstrap, client_id="bench-filler", publish_deadline_s=300)
     await producer.start()
     try:
         await producer.publish_many(make_events(count, size), topic)

@@ -2,7 +2,8 @@
 
     python consumer_process.py --bootstrap HOST:PORT --mongo-url URL --database DB \\
         --topic TOPIC --group GROUP [--park-on EVENT_ID --park-at after-mark|after-handler-write]
-        [--hold-on EVENT_ID] [--effect plain|guarded]
+        [--hold-on EVENT_ID] [--effect plain|guarded] [--concurrency N] [--handler-delay-ms MS]
+        [--park-after-runs N]
 
 The handler applies each event to one document per incident in collection ``effects``
 (``count`` incremented with ``$inc``, the event id pushed onto ``applied``), and counts its own
@@ -22,6 +23,9 @@ Crash and stop points (the process talks to the test in lines on stdout):
   commit); the test SIGKILLs it;
 * ``--park-at after-handler-write``: the same, right after the handler's write and before the
   processed record;
+* ``--park-after-runs N``: the N-th handler run, right after its write, freezes the process the
+  same way, while the runner's other handlers (``--concurrency``, each awaiting
+  ``--handler-delay-ms`` of I/O before its write) are half-way through theirs;
 * ``--hold-on ID``: the handler of ID prints ``IN_HAND ID`` and waits until a document
   ``{_id: ID}`` appears in collection ``release``;
 * SIGTERM prints ``STOPPING`` and calls ``runner.stop()``; a clean exit prints ``STOPPED``.
@@ -67,13 +71,13 @@ class WatchedProcessedLog(ProcessedEventLog):
         self._deliveries = database["deliveries"]
         self._args = args
 
-    async def begin(self, ids: Iterable[str]) -> set[str]:
+    async def begin_batch(self, ids: Iterable[str]) -> tuple[set[str], set[str]]:
         # The runner begins every batch it fetched with this call.
         wanted = list(ids)
         for record in wanted:
             event_id = record.rsplit("|", 1)[1]
             await self._deliveries.update_one({"_id": event_id}, {"$inc": {"fetched": 1}}, upsert=True)
-        return await super().begin(wanted)
+        return await super().begin_batch(wanted)
 
     async def mark_many(self, group: str, handled: Iterable[tuple[str, str]]) -> None:
         pairs = list(handled)
@@ -89,8 +93,15 @@ async def main(args: argparse.Namespace) -> int:
     db = mongo[args.database]
     effects, runs, release = db["effects"], db["handler_runs"], db["release"]
 
+    started_runs = 0
+
     async def apply_event(envelope: Envelope[Any]) -> None:
+        nonlocal started_runs
+        started_runs += 1
+        run_number = started_runs
         await runs.update_one({"_id": envelope.id}, {"$inc": {"runs": 1}}, upsert=True)
+        if args.handler_delay_ms:
+            await asyncio.sleep(args.handler_delay_ms / 1000)  # the I/O a real handler awaits
         key = envelope.incident_id
         if args.effect == "plain":
             await effects.update_one(
@@ -105,6 +116,8 @@ async def main(args: argparse.Namespace) -> int:
                 {"_id": key, "applied": {"$ne": envelope.id}}, {"$inc": {"count": 1}, "$push": {"applied": envelope.id}}
             )
         if args.park_at == "after-handler-write" and envelope.id == args.park_on:
+            park(envelope.id)
+        if args.park_after_runs and run_number == args.park_after_runs:
             park(envelope.id)
         if envelope.id == args.hold_on:
             say("IN_HAND", envelope.id)
@@ -126,6 +139,7 @@ async def main(args: argparse.Namespace) -> int:
         processed=processed,
         producer=producer,
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
+        concurrency=args.concurrency,
     )
 
     def on_sigterm() -> None:
@@ -156,6 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--park-on")
     parser.add_argument("--park-at", choices=["after-mark", "after-handler-write"])
     parser.add_argument("--hold-on")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--handler-delay-ms", type=int, default=0)
+    parser.add_argument("--park-after-runs", type=int, default=0)
     return parser.parse_args(argv)
 
 

@@ -77,7 +77,10 @@ async def test_events_published_across_a_broker_restart_are_each_handled_once(
         # The effect a customer would see: one record per incident, counted.
         await handled.update_one({"_id": envelope.data.incident_id}, {"$inc": {"times": 1}}, upsert=True)
 
-    producer = EventProducer(kafka.bootstrap_servers, client_id="restart-test", request_timeout_ms=60000)
+    # Publishing across the restart must wait for the broker: a deadline longer than the restart.
+    producer = EventProducer(
+        kafka.bootstrap_servers, client_id="restart-test", request_timeout_ms=60000, publish_deadline_s=300
+    )
     await producer.start()
     runner = ConsumerRunner(
         bootstrap_servers=kafka.bootstrap_servers,

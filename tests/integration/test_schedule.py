@@ -208,7 +208,7 @@ async def test_an_idle_poll_reads_the_hint_only_and_a_new_item_wakes_it(mongo_db
     report = await due.poll(at(40))
     assert report.scanned is True and report.handled == ["probe:soon"]
     assert (await due.poll(at(50))).scanned is False
-    # The safety net: a full scan at least once a minute whatever the hint says.
+    # The safety net: a full scan at least every full_scan_every whatever the hint says.
     assert (await due.poll(at(61))).scanned is True
 
 

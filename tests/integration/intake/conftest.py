@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ class IntakeUnderTest:
     tenants: dict[str, SeededTenant]
     log_file: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # What clients trust: a CA file when intake serves HTTPS with a test certificate.
+    verify: ssl.SSLContext | bool = field(default=True, repr=False)
 
     def auth(self, tenant: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tenants[tenant].api_key}"}
@@ -89,8 +92,13 @@ def start_intake(
     extra_env: dict[str, str] | None = None,
     database: str | None = None,
     seed: list[dict[str, object]] | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> IntakeUnderTest:
-    """Start ``python -m aftercare.intake`` and wait for /readyz; the caller stops it."""
+    """Start ``python -m aftercare.intake`` and wait for /readyz; the caller stops it.
+
+    ``tls`` = (certificate, key, CA that signed it): intake serves HTTPS on ``https://localhost``
+    and the returned ``verify`` trusts that CA.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, smtp_port = free_port(), free_port()
     admin_token = secrets.token_urlsafe(16)
@@ -105,7 +113,13 @@ def start_intake(
             tenants[tenant_id] = seeded
     seed_file = workdir / "seed.json"
     seed_file.write_text(json.dumps(entries))
-    base_url = f"http://127.0.0.1:{http_port}"
+    base_url = f"http://127.0.0.1:{http_port}" if tls is None else f"https://localhost:{http_port}"
+    verify: ssl.SSLContext | bool = True if tls is None else ssl.create_default_context(cafile=str(tls[2]))
+    if tls is not None:
+        extra_env = (extra_env or {}) | {
+            "AFTERCARE_INTAKE_TLS_CERTFILE": str(tls[0]),
+            "AFTERCARE_INTAKE_TLS_KEYFILE": str(tls[1]),
+        }
     env = (
         dict(os.environ)
         | {
@@ -139,8 +153,13 @@ def start_intake(
         tenants=tenants,
         log_file=log_file,
         process=process,
+        verify=verify,
     )
-    wait_ready(service)
+    try:
+        wait_ready(service)
+    except BaseException:
+        stop_intake(service, kill=True)  # never leave a process behind a failed start
+        raise
     return service
 
 
@@ -154,7 +173,7 @@ def wait_ready(service: IntakeUnderTest, timeout_s: float = 90.0) -> None:
                 + service.log_file.read_text(errors="replace")[-3000:]
             )
         try:
-            answer = httpx.get(service.base_url + "/readyz", timeout=2.0)
+            answer = httpx.get(service.base_url + "/readyz", timeout=2.0, verify=service.verify)
             if answer.status_code == 200:
                 return
             last = answer.text

@@ -24,10 +24,10 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from aftercare.events.producer import EventProducer
+from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.attachments import AttachmentStore
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints.email_server import EmailChannelUnavailable, InboundEmailServer
-from aftercare.intake.incident_desk import IncidentDesk
 from aftercare.intake.rate_limit import RateLimiter
 from aftercare.intake.settings import IntakeSettings
 from aftercare.intake.tenant_registry import TenantRegistry
@@ -212,7 +212,11 @@ async def test_a_new_email_opens_an_incident_and_asks_the_notifier_to_acknowledg
     assert data["in_reply_to"] == message["Message-ID"]
     assert data["context"]["number"] == number
     assert data["context"]["title"] == subject
-    assert data["context"]["status_url"].endswith(f"/v1/incidents/{incident['incident_id']}")
+    # The customer's link is the portal's status page, which opens without an API key (issue 8, item 2).
+    slug = intake.tenants["tenant-a"].portal_slug
+    assert data["context"]["status_url"] == f"{intake.base_url}/portal/{slug}/incidents/{incident['incident_id']}"
+    status_page = await api.get(data["context"]["status_url"].removeprefix(intake.base_url))
+    assert status_page.status_code == 200 and number in status_page.text
 
 
 async def test_a_retried_delivery_of_the_same_message_opens_nothing_new(
@@ -707,7 +711,7 @@ async def test_a_taken_smtp_port_is_reported_with_its_setting(
     database = client["email_port_test"]
     components = IntakeComponents(
         settings=settings,
-        desk=IncidentDesk(database, producer),
+        incidents=IncidentStore(database, producer),
         tenants=TenantRegistry(database, producer),
         limiter=RateLimiter(database, 10),
         attachments=AttachmentStore(database, settings.max_attachment_bytes),

@@ -373,6 +373,24 @@ async def test_missing_title_is_a_422_problem_naming_the_field(
     assert await events_mentioning(intake, marker) == []
 
 
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_an_occurred_at_outside_the_calendar_in_utc_is_a_422_problem_naming_the_field(
+    client: httpx.AsyncClient, intake: IntakeUnderTest, moment: str
+) -> None:
+    # Valid ISO 8601, but not a time once moved to UTC (as the store keeps times): the sender's
+    # mistake, not an outage.
+    marker = unique("calendar edge")
+    problem = assert_problem(
+        await client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={"title": marker, "occurred_at": moment}),
+        422,
+    )
+    assert [error["field"] for error in problem["errors"]] == ["occurred_at"]
+    assert "UTC" in problem["errors"][0]["message"]
+    listed = await client.get(INCIDENTS, headers=intake.auth("tenant-a"), params={"since": moment})
+    assert_problem(listed, 422)
+    assert await events_mentioning(intake, marker) == []
+
+
 async def test_an_unknown_field_is_a_422_problem_naming_it(client: httpx.AsyncClient, intake: IntakeUnderTest) -> None:
     problem = assert_problem(
         await client.post(INCIDENTS, headers=intake.auth("tenant-a"), json={"title": unique("x"), "priority": "P1"}),

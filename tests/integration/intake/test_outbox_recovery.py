@@ -250,4 +250,68 @@ async def test_an_accepted_report_leaves_nothing_pending_in_its_outbox(
 
     assert document is not None
     assert document[outbox.FIELD] == [] and document[outbox.FLAG] is False
+    ledger = await store[intake.database][outbox.LEDGER].find({}).to_list()
+    assert all(entry["document_id"] != incident_id for batch in ledger for entry in batch["entries"])
     assert {e["type"] for e in await incident_events(intake.infrastructure, {incident_id})} == {"incident.reported"}
+
+
+async def test_an_entry_that_can_never_be_published_is_dead_lettered_and_the_others_still_go_out(
+    infrastructure: Infrastructure, tmp_path: Path, store: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    # What an older intake could leave: an event over Kafka's size limit stored as pending (the
+    # limit is now checked before the write), ahead of ten reports a crash left unpublished.
+    crashed = start_intake(infrastructure, tmp_path / "before")
+    stop_intake(crashed, kill=True)
+    incidents = store[crashed.database]["incidents"]
+    batch = uuid.uuid4().hex[:8]
+    oversized_id = str(uuid.uuid4())
+    oversized = document_left_by_a_crash("tenant-a", oversized_id, "INC-5000", f"Huge email {batch}")
+    huge = envelope_for(
+        IncidentReported(
+            incident_id=oversized_id,
+            number="INC-5000",
+            title=f"Huge email {batch}",
+            description="x" * 1_500_000,
+            channel=Channel.EMAIL,
+            reported_at=datetime.now(UTC),
+        ),
+        source="intake",
+        tenant_id="tenant-a",
+        incident_id=oversized_id,
+    )
+    oversized[outbox.FIELD] = [{"id": huge.id, "topic": topics.INCIDENTS, "json": huge.model_dump_json(), "at": 0.0}]
+    await incidents.insert_one(oversized)  # first in the store's order: the sweep meets it first
+    pending = {str(uuid.uuid4()): n for n in range(10)}
+    for incident_id, n in pending.items():
+        left = document_left_by_a_crash("tenant-a", incident_id, f"INC-{5001 + n}", f"Left pending {batch} {n}")
+        for entry in left[outbox.FIELD]:
+            entry["at"] = 0.0  # long settled: the sweep need not wait for their requests
+        await incidents.insert_one(left)
+
+    restarted = start_intake(infrastructure, tmp_path / "after", database=crashed.database)
+    try:
+
+        async def all_reported() -> bool:
+            events = await incident_events(infrastructure, set(pending))
+            return {e["incident_id"] for e in events if e["type"] == "incident.reported"} == set(pending)
+
+        await wait_until(all_reported, timeout=90, interval=1.0, message="the ten pending reports published")
+
+        dead_letters = store[crashed.database][outbox.DEAD_LETTERS]
+
+        async def dead_lettered() -> dict[str, Any] | None:
+            return await dead_letters.find_one({"_id": huge.id})
+
+        dead = await wait_until(dead_lettered, timeout=60, message="the oversized entry dead-lettered")
+        assert dead["document_id"] == oversized_id and dead["collection"] == "incidents"
+        assert "EventTooLarge" in dead["reason"] and "description" in dead["reason"]
+        assert dead["entry"]["json"] == huge.model_dump_json()  # kept whole, to be fixed and sent by hand
+        document = await incidents.find_one({"_id": oversized_id})
+        assert document is not None and document[outbox.FIELD] == []
+        assert await incident_events(infrastructure, {oversized_id}) == []  # Kafka never saw it
+
+        async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30.0) as http:
+            metrics = (await http.get("/metrics")).text
+        assert 'aftercare_outbox_dead_lettered_total{collection="incidents",reason="EventTooLarge"} 1.0' in metrics
+    finally:
+        stop_intake(restarted)

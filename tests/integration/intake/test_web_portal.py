@@ -213,6 +213,24 @@ async def test_sending_the_same_form_twice_gives_the_same_incident(intake: Intak
     assert [event["type"] for event in events] == ["incident.reported"]
 
 
+async def test_another_report_sent_with_a_used_form_comes_back_with_its_text_and_a_message(
+    intake: IntakeUnderTest,
+) -> None:
+    async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:
+        token = await open_form(client, intake)
+        first = await client.post(portal(intake), data=filled_form(token))
+        other = filled_form(token, title="The scanner in hall 2 is offline", description="Since noon.")
+        refused = await client.post(portal(intake), data=other)
+        assert refused.status_code == 409, refused.text
+        assert "The scanner in hall 2 is offline" in refused.text and "Since noon." in refused.text
+        number = (await client.get(status_path(first, intake))).text
+        assert "already sent as incident INC-" in refused.text and "NOT sent yet" in refused.text
+        # Sending it again from the page it came back on (a fresh token) reports it as a new incident.
+        resent = await client.post(portal(intake), data=other | {"form_token": form_token(refused.text)})
+    assert incident_id_of(status_path(resent, intake)) != incident_id_of(status_path(first, intake))
+    assert number
+
+
 async def test_html_in_what_the_customer_typed_is_shown_as_text(intake: IntakeUnderTest) -> None:
     title = "<script>alert('pwned')</script> printer & <b>scanner</b>"
     async with httpx.AsyncClient(base_url=intake.base_url, timeout=30) as client:

@@ -2,32 +2,62 @@
 
 What it promises:
 
-* offsets are committed manually, only after the handlers' writes (at least once);
+* events of different keys (incidents) are handled concurrently, at most ``concurrency`` at
+  once; events of one key are handled strictly one after the other, in partition order;
+* offsets are committed manually, only below the lowest unfinished event of each partition,
+  and only after the processed-event records of everything below it are written (at least once);
 * each (event, handler) pair has its effect once: a processed-event record in the service's own
-  database, checked before the handler and written after it (for a whole batch at once, before
-  the batch's offsets are committed; see ``processed.py``);
-* a handler that raises is retried with exponential backoff; after ``max_attempts`` the message
-  goes to the dead-letter topic with the error and its original headers, and the loop goes on;
-* a message of unknown type or one that fails validation goes straight to the dead-letter topic;
+  database, checked before the handler and written after it (in bulk, before the commit that
+  covers it; see ``processed.py``), and checked again just before the handler when the event
+  may have been handled meanwhile (a redelivery or a second copy);
+* a handler that raises does not hold anyone else up: its event moves to the **retry stage**,
+  and the key's later events wait behind it there, in order, while other keys flow; it is
+  retried at a due time with exponential backoff, and after ``RetryPolicy.max_attempts`` it goes
+  to the dead-letter topic with the error, its origin and its original headers;
+* a message of unknown type or one that fails validation (including a version newer than this
+  code knows) goes straight to the dead-letter topic;
 * an unreachable store or broker is not the message's fault: the runner waits and retries
   without counting attempts, so an outage never fills the dead-letter topic;
-* ``stop()`` (wired to SIGTERM by the service runtime) finishes the message in hand, commits,
-  and closes the consumer.
+* ``stop()`` (wired to SIGTERM by the service runtime) finishes the events in hand, commits, and
+  closes the consumer; partitions taken away by a rebalance are finished and committed the same
+  way before they are given up.
+
+Why the retry stage is a due time in the service's store, not retry topics with delays:
+
+* Order per key. A retry topic moves a failed event out of its partition, so the key's next
+  event would overtake it; keeping them in order would need a "this key is blocked" record
+  somewhere durable anyway, which is the store. The stage keeps the failed event *and* the key's
+  later events in one document, in order, so order per key holds across retries and restarts.
+* The partition moves on. Events in the stage count as finished for the commit, so one failing
+  customer webhook neither pins its partition's offset (a restart would re-read everything after
+  it) nor fills the runner's memory with its backlog, however long it fails.
+* No extra topics or consumers. Retry topics need a topic per delay and a consumer per topic in
+  every group; the stage is one collection in a database the service has anyway, with
+  single-document writes only (no transactions on the embedded store).
+* Single instance per key. A key's document is only touched by the runner that owns the key's
+  partition, so retries run exactly where the key's next events arrive, and a rebalance hands
+  both over together (the new owner loads the stage's keys for its partitions).
+
+The price: a failing event costs a few store writes, and a key's events in the stage are read
+back from the store when their turn comes. The first attempt is made as soon as the event
+arrives; only a failure involves the stage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -38,6 +68,7 @@ from aftercare.events.envelope import Envelope, Event
 from aftercare.events.metrics import EVENTS_CONSUMED, HANDLER_FAILURES, HANDLER_SECONDS
 from aftercare.events.processed import ProcessedEventLog, record_id
 from aftercare.events.producer import EventProducer
+from aftercare.events.retry_stage import ParkedKey, RetryStage, StagedEvent
 from aftercare.events.topics import dead_letter_topic
 from aftercare.events.tracing import current_trace_id, extract_trace_context, tracer
 
@@ -58,12 +89,19 @@ DLQ_ERROR = "dead_letter.error"
 DLQ_ERROR_TYPE = "dead_letter.error_type"
 DLQ_ATTEMPTS = "dead_letter.attempts"
 DLQ_GROUP = "dead_letter.consumer_group"
+DLQ_HANDLER = "dead_letter.handler"
 DLQ_ORIGIN = "dead_letter.origin"  # topic/partition/offset of the original message
+
+DEFAULT_CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a failing handler is tried before its message is dead-lettered."""
+    """How often a failing handler is tried before its message is dead-lettered.
+
+    Attempt 1 is made when the event arrives; attempt ``n + 1`` is due ``backoff(n)`` seconds
+    after attempt ``n`` failed. Only the failing key waits meanwhile.
+    """
 
     max_attempts: int = 5
     initial_backoff_s: float = 0.2
@@ -79,11 +117,68 @@ def handler_name(handler: Handler) -> str:
     return getattr(handler, "handler_name", None) or f"{handler.__module__}.{handler.__qualname__}"
 
 
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+LaneId = tuple[str, int, bytes | str]  # topic, partition, key (or a stand-in for a record without one)
+
+
+@dataclass
+class _Message:
+    """A fetched record on its way through a lane."""
+
+    partition: TopicPartition
+    record: Record
+    envelope: Envelope[Event] | EventRejected
+    generation: int
+    skip: set[str] = field(default_factory=set)  # record ids processed before this delivery
+    recheck: set[str] = field(default_factory=set)  # record ids that may have been processed meanwhile
+
+
+@dataclass
+class _RetryDue:
+    """The key's first event in the retry stage is due for another attempt."""
+
+
+@dataclass
+class _Lane:
+    """The events of one key, handled one after the other."""
+
+    items: deque[_Message | _RetryDue] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _PartitionProgress:
+    """Which fetched offsets of a partition are finished; the commit stops at the first that is not."""
+
+    generation: int
+    fetched: deque[int] = field(default_factory=deque)
+    finished: set[int] = field(default_factory=set)
+    next_offset: int | None = None  # one past the last fetched
+    committed: int = -1
+
+    def fetch(self, offset: int) -> None:
+        self.fetched.append(offset)
+        self.next_offset = offset + 1
+
+    def finish(self, offset: int) -> None:
+        self.finished.add(offset)
+
+    def position(self) -> int | None:
+        """The offset to commit: everything below it is finished."""
+        while self.fetched and self.fetched[0] in self.finished:
+            self.finished.discard(self.fetched.popleft())
+        if self.fetched:
+            return self.fetched[0]
+        return self.next_offset
+
+
 class ConsumerRunner:
     """Consumes ``topics`` as consumer group ``group_id`` and dispatches to ``handlers``.
 
     Event types with no handler here are skipped (a topic carries several types; each service
-    cares about some). Several instances in the same group share the partitions.
+    cares about some). Several instances in the same group share the partitions. Up to
+    ``concurrency`` events of different keys are handled at once (1: one at a time); at most
+    ``max_buffered`` fetched events wait for their turn before fetching pauses.
     """
 
     def __init__(
@@ -96,20 +191,29 @@ class ConsumerRunner:
         processed: ProcessedEventLog,
         producer: EventProducer,
         retry: RetryPolicy | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retry_stage: RetryStage | None = None,
         max_batch: int = 200,
+        max_buffered: int = 2000,
+        commit_interval_s: float = 0.2,
         processed_retention: timedelta = timedelta(days=14),
         client_id: str | None = None,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.group_id = group_id
         self.topics = list(topics)
+        self.concurrency = concurrency
         self._handlers = {model.TYPE: list(funcs) for model, funcs in handlers.items()}
         self._processed = processed
+        self._stage = retry_stage or RetryStage(processed.database)
         self._producer = producer
         self._retry = retry or RetryPolicy()
         self._max_batch = max_batch
+        self._max_buffered = max(max_buffered, max_batch)
+        self._commit_interval_s = commit_interval_s
         self._processed_retention = processed_retention
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             client_id=client_id or group_id,
@@ -122,6 +226,26 @@ class ConsumerRunner:
         # is configured, it is a proxy that follows the provider installed later.)
         self._tracer = tracer()
 
+        self._slots = asyncio.Semaphore(concurrency)
+        self._lanes: dict[LaneId, _Lane] = {}
+        self._progress: dict[TopicPartition, _PartitionProgress] = {}
+        self._generations: dict[TopicPartition, int] = {}
+        self._buffered = 0
+        self._paused = False
+        self._parked: dict[LaneId, ParkedKey] = {}
+        self._retry_queued: set[LaneId] = set()
+        self._due_changed = asyncio.Event()
+        # Processed records not yet written (written in bulk before each commit), and their ids,
+        # so that a second copy of an event handled in the meantime is recognised.
+        self._pending_marks: list[tuple[str, str]] = []
+        self._unwritten: set[str] = set()
+        self._checkpoint_lock = asyncio.Lock()
+        self._failure: BaseException | None = None
+        self._metric_children: dict[tuple[str, str], Any] = {}
+        # Partitions being given away (nothing new starts there) and events in hand per partition.
+        self._revoking: set[tuple[str, int]] = set()
+        self._in_hand: dict[tuple[str, int], int] = {}
+
     async def wait_assigned(self, timeout_s: float = 30.0) -> None:
         """Wait until the group gave this consumer its partitions (for tests and start-up)."""
         deadline = time.monotonic() + timeout_s
@@ -131,16 +255,22 @@ class ConsumerRunner:
             await asyncio.sleep(0.05)
 
     def stop(self) -> None:
-        """Ask the loop to finish the message in hand, commit and close."""
+        """Ask the loop to finish the events in hand, commit and close."""
         self._stopping.set()
 
     async def run(self) -> None:
         """Consume until ``stop()``; returns after the final commit and close."""
         await self._consumer.start()
-        log.info("consumer started", group=self.group_id, topics=self.topics)
+        self._consumer.subscribe(self.topics, listener=_Rebalance(self))
+        log.info("consumer started", group=self.group_id, topics=self.topics, concurrency=self.concurrency)
+        retry_timer = asyncio.create_task(self._retry_timer(), name=f"{self.group_id}-retry-timer")
         try:
+            last_checkpoint = time.monotonic()
             while not self._stopping.is_set():
-                fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=500, max_records=self._max_batch))
+                self._pause_when_full()
+                fetch = asyncio.ensure_future(
+                    self._consumer.getmany(timeout_ms=100 if self._paused else 500, max_records=self._max_batch)
+                )
                 stop_wait = asyncio.ensure_future(self._stopping.wait())
                 await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
@@ -149,84 +279,193 @@ class ConsumerRunner:
                     with contextlib.suppress(asyncio.CancelledError):
                         await fetch
                     break
-                batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = fetch.result()
+                batch: dict[TopicPartition, list[Record]] = fetch.result()
                 if batch:
                     try:
-                        await self._handle_batch(batch)
+                        await self._accept(batch)
                     except _Stopping:
                         break
+                if time.monotonic() - last_checkpoint >= self._commit_interval_s:
+                    await self._checkpoint()
+                    last_checkpoint = time.monotonic()
                 await self._purge_now_and_then()
         finally:
+            self._stopping.set()
+            retry_timer.cancel()
+            # The events in hand finish (each lane stops after its current one), then the commit.
+            lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
+            if lanes:
+                await asyncio.gather(*lanes, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry_timer
+            with contextlib.suppress(_Stopping):
+                await self._checkpoint(final=True)
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
             log.info("consumer stopped", group=self.group_id)
+        if self._failure is not None:
+            raise self._failure
 
-    # ---------------------------------------------------------------------------------------
+    # --- fetching and dispatching -------------------------------------------------------------
 
-    async def _handle_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        parsed: list[tuple[TopicPartition, ConsumerRecord[bytes, bytes], Envelope[Event] | EventRejected]] = []
-        wanted_records: list[str] = []
+    def _pause_when_full(self) -> None:
+        # Pausing instead of not fetching keeps the consumer polling, so the group does not
+        # think it died while slow handlers work through a full buffer.
+        if self._buffered >= self._max_buffered and not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+        elif self._buffered < self._max_buffered // 2 and self._paused:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+
+    async def _accept(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        messages: list[_Message] = []
+        wanted: dict[str, int] = {}
         for partition, records in batch.items():
+            progress = self._progress.get(partition)
+            if progress is None:
+                continue  # revoked while the fetch was under way
             for record in records:
                 try:
-                    accepted = parse_envelope(record.value or b"")
+                    envelope: Envelope[Event] | EventRejected = parse_envelope(record.value or b"")
                 except EventRejected as rejection:
-                    parsed.append((partition, record, rejection))
-                    continue
-                for handler in self._handlers.get(accepted.type, ()):
-                    wanted_records.append(record_id(self.group_id, handler_name(handler), accepted.id))
-                parsed.append((partition, record, accepted))
+                    envelope = rejection
+                messages.append(_Message(partition, record, envelope, progress.generation))
+                if not isinstance(envelope, EventRejected):
+                    for handler in self._handlers.get(envelope.type, ()):
+                        rid = record_id(self.group_id, handler_name(handler), envelope.id)
+                        wanted[rid] = wanted.get(rid, 0) + 1
 
         # One write for the whole batch instead of a query per message; see ProcessedEventLog.begin.
-        done = await self._transient_retry(lambda: self._processed.begin(wanted_records), "store")
+        seen_before, processed = await self._transient_retry(lambda: self._processed.begin_batch(wanted), "store")
+        # Several copies in one batch: the first one's record is written later, so the others
+        # must look again when their turn comes.
+        repeated = {rid for rid, count in wanted.items() if count > 1}
+        for message in messages:
+            if not isinstance(message.envelope, EventRejected):
+                for handler in self._handlers.get(message.envelope.type, ()):
+                    rid = record_id(self.group_id, handler_name(handler), message.envelope.id)
+                    if rid in processed:
+                        message.skip.add(rid)
+                    elif rid in seen_before or rid in repeated:
+                        message.recheck.add(rid)
+            progress = self._progress.get(message.partition)
+            if progress is None or progress.generation != message.generation:
+                continue  # revoked while the batch was being begun: the next owner reads it
+            progress.fetch(message.record.offset)
+            self._buffered += 1
+            self._enqueue(_lane_id(message.record), message)
 
-        handled: dict[TopicPartition, int] = {}
-        marks: list[tuple[str, str]] = []  # (handler, event id) pairs handled in this batch
+    def _enqueue(self, lane_id: LaneId, item: _Message | _RetryDue) -> None:
+        lane = self._lanes.get(lane_id)
+        if lane is None:
+            lane = self._lanes[lane_id] = _Lane()
+        lane.items.append(item)
+        if lane.task is None and not self._stopping.is_set():
+            lane.task = asyncio.create_task(self._drain(lane_id, lane))
+
+    async def _drain(self, lane_id: LaneId, lane: _Lane) -> None:
         try:
-            for partition, record, envelope in parsed:
-                if self._stopping.is_set():
-                    # Finish only the message in hand; the rest are fetched again after restart.
-                    break
-                completed = await self._handle_record(record, envelope, done, marks)
-                if not completed:
-                    break
-                handled[partition] = record.offset + 1
+            while lane.items and not self._stopping.is_set():
+                item = lane.items[0]
+                async with self._slots:
+                    if self._stopping.is_set():
+                        break
+                    where = (lane_id[0], lane_id[1])
+                    self._in_hand[where] = self._in_hand.get(where, 0) + 1
+                    try:
+                        if isinstance(item, _RetryDue):
+                            self._retry_queued.discard(lane_id)
+                            await self._retry_parked(lane_id)
+                        else:
+                            await self._process(lane_id, item)
+                    finally:
+                        self._in_hand[where] -= 1
+                lane.items.popleft()
+        except _Stopping:
+            pass
+        except Exception as error:  # a bug or a store error that is not an outage: stop loudly
+            log.exception("consumer lane failed; stopping the consumer", group=self.group_id)
+            self._failure = self._failure or error
+            self._stopping.set()
         finally:
-            # Processed records for the whole batch in one write, then the commit. One write per
-            # event would cost a store round trip each and cap a consumer at a few hundred
-            # events/s. The price: after a crash before this write, every handler of the batch
-            # runs again on redelivery, not just the one in hand; handlers are idempotent anyway
-            # (see processed.py), and a record is still never written before its handler's effect.
-            if marks:
-                await self._transient_retry(lambda: self._processed.mark_many(self.group_id, marks), "store")
-            await self._commit(handled)
-        # Messages fetched but not handled (stop requested) must be fetched again by whoever
-        # owns the partition next; seeking back makes that true for this consumer too.
-        for partition, records in batch.items():
-            next_offset = handled.get(partition, records[0].offset)
-            if next_offset <= records[-1].offset:
-                self._consumer.seek(partition, next_offset)
+            lane.task = None
+            if not lane.items and self._lanes.get(lane_id) is lane:
+                del self._lanes[lane_id]
 
-    async def _handle_record(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        envelope: Envelope[Event] | EventRejected,
-        done: set[str],
-        marks: list[tuple[str, str]],
-    ) -> bool:
-        """Handle one message; False if the runner is stopping and the message was not finished."""
+    def _finish(self, message: _Message) -> None:
+        progress = self._progress.get(message.partition)
+        self._buffered -= 1
+        if progress is not None and progress.generation == message.generation:
+            progress.finish(message.record.offset)
+
+    def _current(self, message: _Message) -> bool:
+        progress = self._progress.get(message.partition)
+        return (
+            progress is not None
+            and progress.generation == message.generation
+            and (message.partition.topic, message.partition.partition) not in self._revoking
+        )
+
+    # --- one event ----------------------------------------------------------------------------
+
+    async def _process(self, lane_id: LaneId, message: _Message) -> None:
+        if not self._current(message):
+            self._buffered -= 1  # its partition was revoked: the new owner reads it again
+            return
+        record, envelope = message.record, message.envelope
         if isinstance(envelope, EventRejected):
-            await self._dead_letter(record, envelope, attempts=0)
-            return True
+            await self._dead_letter(_staged(record), envelope, attempts=0)
+            self._finish(message)
+            return
         handlers = self._handlers.get(envelope.type, ())
         if not handlers:
-            EVENTS_CONSUMED.labels(group=self.group_id, topic=record.topic, outcome="ignored").inc()
-            return True
+            self._consumed(record.topic, "ignored").inc()
+            self._finish(message)
+            return
+        parked = self._parked.get(lane_id)
+        if parked is not None:
+            if record.offset > parked.last_offset:  # else: in the stage already (redelivered)
+                await self._transient_retry(lambda: self._stage.append(parked, _staged(record)), "store")
+                parked.last_offset = record.offset
+                log.info(
+                    "event waits behind its key's failing event",
+                    event_id=envelope.id,
+                    incident_id=envelope.incident_id,
+                    key_attempts=parked.attempts,
+                )
+            self._finish(message)
+            return
 
-        context = extract_trace_context(record.headers)
+        outcome = await self._run_handlers(record.topic, record.headers, envelope, message.skip, message.recheck)
+        if outcome is _STOPPED:
+            return  # not finished: fetched again after the restart
+        if isinstance(outcome, _Failed):
+            await self._after_failure(lane_id, _staged(record), envelope, outcome, attempts=1, first=True)
+        self._finish(message)
+
+    async def _run_handlers(
+        self,
+        topic: str,
+        headers: Sequence[tuple[str, bytes]] | None,
+        envelope: Envelope[Event],
+        skip: set[str],
+        recheck: set[str],
+    ) -> object:
+        """Run the event's handlers that have not had their effect yet: _HANDLED, _Failed or _STOPPED."""
+        context = extract_trace_context(headers)
         with (
             self._tracer.start_as_current_span(
-                f"handle {envelope.type}", context=context, kind=SpanKind.CONSUMER
+                f"handle {envelope.type}",
+                context=context,
+                kind=SpanKind.CONSUMER,
+                # Given at the start, not set one by one: the SDK takes its lock once, not four times.
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "messaging.kafka.consumer.group": self.group_id,
+                    "messaging.message.id": envelope.id,
+                },
             ) as span,
             structlog.contextvars.bound_contextvars(
                 tenant_id=envelope.tenant_id,
@@ -236,71 +475,291 @@ class ConsumerRunner:
                 trace_id=current_trace_id(),
             ),
         ):
-            span.set_attribute("messaging.system", "kafka")
-            span.set_attribute("messaging.destination.name", record.topic)
-            span.set_attribute("messaging.kafka.consumer.group", self.group_id)
-            span.set_attribute("messaging.message.id", envelope.id)
             started = time.perf_counter()
             outcome = "duplicate"
-            for handler in handlers:
-                name = handler_name(handler)
+            handlers = self._handlers.get(envelope.type, ())
+            ids = [(handler, handler_name(handler)) for handler in handlers]
+            # Records that another copy of this event may have written meanwhile: look again now.
+            to_recheck = [
+                record_id(self.group_id, name, envelope.id)
+                for _, name in ids
+                if record_id(self.group_id, name, envelope.id) in recheck
+            ]
+            if to_recheck:
+                unknown = [rid for rid in to_recheck if rid not in self._unwritten]
+                if unknown:
+                    skip = skip | await self._transient_retry(
+                        lambda: self._processed.already_processed(unknown), "store"
+                    )
+            for handler, name in ids:
                 processed_id = record_id(self.group_id, name, envelope.id)
-                if processed_id in done:
+                if processed_id in skip or processed_id in self._unwritten:
                     continue
-                result = await self._run_with_retries(handler, name, envelope, record)
-                if result == "stopped":
-                    return False
-                if result == "failed":
+                result = await self._call(handler, name, envelope)
+                if result is _STOPPED:
+                    return _STOPPED
+                if isinstance(result, _Failed):
                     span.set_status(trace.Status(trace.StatusCode.ERROR))
-                    return True
-                # ``done`` was read from the store before the batch; a second copy of this event
-                # later in the same batch must see that it has just been handled.
-                done.add(processed_id)
-                marks.append((name, envelope.id))
+                    HANDLER_FAILURES.labels(group=self.group_id, type=envelope.type).inc()
+                    return result
+                self._pending_marks.append((name, envelope.id))
+                self._unwritten.add(processed_id)
                 outcome = "handled"
-            HANDLER_SECONDS.labels(group=self.group_id, type=envelope.type).observe(time.perf_counter() - started)
-            EVENTS_CONSUMED.labels(group=self.group_id, topic=record.topic, outcome=outcome).inc()
+            self._handler_seconds(envelope.type).observe(time.perf_counter() - started)
+            self._consumed(topic, outcome).inc()
             if outcome == "duplicate":
                 log.info("event already handled, skipped")
-            return True
+            return _HANDLED
 
-    async def _run_with_retries(
-        self, handler: Handler, name: str, envelope: Envelope[Event], record: ConsumerRecord[bytes, bytes]
-    ) -> str:
-        attempt = 0
-        transient_waits = 0
+    async def _call(self, handler: Handler, name: str, envelope: Envelope[Event]) -> object:
+        """One attempt of one handler; outages of the store or broker are waited out in place."""
+        waits = 0
         while True:
-            attempt += 1
             try:
                 await handler(envelope)
-                return "handled"
+                return _HANDLED
             except TRANSIENT_ERRORS as error:
                 # The store or broker is away: not the message's fault, do not count it.
-                attempt -= 1
-                transient_waits += 1
-                delay = self._retry.backoff(min(transient_waits, 10))
+                waits += 1
+                delay = self._retry.backoff(min(waits, 10))
                 log.warning(
                     "infrastructure unavailable while handling; waiting",
                     handler=name,
                     error=str(error),
                     retry_in_s=delay,
                 )
+                if await self._sleep_unless_stopping(delay):
+                    return _STOPPED
             except _Stopping:
-                return "stopped"
+                return _STOPPED
             except Exception as error:
-                HANDLER_FAILURES.labels(group=self.group_id, type=envelope.type).inc()
-                if attempt >= self._retry.max_attempts:
-                    log.error(
-                        "handler failed for good; dead-lettering", handler=name, attempts=attempt, error=repr(error)
-                    )
-                    await self._dead_letter(record, error, attempts=attempt, handler=name)
-                    return "failed"
-                delay = self._retry.backoff(attempt)
-                log.warning(
-                    "handler failed; will retry", handler=name, attempt=attempt, retry_in_s=delay, error=repr(error)
-                )
-            if await self._sleep_unless_stopping(delay):
-                return "stopped"
+                return _Failed(name, error)
+
+    # --- the retry stage ----------------------------------------------------------------------
+
+    async def _after_failure(
+        self,
+        lane_id: LaneId,
+        event: StagedEvent,
+        envelope: Envelope[Event],
+        failure: _Failed,
+        *,
+        attempts: int,
+        first: bool,
+    ) -> bool:
+        """Dead-letter the event after its last attempt (True), or schedule the next one (False)."""
+        if attempts >= self._retry.max_attempts:
+            log.error(
+                "handler failed for good; dead-lettering",
+                handler=failure.handler,
+                attempts=attempts,
+                error=repr(failure.error),
+                event_id=envelope.id,
+                incident_id=envelope.incident_id,
+            )
+            await self._dead_letter(event, failure.error, attempts=attempts, handler=failure.handler)
+            return True
+        delay = self._retry.backoff(attempts)
+        due_at = datetime.now(UTC) + timedelta(seconds=delay)
+        error_text = _describe(failure.error)
+        if first:
+            parked = ParkedKey(
+                document_id=self._stage.document_id(self.group_id, event.topic, _key_text(lane_id)),
+                topic=event.topic,
+                partition=event.partition,
+                key=event.key,
+                attempts=attempts,
+                due_at=due_at,
+                last_offset=event.offset,
+                last_error=error_text,
+            )
+            await self._transient_retry(lambda: self._stage.park(self.group_id, parked, event), "store")
+            self._parked[lane_id] = parked
+        else:
+            parked = self._parked[lane_id]
+            parked.attempts, parked.due_at, parked.last_error = attempts, due_at, error_text
+            await self._transient_retry(lambda: self._stage.reschedule(parked), "store")
+        self._due_changed.set()
+        log.warning(
+            "handler failed; the key's events wait in the retry stage",
+            handler=failure.handler,
+            attempt=attempts,
+            retry_in_s=delay,
+            error=repr(failure.error),
+            event_id=envelope.id,
+            incident_id=envelope.incident_id,
+        )
+        return False
+
+    async def _retry_parked(self, lane_id: LaneId) -> None:
+        """Work through the key's events in the stage, first one first, until one fails again."""
+        parked = self._parked.get(lane_id)
+        where = (lane_id[0], lane_id[1])
+        if parked is None or where in self._revoking or where not in _pairs(self._progress):
+            return  # released, or its partition is being given away
+        waiting = list(await self._transient_retry(lambda: self._stage.events(parked), "store"))
+        while waiting:
+            if self._stopping.is_set():
+                return  # the due time stays in the store; the next owner or start tries again
+            event = waiting[0]
+            try:
+                envelope = parse_envelope(event.value or b"")
+            except EventRejected as rejection:
+                await self._dead_letter(event, rejection, attempts=0)
+            else:
+                ids = {
+                    record_id(self.group_id, handler_name(h), envelope.id)
+                    for h in self._handlers.get(envelope.type, ())
+                }
+                outcome = await self._run_handlers(event.topic, event.headers, envelope, set(), ids)
+                if outcome is _STOPPED:
+                    return
+                if isinstance(outcome, _Failed):
+                    if not await self._after_failure(
+                        lane_id, event, envelope, outcome, attempts=parked.attempts + 1, first=False
+                    ):
+                        return
+                else:
+                    # Written now, not with the next commit: the stage forgets the event next.
+                    async with self._checkpoint_lock:
+                        await self._write_marks()
+            parked.attempts, parked.last_error = 0, ""
+            await self._transient_retry(lambda: self._stage.remove_first(parked), "store")
+            waiting.pop(0)
+        await self._transient_retry(lambda: self._stage.release(parked), "store")
+        del self._parked[lane_id]
+        log.info("key left the retry stage; its events flow again", key=_key_text(lane_id))
+
+    async def _retry_timer(self) -> None:
+        """Queue each parked key's retry in its lane when its due time comes."""
+        while not self._stopping.is_set():
+            self._due_changed.clear()
+            now = datetime.now(UTC)
+            next_due: datetime | None = None
+            for lane_id, parked in list(self._parked.items()):
+                if lane_id in self._retry_queued:
+                    continue
+                if parked.due_at <= now:
+                    self._retry_queued.add(lane_id)
+                    self._enqueue(lane_id, _RetryDue())
+                elif next_due is None or parked.due_at < next_due:
+                    next_due = parked.due_at
+            wait = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - now).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due_changed.wait(), timeout=wait)
+
+    # --- rebalances -----------------------------------------------------------------------------
+
+    async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        partitions = list(assigned)
+        for partition in partitions:
+            generation = self._generations.get(partition, 0) + 1
+            self._generations[partition] = generation
+            self._progress[partition] = _PartitionProgress(generation)
+        by_topic: dict[str, list[int]] = {}
+        for partition in partitions:
+            by_topic.setdefault(partition.topic, []).append(partition.partition)
+        for topic, numbers in by_topic.items():
+            load = functools.partial(self._stage.load, self.group_id, topic, numbers)
+            for parked in await self._transient_retry(load, "store"):
+                self._parked[_parked_lane_id(parked)] = parked
+        if self._parked:
+            self._due_changed.set()
+        log.info("partitions assigned", group=self.group_id, partitions=[str(p) for p in partitions])
+
+    async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        partitions = set(revoked)
+        if not partitions:
+            return
+        # Nothing new starts on these partitions; the events in hand there finish, so that their
+        # offsets can be committed before the next owner starts (queued ones it reads again).
+        pairs = _pairs(partitions)
+        self._revoking |= pairs
+        try:
+            deadline = time.monotonic() + 30
+            # A short poll: rebalances are rare, and an event per lane would cost on every event.
+            while time.monotonic() < deadline and any(self._in_hand.get(pair, 0) for pair in pairs):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            with contextlib.suppress(_Stopping):
+                await self._checkpoint(only=partitions)
+        finally:
+            for partition in partitions:
+                self._progress.pop(partition, None)
+            for lane_id in [lane_id for lane_id in self._parked if (lane_id[0], lane_id[1]) in pairs]:
+                del self._parked[lane_id]
+                self._retry_queued.discard(lane_id)
+            self._revoking -= pairs
+        log.info("partitions revoked", group=self.group_id, partitions=[str(p) for p in partitions])
+
+    # --- commits --------------------------------------------------------------------------------
+
+    async def _write_marks(self) -> None:
+        marks, self._pending_marks = self._pending_marks, []
+        if not marks:
+            return
+        try:
+            await self._transient_retry(lambda: self._processed.mark_many(self.group_id, marks), "store")
+        except _Stopping:
+            self._pending_marks[:0] = marks
+            raise
+        for handler, event_id in marks:
+            self._unwritten.discard(record_id(self.group_id, handler, event_id))
+
+    async def _checkpoint(self, *, only: set[TopicPartition] | None = None, final: bool = False) -> None:
+        """Write the processed records, then commit every partition up to its first unfinished event."""
+        async with self._checkpoint_lock:
+            # Positions first: the records of every event finished before this point are in
+            # ``_pending_marks`` already (a record is queued before its event is finished).
+            positions: dict[TopicPartition, int] = {}
+            for partition, progress in self._progress.items():
+                if only is not None and partition not in only:
+                    continue
+                position = progress.position()
+                if position is not None and position > progress.committed:
+                    positions[partition] = position
+            if final:
+                # The last chance to write them: a stop was requested, so waits end at once.
+                marks = self._pending_marks
+                self._pending_marks = []
+                if marks:
+                    try:
+                        await self._processed.mark_many(self.group_id, marks)
+                    except TRANSIENT_ERRORS as error:
+                        log.warning("store unavailable at stop; not committing", error=str(error))
+                        return
+            else:
+                await self._write_marks()
+            if not positions:
+                return
+            try:
+                await self._consumer.commit(positions)
+            except (CommitFailedError, KafkaError) as error:
+                # The group rebalanced; the new owner gets these messages again and the processed
+                # records make that harmless.
+                log.warning("commit failed; messages will be redelivered", error=str(error))
+                return
+            for partition, position in positions.items():
+                if partition in self._progress:
+                    self._progress[partition].committed = position
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _consumed(self, topic: str, outcome: str) -> Any:
+        # Children cached: ``labels()`` costs a lock and a dict lookup per call, per event.
+        key = (topic, outcome)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = self._metric_children[key] = EVENTS_CONSUMED.labels(
+                group=self.group_id, topic=topic, outcome=outcome
+            )
+        return child
+
+    def _handler_seconds(self, event_type: str) -> Any:
+        key = ("seconds", event_type)
+        child = self._metric_children.get(key)
+        if child is None:
+            child = self._metric_children[key] = HANDLER_SECONDS.labels(group=self.group_id, type=event_type)
+        return child
 
     async def _sleep_unless_stopping(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; True if a stop was requested meanwhile."""
@@ -321,39 +780,24 @@ class ConsumerRunner:
                     raise _Stopping() from error
 
     async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], error: BaseException, *, attempts: int, handler: str | None = None
+        self, event: StagedEvent, error: BaseException, *, attempts: int, handler: str | None = None
     ) -> None:
-        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        detail = _describe(error)
+        origin = f"{event.topic}/{event.partition}/{event.offset}"
         headers = [
-            *list(record.headers or ()),
+            *event.headers,
             (DLQ_ERROR, detail.encode("utf-8", "replace")[:8000]),
             (DLQ_ERROR_TYPE, type(error).__name__.encode()),
             (DLQ_ATTEMPTS, str(attempts).encode()),
             (DLQ_GROUP, self.group_id.encode()),
-            (DLQ_ORIGIN, f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            (DLQ_ORIGIN, origin.encode()),
         ]
         if handler:
-            headers.append(("dead_letter.handler", handler.encode()))
-        target = dead_letter_topic(record.topic)
-        await self._transient_retry(lambda: self._producer.send_raw(target, record.value, record.key, headers), "Kafka")
-        EVENTS_CONSUMED.labels(group=self.group_id, topic=record.topic, outcome="dead_lettered").inc()
-        log.error(
-            "message dead-lettered",
-            dead_letter_topic=target,
-            origin=f"{record.topic}/{record.partition}/{record.offset}",
-            error=detail,
-            attempts=attempts,
-        )
-
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as error:
-            # The group rebalanced; the new owner gets these messages again and the processed
-            # records make that harmless.
-            log.warning("commit failed; messages will be redelivered", error=str(error))
+            headers.append((DLQ_HANDLER, handler.encode()))
+        target = dead_letter_topic(event.topic)
+        await self._transient_retry(lambda: self._producer.send_raw(target, event.value, event.key, headers), "Kafka")
+        self._consumed(event.topic, "dead_lettered").inc()
+        log.error("message dead-lettered", dead_letter_topic=target, origin=origin, error=detail, attempts=attempts)
 
     async def _purge_now_and_then(self) -> None:
         now = time.monotonic()
@@ -364,5 +808,65 @@ class ConsumerRunner:
             await self._processed.purge_older_than(self._processed_retention)
 
 
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            await self._runner._on_revoked(revoked)
+        except Exception:
+            log.exception("finishing revoked partitions failed; their events will be redelivered")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        with contextlib.suppress(_Stopping):
+            await self._runner._on_assigned(assigned)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    handler: str
+    error: Exception
+
+
+_HANDLED = object()
+_STOPPED = object()
+
+
 class _Stopping(Exception):
     """Raised inside a wait when the runner was asked to stop."""
+
+
+def _describe(error: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
+
+
+def _lane_id(record: Record) -> LaneId:
+    # A record without a key has no order to keep: a lane of its own.
+    return (record.topic, record.partition, record.key if record.key is not None else f"~{record.offset}")
+
+
+def _parked_lane_id(parked: ParkedKey) -> LaneId:
+    if parked.key is not None:
+        return (parked.topic, parked.partition, parked.key)
+    return (parked.topic, parked.partition, parked.document_id.rsplit("|", 1)[1])
+
+
+def _key_text(lane_id: LaneId) -> str:
+    key = lane_id[2]
+    return key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key
+
+
+def _pairs(partitions: Iterable[TopicPartition]) -> set[tuple[str, int]]:
+    return {(partition.topic, partition.partition) for partition in partitions}
+
+
+def _staged(record: Record) -> StagedEvent:
+    return StagedEvent(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple(record.headers or ()),
+    )

@@ -14,3 +14,9 @@ HANDLER_FAILURES = Counter("aftercare_event_handler_failures_total", "Handler at
 HANDLER_SECONDS = Histogram(
     "aftercare_event_handler_seconds", "Time spent handling one event (all its handlers).", ["group", "type"]
 )
+OUTBOX_DEAD_LETTERED = Counter(
+    "aftercare_outbox_dead_lettered_total",
+    "Outbox entries that could never be published (e.g. over Kafka's size limit), moved to the "
+    "outbox_dead_letters collection so the others go on; any increase needs a person.",
+    ["collection", "reason"],
+)

@@ -11,6 +11,12 @@ pending events ride in the changed document itself, in the same single-document 
 ``sweep`` (run at start-up and every few seconds) publishes whatever a crash left pending. An
 event may be published twice (crash after publish, before removal); consumers deduplicate by
 event id, so that is harmless.
+
+An entry that can never be published (over Kafka's size limit, no longer a valid event) must
+not hold up the others: the sweep moves it to the ``outbox_dead_letters`` collection of the same
+database with the reason, counts it in ``aftercare_outbox_dead_lettered_total`` (alert on any
+increase) and goes on. When Kafka or the store is down, the pass stops and the next one retries.
+``stored`` refuses an event over the size limit before it is written (``EventTooLarge``).
 """
 
 from __future__ import annotations
@@ -23,16 +29,21 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
 
 from aftercare.events.catalog import parse_envelope
 from aftercare.events.envelope import Envelope
-from aftercare.events.producer import EventProducer
+from aftercare.events.metrics import OUTBOX_DEAD_LETTERED
+from aftercare.events.producer import MAX_MESSAGE_BYTES, EventProducer, PublishFailed, check_size
 
 log = structlog.stdlib.get_logger("aftercare.events.outbox")
 
 FIELD = "outbox"
 FLAG = "outbox_pending"  # indexed, so the sweep finds pending documents without a scan
+DEAD_LETTERS = "outbox_dead_letters"
+LEDGER = "outbox_ledger"  # batches of a group commit not finished yet (see group_commit.py)
 
 
 def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str, Any]:
@@ -45,10 +56,28 @@ def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str
     return merged
 
 
-def stored(envelope: Envelope[Any]) -> dict[str, Any]:
+def stored(envelope: Envelope[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """The outbox entry for ``envelope``; raises ``EventTooLarge`` if Kafka could never take it.
+
+    Called while building the write, so an event too large to publish is refused before the
+    store write, not stored as pending and retried forever.
+    """
     # Kept as the exact JSON that will go on Kafka, so what is published is what was decided;
     # ``at`` lets the sweep leave fresh entries to the request that is flushing them.
-    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": envelope.model_dump_json(), "at": time.time()}
+    json = envelope.model_dump_json()
+    check_size(envelope, json.encode(), max_bytes)
+    return {"id": envelope.id, "topic": envelope.data.TOPIC, "json": json, "at": time.time()}
+
+
+def _always(document_id: Any) -> Callable[[dict[str, Any]], Any]:
+    return lambda _entry: document_id
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` means Kafka or the store is unavailable (retry later), not a bad entry."""
+    if isinstance(error, (PublishFailed, PyMongoError, OSError, TimeoutError)):
+        return True
+    return isinstance(error, KafkaError) and (bool(error.retriable) or isinstance(error, KafkaTimeoutError))
 
 
 class OutboxRelay:
@@ -75,18 +104,89 @@ class OutboxRelay:
             return []
         return await self._publish(collection, document_id, document[FIELD])
 
+    async def _send(self, entries: Sequence[dict[str, Any]]) -> list[Envelope[Any]]:
+        records: list[tuple[str, bytes, Envelope[Any]]] = []
+        for entry in entries:
+            # Keep the exact stored ids/trace context: parse_envelope returns them unchanged, and
+            # the stored JSON is sent as it is (serialised once, when it was written).
+            envelope = parse_envelope(entry["json"])
+            records.append((envelope.data.TOPIC, entry["json"].encode(), envelope))
+        await self._producer.publish_serialized(records)
+        return [envelope for _, _, envelope in records]
+
     async def _publish(
         self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
     ) -> list[Envelope[Any]]:
-        envelopes = [parse_envelope(entry["json"]) for entry in entries]
-        # Keep the exact stored ids/trace context: parse_envelope returns them unchanged.
-        published = await self._producer.publish_many(envelopes)
+        published = await self._send(entries)
+        await self._remove(collection, document_id, entries)
+        return published
+
+    @staticmethod
+    async def _remove(
+        collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
+    ) -> None:
         # $pullAll of the exact entries read: FerretDB 1.24 ignores a $pull whose condition looks
         # inside the entries ({"id": {"$in": ...}}), which left every event pending forever.
         # Filtered by _id alone, the one filter the embedded store answers from an index. The flag
         # is cleared by the sweep, which can check emptiness and clear in one conditional write.
         await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: list(entries)}})
+
+    async def _send_isolating(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        entries: Sequence[dict[str, Any]],
+        document_of: Callable[[dict[str, Any]], Any],
+    ) -> int:
+        """Publish ``entries`` in order; one that can never be published is dead-lettered and the
+        others still go. Returns how many were published. Outages (Kafka or the store
+        unavailable) propagate: the whole pass waits for the next."""
+        try:
+            return len(await self._send(entries))
+        except Exception as error:
+            if is_outage(error):
+                raise
+        # Something here cannot be published: find which entry, in order (a later event of a
+        # document must not overtake an earlier one that can still go).
+        published = 0
+        for entry in entries:
+            try:
+                published += len(await self._send([entry]))
+            except Exception as error:
+                if is_outage(error):
+                    raise
+                await self._dead_letter(collection, document_of(entry), entry, error)
         return published
+
+    async def _dead_letter(
+        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entry: dict[str, Any], error: Exception
+    ) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        dead = collection.database[DEAD_LETTERS]
+        # Kept whole (the store takes documents far larger than Kafka's messages), so the event can
+        # be fixed and published again by hand; upserted by event id so a crash here repeats harmlessly.
+        await dead.update_one(
+            {"_id": entry.get("id") or str(document_id)},
+            {
+                "$set": {
+                    "collection": collection.name,
+                    "document_id": document_id,
+                    "topic": entry.get("topic"),
+                    "entry": entry,
+                    "reason": reason,
+                    "dead_lettered_at": time.time(),
+                }
+            },
+            upsert=True,
+        )
+        OUTBOX_DEAD_LETTERED.labels(collection=collection.name, reason=type(error).__name__).inc()
+        log.error(
+            "outbox entry can never be published; moved to the dead letters",
+            collection=collection.name,
+            document_id=str(document_id),
+            event_id=entry.get("id"),
+            reason=reason,
+            dead_letters=DEAD_LETTERS,
+        )
 
     async def sweep(
         self, collection: AsyncCollection[dict[str, Any]], limit: int = 500, min_age_s: float = 10.0
@@ -94,9 +194,12 @@ class OutboxRelay:
         """Publish what was left pending in ``collection``; returns the number of events.
 
         Entries younger than ``min_age_s`` are left alone: the request that wrote them is
-        flushing them right now, and publishing them here too would only duplicate them.
+        flushing them right now, and publishing them here too would only duplicate them. An
+        entry that can never be published is dead-lettered and the others still go out; an
+        outage of Kafka or the store ends the pass (raised) for the next one to retry. Batches
+        a group commit left unfinished (``outbox_ledger``) are swept first.
         """
-        count = 0
+        count = await self.sweep_ledger(collection, min_age_s=min_age_s)
         settled = time.time() - min_age_s
         candidates = [document["_id"] async for document in collection.find({FLAG: True}, {"_id": 1}).limit(limit)]
         for document_id in candidates:
@@ -108,7 +211,63 @@ class OutboxRelay:
                     # Clear the flag only if nothing new arrived meanwhile.
                     await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
                 elif entries and min(entry.get("at", 0.0) for entry in entries) <= settled:
-                    count += len(await self._publish(collection, document_id, entries))
+                    count += await self._send_isolating(collection, entries, _always(document_id))
+                    await self._remove(collection, document_id, entries)
+        return count
+
+    async def flush_ledger(self, collection: AsyncCollection[dict[str, Any]], document_id: Any) -> int:
+        """Publish the events of ``document_id`` that a group commit left in the ledger (its request
+        was answered 503 or crashed); returns how many. For a retry that finds the document
+        written: it may answer "accepted" only once these are on Kafka."""
+        ledger = collection.database[LEDGER]
+        published = 0
+        # The ledger holds only unfinished batches: reading it whole costs next to nothing.
+        async for batch in ledger.find({"collection": collection.name}):
+            entries: list[dict[str, Any]] = batch.get("entries") or []
+            mine = [entry for entry in entries if entry.get("document_id") == document_id]
+            if not mine:
+                continue
+            published += len(await self._send(mine))
+            rest = [entry for entry in entries if entry.get("document_id") != document_id]
+            if rest:
+                await ledger.update_one({"_id": batch["_id"]}, {"$set": {"entries": rest}})
+            else:
+                await ledger.delete_one({"_id": batch["_id"]})
+        return published
+
+    async def sweep_ledger(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        *,
+        min_age_s: float = 10.0,
+        abandon_after_s: float = 300.0,
+    ) -> int:
+        """Finish the group-commit batches of ``collection`` a crash or an outage left in the
+        ledger: publish the events of the documents that were written, in order; drop those of
+        documents never written (nobody was told they were accepted) once the batch is older than
+        ``abandon_after_s`` (younger, a stalled request may still write them)."""
+        count = 0
+        now = time.time()
+        # The ledger holds only unfinished batches: a handful of documents, whatever the store holds.
+        batches = [b async for b in collection.database[LEDGER].find({"collection": collection.name})]
+        for batch in batches:
+            if batch.get("at", 0.0) > now - min_age_s:
+                continue  # its request is still committing it
+            entries: list[dict[str, Any]] = batch.get("entries") or []
+            document_ids = list(dict.fromkeys(entry["document_id"] for entry in entries))
+            written = {
+                document_id
+                for document_id in document_ids
+                if await collection.find_one({"_id": document_id}, {"_id": 1}) is not None
+            }
+            ready = [entry for entry in entries if entry["document_id"] in written]
+            if ready:
+                count += await self._send_isolating(collection, ready, lambda entry: entry["document_id"])
+            unwritten = [entry for entry in entries if entry["document_id"] not in written]
+            if unwritten and batch.get("at", 0.0) > now - abandon_after_s:
+                await collection.database[LEDGER].update_one({"_id": batch["_id"]}, {"$set": {"entries": unwritten}})
+            else:
+                await collection.database[LEDGER].delete_one({"_id": batch["_id"]})
         return count
 
     async def sweep_forever(

@@ -56,6 +56,7 @@ class ProcessedEventLog:
     def __init__(self, database: AsyncDatabase) -> None:  # type: ignore[type-arg]
         self._records: AsyncCollection = database[COLLECTION]  # type: ignore[type-arg]
         self._started: AsyncCollection = database[STARTED_COLLECTION]  # type: ignore[type-arg]
+        self.database = database
 
     async def ensure_indexes(self) -> None:
         # _id is unique already; the time index serves the periodic purge (TTL indexes are not
@@ -69,9 +70,20 @@ class ProcessedEventLog:
         Safe to repeat: ids whose started record exists (from an earlier delivery, or from an
         earlier try of this call) are looked up among the processed records.
         """
+        _, processed = await self.begin_batch(ids)
+        return processed
+
+    async def begin_batch(self, ids: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Like ``begin``, returning ``(seen_before, already_processed)``.
+
+        ``seen_before`` are the ids whose started record existed (a redelivery or a duplicate);
+        those not processed yet may still be processed by another copy of the event handled
+        meanwhile, so a caller that handles events concurrently checks them again just before
+        running their handler. Ids never seen before are certainly not processed.
+        """
         wanted = list(dict.fromkeys(ids))
         if not wanted:
-            return set()
+            return set(), set()
         now = datetime.now(UTC)
         seen_before: list[str] = []
         try:
@@ -80,7 +92,7 @@ class ProcessedEventLog:
         except BulkWriteError as error:
             _raise_unless_only_duplicates(error)
             seen_before = [wanted[failure["index"]] for failure in error.details["writeErrors"]]
-        return await self.already_processed(seen_before)
+        return set(seen_before), await self.already_processed(seen_before)
 
     async def already_processed(self, ids: Iterable[str]) -> set[str]:
         """The record ids among ``ids`` that have a processed record (a query; see ``begin``)."""

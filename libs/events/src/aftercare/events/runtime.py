@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from aftercare.events.consumer import ConsumerRunner, HandlerTable, RetryPolicy
+from aftercare.events.consumer import DEFAULT_CONCURRENCY, ConsumerRunner, HandlerTable, RetryPolicy
 from aftercare.events.logs import configure_logging
 from aftercare.events.operators import OperatorDirectory
 from aftercare.events.processed import ProcessedEventLog
@@ -60,13 +60,15 @@ class ConsumerSpec:
     """A consumer group of this service: what it reads and the handler table to dispatch to.
 
     ``handlers`` is a function of the runtime because handlers need the database and the
-    producer, which exist only once the runtime has connected.
+    producer, which exist only once the runtime has connected. ``concurrency`` is how many
+    events of different keys (incidents) are handled at once; one key's are always in order.
     """
 
     group_id: str
     topics: Sequence[str]
     handlers: Callable[[ServiceRuntime], HandlerTable]
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 async def retry_until_ready(
@@ -304,7 +306,11 @@ class ServiceRuntime:
                 timeout_s=timeout,
                 stopping=self._stopping,
             )
-            producer = EventProducer(self.settings.kafka_bootstrap_servers, client_id=self.name)
+            producer = EventProducer(
+                self.settings.kafka_bootstrap_servers,
+                client_id=self.name,
+                publish_deadline_s=self.settings.publish_deadline_seconds,
+            )
             await retry_until_ready("the Kafka producer", producer.start, timeout_s=timeout, stopping=self._stopping)
             self.producer = producer
             log.info("Kafka connected", kafka=self.settings.kafka_bootstrap_servers)
@@ -321,6 +327,7 @@ class ServiceRuntime:
                     processed=ProcessedEventLog(self.db),
                     producer=producer,
                     retry=spec.retry,
+                    concurrency=spec.concurrency,
                     client_id=f"{self.name}-{spec.group_id}",
                 )
                 self.runners.append(runner)
@@ -451,4 +458,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         timeout_graceful_shutdown=30,
         access_log=False,
+        # HTTPS when the service's settings name a certificate and key (plain HTTP otherwise).
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )

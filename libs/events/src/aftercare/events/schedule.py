@@ -3,9 +3,10 @@
 Several instances of a service run at once, so anything timed must be done by one of them
 only, and must not be forgotten when that one dies. Three parts, all in the service's own store:
 
-* ``Leases`` (collection ``leases``): a named lease document (``holder``, ``expires_at``) taken
-  with one conditional single-document write, renewed by its holder while it works and taken
-  over by another instance once it has expired (the holder died or stalled).
+* ``Leases`` (collection ``leases``): a named lease document (``holder``, ``expires_at``,
+  ``term``) created by one insert or taken over with one conditional single-document write,
+  renewed by its holder while it works and taken over by another instance once it has expired
+  (the holder died or stalled).
 * ``Jobs``, used as ``runtime.every(name, interval_s, job)``: ``job()`` runs once per interval
   per deployment, in whichever instance holds the lease ``every:<name>``. The time of the next
   run is kept in the lease document, so a new holder neither repeats a run nor skips one. A
@@ -33,9 +34,15 @@ Store notes: no TTL or partial indexes (the embedded FerretDB has neither). Leas
 are looked up by ``_id``, the one filter every store answers from an index. Looking for due
 items needs ``due_at``; to keep an idle poll to a single ``_id`` read, every ``schedule`` lowers a
 "next due" hint document (``$min``) and the poller scans only when the hint says something is
-due, plus once a minute as a safety net. Lease takeover relies on single-document conditional
-updates being atomic (MongoDB; the embedded store with the project's FerretDB patch). Times are
-compared with each instance's own clock: keep the lease period well above the clock skew.
+due, plus every five minutes as a safety net (a crash between an item's write and its hint).
+Without an index on ``due_at`` (the embedded store answers only ``_id`` from an index) each such
+scan reads every stored item: measured in ``bench/due_times_poll.py``.
+
+Taking over an expired lease is decided by a unique insert (a claim document ``<lease>#<term>``
+in ``lease_claims``), so exactly one of several instances wins even on a store whose conditional
+updates are not atomic; renewals and the job's bookkeeping are conditional single-document
+writes on the holder. Times are compared with each
+instance's own clock: keep the lease period well above the clock skew between instances.
 """
 
 from __future__ import annotations
@@ -508,7 +515,7 @@ class DueTimes:
         *,
         retry_base: timedelta = timedelta(seconds=1),
         retry_ceiling: timedelta = timedelta(minutes=5),
-        full_scan_every: timedelta = timedelta(minutes=1),
+        full_scan_every: timedelta = timedelta(minutes=5),
         batch_size: int = 100,
         concurrency: int = 8,
     ) -> None:

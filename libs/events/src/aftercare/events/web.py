@@ -17,21 +17,32 @@ Typical wiring (see ``aftercare.intake.bootstrap``)::
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotLeaderForPartitionError,
+    RequestTimedOutError,
+)
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "OUTAGE_ERRORS",
     "PROBLEM_JSON",
     "TYPE_BASE",
     "BodySizeLimit",
     "Problem",
+    "Unavailable",
     "install_problem_handlers",
     "problem_response",
     "validation_errors",
@@ -108,8 +119,12 @@ def install_problem_handlers(
     retry_advice: str = "Retry later.",
 ) -> None:
     """Answer every error of ``app`` as a problem: raised :class:`Problem`, validation errors
-    (malformed JSON → 400 ``invalid-json``, wrong fields → 422 ``invalid-request`` with one entry
-    per field), Starlette's 404/405/413, and anything unexpected.
+    (malformed JSON, too deeply nested or not UTF-8 → 400 ``invalid-json``; wrong fields → 422
+    ``invalid-request`` with one entry per field), Starlette's 404/405/413; an outage of the
+    store or Kafka (``OUTAGE_ERRORS``, :class:`Unavailable`) → 503 ``unavailable`` with
+    Retry-After; any other exception (a bug) → 500 ``internal-error``. Both of the last two carry
+    a ``correlation_id`` (body, ``X-Correlation-Id`` header, log line), and the connection stays
+    usable for the client's next request.
 
     ``service`` names the service in the answer to an unexpected error; ``retry_advice`` tells
     the caller how to retry safely (intake: "send an Idempotency-Key ...").
@@ -138,6 +153,13 @@ def install_problem_handlers(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == _FASTAPI_UNPARSABLE_BODY:
+            # FastAPI's answer when json.loads fails with anything but JSONDecodeError.
+            cause = error.__cause__
+            if isinstance(cause, RecursionError):
+                return problem_response(_invalid_json("it is nested too deeply"), request)
+            if isinstance(cause, UnicodeDecodeError):
+                return problem_response(_invalid_json(f"it is not UTF-8 (byte {cause.start})"), request)
         titles = {404: "Not found", 405: "Method not allowed", 413: "Request too large"}
         detail = str(error.detail)
         if error.status_code == 404 and detail == "Not Found":
@@ -151,20 +173,165 @@ def install_problem_handlers(
             request,
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug or an outage, not the caller's fault: say so, and whether retrying makes sense.
-        log.exception("unhandled error", path=request.url.path)
+    # Here, not at the top: the catalog imports operators, which import this module, and the
+    # producer imports the catalog.
+    from aftercare.events.producer import EventTooLarge, PublishFailed
+
+    @app.exception_handler(PublishFailed)
+    async def _kafka_unavailable(request: Request, error: PublishFailed) -> JSONResponse:
+        # What was decided is stored with its event in the outbox; the sweep publishes it once
+        # Kafka is back. The caller hears "not done yet, retry" within the publish deadline.
+        correlation_id = new_correlation_id()
+        log.warning(
+            "publish deadline passed; answered 503",
+            path=request.url.path,
+            error=str(error),
+            correlation_id=correlation_id,
+        )
         return problem_response(
             Problem(
                 503,
                 "Temporarily unavailable",
-                f"{service} could not complete the request (the store or Kafka is unavailable). {retry_advice}",
+                f"Kafka did not confirm the request in time; nothing is lost. {retry_advice}",
                 kind="unavailable",
-                headers={"Retry-After": "5"},
+                headers={"Retry-After": str(RETRY_AFTER_S), CORRELATION_HEADER: correlation_id},
+                correlation_id=correlation_id,
             ),
             request,
         )
+
+    @app.exception_handler(EventTooLarge)
+    async def _event_too_large(request: Request, error: EventTooLarge) -> JSONResponse:
+        # Each channel bounds its fields first; this is the last guard, before anything is stored.
+        field = error.largest_field or "(request)"
+        return problem_response(
+            Problem(
+                413,
+                "Request too large",
+                f"This request would make an event of {error.size} bytes, over the {error.limit}-byte limit. "
+                f"Shorten '{field}' (the largest field) and send it again.",
+                kind="event-too-large",
+                field=field,
+            ),
+            request,
+        )
+
+    async def _outage(request: Request, error: Exception) -> JSONResponse:
+        # Registered per class (not for Exception), so Starlette answers it and goes on: the
+        # connection stays usable for the client's next request.
+        correlation_id = new_correlation_id()
+        log.warning(
+            "store or Kafka unavailable; answered 503",
+            path=request.url.path,
+            correlation_id=correlation_id,
+            error=f"{type(error).__name__}: {error}",
+        )
+        return problem_response(
+            Problem(
+                503,
+                "Temporarily unavailable",
+                f"{service} could not complete the request: the store or Kafka is unavailable. {retry_advice}",
+                kind="unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_S), CORRELATION_HEADER: correlation_id},
+                correlation_id=correlation_id,
+            ),
+            request,
+        )
+
+    for outage in OUTAGE_ERRORS:
+        app.add_exception_handler(outage, _outage)
+    app.add_exception_handler(Unavailable, _outage)
+    app.add_middleware(_UnexpectedErrors, service=service)
+
+
+class Unavailable(Exception):
+    """Raise when a dependency the request needs is down: answered 503 with Retry-After."""
+
+
+# Failures of the infrastructure rather than of the request: the caller may retry.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionFailure,  # pymongo: includes server selection and network timeouts
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    NotLeaderForPartitionError,
+    TimeoutError,
+)
+RETRY_AFTER_S = 5
+CORRELATION_HEADER = "X-Correlation-Id"
+
+
+def new_correlation_id() -> str:
+    """An id quoted in an error answer and logged with it, so a report of the error finds the log."""
+    return uuid.uuid4().hex
+
+
+class _UnexpectedErrors:
+    """ASGI middleware: an exception nobody handled (a bug) becomes a 500 problem with a
+    correlation id in the body, a header and the log, and the request ends normally.
+
+    Not Starlette's ``exception_handler(Exception)``: that one answers, then re-raises, and the
+    server then drops the kept-alive connection without ``Connection: close``, so a client's
+    next request on it fails.
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except _BodyTooLarge:
+            raise  # not a bug: BodySizeLimit (outside) answers 413
+        except Exception as error:
+            correlation_id = new_correlation_id()
+            log.error(
+                "unexpected error; answered 500",
+                path=scope.get("path"),
+                correlation_id=correlation_id,
+                exc_info=error,
+            )
+            if response_started:
+                raise  # too late to answer: the server ends the connection
+            problem = Problem(
+                500,
+                "Internal error",
+                f"{self.service} failed on this request because of an error on our side, not in the request. "
+                f"It is logged under correlation id {correlation_id}: quote it when you report the problem. "
+                "Retrying is safe but may fail the same way.",
+                kind="internal-error",
+                headers={CORRELATION_HEADER: correlation_id},
+                correlation_id=correlation_id,
+            )
+            body = json.dumps(problem.body(scope.get("path"))).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                        (CORRELATION_HEADER.lower().encode(), correlation_id.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+_FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
 
 
 def _invalid_json(message: str) -> Problem:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
+from aftercare.events.runtime import ConsumerSpec, ServiceRuntime, retry_until_ready
 from aftercare.events.web import BodySizeLimit, install_problem_handlers
 from aftercare.intake import housekeeping
 from aftercare.intake.components import IntakeComponents
@@ -40,10 +40,19 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         intake = IntakeComponents.build(runtime, settings)
         await intake.ensure_indexes()
         if settings.seed_file is not None:
-            await intake.tenants.load_seed(settings.seed_file)
+            seed_file = settings.seed_file
+            # Idempotent, so retried: the first publishes to a broker that has just started (or
+            # just created its topics) can outlast the publish deadline while leaders are elected.
+            await retry_until_ready(
+                "the seed tenants stored and announced",
+                lambda: intake.tenants.load_seed(seed_file),
+                timeout_s=settings.startup_timeout_seconds,
+            )
         # Publish whatever a crash left in outboxes, then keep sweeping in the background.
         runtime.spawn(
-            intake.desk.relay.sweep_forever([intake.desk.incidents, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS),
+            intake.incidents.relay.sweep_forever(
+                [intake.incidents.collection, intake.tenants.tenants], OUTBOX_SWEEP_SECONDS
+            ),
             "outbox-sweep",
         )
         runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
@@ -65,7 +74,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             ConsumerSpec(
                 group_id=consumer.CONSUMER_GROUP,
                 topics=consumer.TOPICS,
-                handlers=lambda rt: consumer.handlers(app.state.intake.desk),
+                handlers=lambda rt: consumer.handlers(app.state.intake.incidents),
             )
         ],
         on_connected=on_store_and_kafka,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aftercare.events.runtime import ServiceRuntime
+from aftercare.intake.adapters.idempotency_keys import IdempotencyKeys
+from aftercare.intake.adapters.incident_store import IncidentStore
+from aftercare.intake.adapters.phone_calls import PhoneCalls
 from aftercare.intake.attachments import AttachmentStore
-from aftercare.intake.incident_desk import IncidentDesk
 from aftercare.intake.rate_limit import RateLimiter
 from aftercare.intake.settings import IntakeSettings
 from aftercare.intake.tenant_registry import TenantRegistry
@@ -15,24 +17,32 @@ from aftercare.intake.tenant_registry import TenantRegistry
 @dataclass
 class IntakeComponents:
     settings: IntakeSettings
-    desk: IncidentDesk
+    incidents: IncidentStore
     tenants: TenantRegistry
     limiter: RateLimiter
     attachments: AttachmentStore
+
+    @property
+    def idempotency_keys(self) -> IdempotencyKeys:
+        return IdempotencyKeys(self.incidents.database)
+
+    @property
+    def phone_calls(self) -> PhoneCalls:
+        return PhoneCalls(self.incidents.database["phone_calls"])
 
     @classmethod
     def build(cls, runtime: ServiceRuntime, settings: IntakeSettings) -> IntakeComponents:
         producer = runtime.require_producer()
         return cls(
             settings=settings,
-            desk=IncidentDesk(runtime.db, producer),
+            incidents=IncidentStore(runtime.db, producer),
             tenants=TenantRegistry(runtime.db, producer),
             limiter=RateLimiter(runtime.db, settings.rate_limit_per_minute),
             attachments=AttachmentStore(runtime.db, settings.max_attachment_bytes),
         )
 
     async def ensure_indexes(self) -> None:
-        await self.desk.ensure_indexes()
+        await self.incidents.ensure_indexes()
         await self.tenants.ensure_indexes()
         await self.limiter.ensure_indexes()
         await self.attachments.ensure_indexes()

@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from aftercare.intake.components import IntakeComponents
+from aftercare.intake.service_layer import move_incident
 
 log = structlog.stdlib.get_logger("aftercare.intake.housekeeping")
 
 
 async def run_once(intake: IntakeComponents) -> int:
     cutoff = datetime.now(UTC) - timedelta(hours=intake.settings.auto_close_after_hours)
-    closed = await intake.desk.close_resolved_before(cutoff)
+    closed = await move_incident.close_resolved_before(intake.incidents, cutoff)
     if closed:
         log.info(
             "closed incidents that stayed resolved", closed=closed, after_hours=intake.settings.auto_close_after_hours

@@ -62,6 +62,9 @@ class Credential:
     credential_id: str
     name: str | None = None
     secret: str | None = None  # kept only where it must be used, not just compared (phone auth token)
+    # The tenant is active: a deactivated tenant's credentials are still recognised (so each
+    # channel can say so in its own way), but nothing they send opens or changes an incident.
+    active: bool = True
 
 
 class TenantRegistry:
@@ -96,6 +99,8 @@ class TenantRegistry:
                 systems=tenant.systems,
                 status_page_slug=slug,
                 inbound_emails=inbound,
+                languages=tenant.languages,
+                probe_allowlist=tenant.probe_allowlist,
             ),
             source="intake",
             tenant_id=tenant_id,
@@ -103,7 +108,11 @@ class TenantRegistry:
         )
         # The slug first: if another tenant holds it, CredentialTaken leaves the tenant unchanged
         # and unannounced (a 409 must mean nothing happened).
-        await self._register(PORTAL, slug, tenant_id, name="web portal", replace=True)
+        await self._register(PORTAL, slug, tenant_id, name="web portal", replace=True, active=tenant.active)
+        # Every credential carries the tenant's state, so a channel's lookup (one read by _id)
+        # also says whether the tenant may report; written before the profile, so a crash in
+        # between leaves a deactivation applied at the doors (the admin's retry finishes it).
+        await self._credentials.update_many({"tenant_id": tenant_id}, {"$set": {"active": tenant.active}})
         # A new slug replaces the old link; the old one must stop opening this tenant's form.
         await self._credentials.delete_many({"kind": PORTAL, "tenant_id": tenant_id, "value": {"$ne": slug}})
         fields = tenant.model_dump(mode="json") | {"updated_at": now}
@@ -205,6 +214,7 @@ class TenantRegistry:
             credential_id=document["credential_id"],
             name=document.get("name"),
             secret=document.get("secret"),
+            active=document.get("active", True),
         )
 
     async def _register(
@@ -217,7 +227,11 @@ class TenantRegistry:
         credential_id: str | None = None,
         secret: str | None = None,
         replace: bool = False,
+        active: bool | None = None,
     ) -> None:
+        if active is None:
+            current = await self.tenants.find_one({"_id": tenant_id}, {"active": 1})
+            active = bool((current or {}).get("active", True))
         document = {
             "_id": f"{kind}|{value}",
             "kind": kind,
@@ -226,6 +240,7 @@ class TenantRegistry:
             "credential_id": credential_id or value,
             "name": name,
             "secret": secret,
+            "active": active,
             "created_at": datetime.now(UTC),
         }
         try:

@@ -13,7 +13,7 @@ from aftercare.events.web import install_problem_handlers
 from aftercare.notifier.adapters import live_feed
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.components import NotifierComponents
-from aftercare.notifier.entrypoints import api, consumer, dashboard, scheduled
+from aftercare.notifier.entrypoints import api, consumer, dashboard, scheduled, status_page
 from aftercare.notifier.settings import NotifierSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -68,4 +68,5 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
     app.include_router(runtime.operations_router())
     app.include_router(api.router)
     app.include_router(dashboard.router)
+    app.include_router(status_page.router)
     return app

@@ -44,7 +44,7 @@ class TriageComponents:
         database = runtime.db
         relay = OutboxRelay(runtime.require_producer())
         tenants = TenantDirectory(database)
-        incidents = TriageIncidents(database, relay)
+        incidents = TriageIncidents(database, relay, runtime.require_producer())
         rule_store = RuleStore(database)
         rules = RuleBook(rule_store)
         prober = Prober()

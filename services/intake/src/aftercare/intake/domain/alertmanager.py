@@ -9,7 +9,7 @@ resolves it. Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aftercare.events.incidents import Channel, Reporter, Severity
 from aftercare.intake.domain.incident import IncidentReport
+from aftercare.intake.domain.moments import in_utc
 from aftercare.intake.domain.pagerduty import clean_text, storable, storable_key
 
 SUPPORTED_VERSION = "4"
@@ -141,7 +142,10 @@ def real_time(moment: datetime | None) -> datetime | None:
     """Alertmanager's timestamps, without its "zero time" (0001-01-01) for an end not yet known."""
     if moment is None or moment.year <= 1:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return in_utc(moment)
+    except ValueError:  # outside the calendar in UTC: as unknown as the zero time
+        return None
 
 
 def incident_report(alert: Alert, message: WebhookMessage, *, first_time: bool) -> IncidentReport:

@@ -18,7 +18,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from aftercare.events.incidents import Channel, Reporter, Severity
 from aftercare.intake.domain.incident import IncidentReport
+from aftercare.intake.domain.moments import in_utc
 
 MAX_EVENT_BYTES = 512 * 1024
 MAX_SUMMARY_CHARS = 1024
@@ -330,10 +331,9 @@ def event_time(timestamp: str | None) -> datetime | None:
     if not timestamp:
         return None
     try:
-        moment = TypeAdapter(datetime).validate_python(timestamp)
-    except ValidationError:
+        return in_utc(TypeAdapter(datetime).validate_python(timestamp))
+    except ValueError:  # not a time, or one outside the calendar in UTC (ValidationError is one)
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 # --- keeping arbitrary JSON in the store --------------------------------------------------------

@@ -9,6 +9,7 @@ comparing are stored as SHA-256 digests and shown once when issued.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import secrets
 
@@ -35,11 +36,29 @@ class TenantProfile(BaseModel):
     tier: ContractTier
     contacts: list[Contact] = Field(default_factory=list, max_length=100)
     systems: list[SupportedSystem] = Field(default_factory=list, max_length=500)
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"], max_length=20, description="Languages its people write in."
+    )
+    probe_allowlist: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="IP addresses or CIDR networks triage may probe for this tenant (nothing else is probed).",
+    )
     portal_slug: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_-]{8,64}$",
         description="Secret part of the web-form link given to the customer; generated if absent.",
     )
+
+    @field_validator("probe_allowlist")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"probe_allowlist entry {entry!r} is not an IP address or CIDR network") from None
+        return entries
 
     @model_validator(mode="after")
     def _storable_numbers(self) -> TenantProfile:

@@ -25,21 +25,20 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field, ValidationError
 
-from aftercare.events.incidents import Channel
+from aftercare.events.incidents import Channel, IncidentStatus
 from aftercare.events.web import Problem, validation_errors
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import alertmanager
 from aftercare.intake.domain.alertmanager import Alert, AlertStatus, WebhookMessage
-from aftercare.intake.domain.lifecycle import TransitionRefused
-from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit
+from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit, inactive_tenant
 from aftercare.intake.entrypoints.pagerduty_api import standalone_schema
+from aftercare.intake.service_layer import move_incident, report_incident
 from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.alertmanager")
 
 router = APIRouter(prefix="/v1/alertmanager", tags=["alertmanager"])
 
-MOVE_ATTEMPTS = 3
 CONFIGURE = (
     "Configure the webhook receiver with http_config: {authorization: {type: Bearer, credentials: "
     "<token>}} using the Alertmanager token your support provider issued."
@@ -104,6 +103,8 @@ async def alertmanager_credential(
             kind="unauthenticated",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if not credential.active:
+        raise inactive_tenant(credential, "Alertmanager token")
     await enforce_rate_limit(intake, credential)
     return credential
 
@@ -179,9 +180,9 @@ async def _apply(intake: IntakeComponents, tenant_id: str, alert: Alert, message
         outcome="ignored",
     )
     if alert.status == AlertStatus.FIRING:
-        open_now = await intake.desk.find_open(tenant_id, key)
+        open_now = await intake.incidents.find_open(tenant_id, key)
         report = alertmanager.incident_report(alert, message, first_time=open_now is None)
-        outcome = await intake.desk.report(tenant_id, report)
+        outcome = await report_incident.report(intake.incidents, tenant_id, report)
         return seen.model_copy(
             update={
                 "outcome": "opened" if outcome.created else "updated",
@@ -189,31 +190,21 @@ async def _apply(intake: IntakeComponents, tenant_id: str, alert: Alert, message
                 "number": outcome.incident.number,
             }
         )
-    for attempt in range(1, MOVE_ATTEMPTS + 1):
-        incident = await intake.desk.find_open(tenant_id, key)
-        if incident is None:
-            log.info("resolved alert with no open incident; nothing to do", tenant_id=tenant_id, dedup_key=key)
-            return seen
-        try:
-            resolved = await intake.desk.resolve(
-                tenant_id,
-                incident.incident_id,
-                by=alertmanager.ACTOR,
-                channel=Channel.ALERTMANAGER,
-                resolution=alertmanager.resolution(alert),
-            )
-        except TransitionRefused:
-            if attempt == MOVE_ATTEMPTS:
-                raise
-            continue  # it changed while we resolved it: decide again from what it is now
-        return seen.model_copy(
-            update={
-                "outcome": "resolved",
-                "incident_id": resolved.incident.incident_id,
-                "number": resolved.incident.number,
-            }
-        )
-    raise AssertionError("unreachable")
+    resolved = await move_incident.resolve_open(
+        intake.incidents,
+        tenant_id,
+        key,
+        IncidentStatus.RESOLVED,
+        by=alertmanager.ACTOR,
+        channel=Channel.ALERTMANAGER,
+        note=alertmanager.resolution(alert),
+    )
+    if resolved is None:
+        log.info("resolved alert with no open incident; nothing to do", tenant_id=tenant_id, dedup_key=key)
+        return seen
+    return seen.model_copy(
+        update={"outcome": "resolved", "incident_id": resolved.incident.incident_id, "number": resolved.incident.number}
+    )
 
 
 def _no_constants(name: str) -> Any:

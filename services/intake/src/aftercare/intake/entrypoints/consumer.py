@@ -1,8 +1,10 @@
-"""Intake moves incidents through their lifecycle from triage and remediation events."""
+"""Intake moves incidents through their lifecycle from triage and remediation events.
+
+The handler table: each handler says what its event means (the status it suggests, what goes on
+the timeline); ``service_layer/apply_event.py`` does the rest.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from aftercare.events import topics
 from aftercare.events.consumer import HandlerTable
@@ -17,7 +19,9 @@ from aftercare.events.remediation import (
     RemediationSucceeded,
 )
 from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
-from aftercare.intake.incident_desk import IncidentDesk
+from aftercare.intake.adapters.incident_store import IncidentStore
+from aftercare.intake.domain.moves import IncidentState
+from aftercare.intake.service_layer.apply_event import apply_event
 
 CONSUMER_GROUP = "intake"
 TOPICS = [topics.TRIAGE, topics.REMEDIATION]
@@ -26,12 +30,13 @@ TOPICS = [topics.TRIAGE, topics.REMEDIATION]
 class LifecycleFromEvents:
     """Each handler names the status the event suggests and what goes on the timeline."""
 
-    def __init__(self, desk: IncidentDesk) -> None:
-        self._desk = desk
+    def __init__(self, store: IncidentStore) -> None:
+        self._store = store
 
     async def triaged(self, envelope: Envelope[IncidentTriaged]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(
+        await apply_event(
+            self._store,
             envelope,
             proposed=Status.TRIAGED,
             kind="triaged",
@@ -46,12 +51,13 @@ class LifecycleFromEvents:
 
     async def diagnosed(self, envelope: Envelope[DiagnosisCompleted]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(
-            envelope, proposed=None, kind="diagnosis", summary=event.conclusion or "Diagnosis completed"
+        await apply_event(
+            self._store, envelope, proposed=None, kind="diagnosis", summary=event.conclusion or "Diagnosis completed"
         )
 
     async def remediation_started(self, envelope: Envelope[RemediationStarted]) -> None:
-        await self._desk.apply_automated(
+        await apply_event(
+            self._store,
             envelope,
             proposed=Status.REMEDIATING,
             kind="remediating",
@@ -59,38 +65,48 @@ class LifecycleFromEvents:
         )
 
     async def approval_requested(self, envelope: Envelope[ApprovalRequested]) -> None:
-        await self._desk.apply_automated(
-            envelope, proposed=None, kind="approval-requested", summary=f"Waiting for approval: {envelope.data.reason}"
+        await apply_event(
+            self._store,
+            envelope,
+            proposed=None,
+            kind="approval-requested",
+            summary=f"Waiting for approval: {envelope.data.reason}",
         )
 
     async def remediation_succeeded(self, envelope: Envelope[RemediationSucceeded]) -> None:
         event = envelope.data
-        document = await self._desk.incidents.find_one({"_id": envelope.incident_id}, {"number": 1})
-        announce: Any = None
-        if document is not None:
-            announce = IncidentResolved(
+
+        def resolved(incident: IncidentState) -> IncidentResolved:
+            return IncidentResolved(
                 incident_id=event.incident_id,
-                number=document["number"],
+                number=incident.number,
                 by="remediation",
                 resolution=f"Fixed by runbook {event.runbook}. {event.verification}".strip(),
             )
-        await self._desk.apply_automated(
+
+        await apply_event(
+            self._store,
             envelope,
             proposed=Status.RESOLVED,
             kind="resolved",
             summary=f"Runbook {event.runbook} fixed it",
-            announce=announce,
+            announcement=resolved,
         )
 
     async def remediation_failed(self, envelope: Envelope[RemediationFailed]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(
-            envelope, proposed=None, kind="remediation-failed", summary=f"Runbook {event.runbook} failed: {event.error}"
+        await apply_event(
+            self._store,
+            envelope,
+            proposed=None,
+            kind="remediation-failed",
+            summary=f"Runbook {event.runbook} failed: {event.error}",
         )
 
     async def escalated(self, envelope: Envelope[IncidentEscalated]) -> None:
         event = envelope.data
-        await self._desk.apply_automated(
+        await apply_event(
+            self._store,
             envelope,
             proposed=Status.ESCALATED,
             kind="escalated",
@@ -98,8 +114,8 @@ class LifecycleFromEvents:
         )
 
 
-def handlers(desk: IncidentDesk) -> HandlerTable:
-    lifecycle = LifecycleFromEvents(desk)
+def handlers(store: IncidentStore) -> HandlerTable:
+    lifecycle = LifecycleFromEvents(store)
     return {
         IncidentTriaged: [lifecycle.triaged],
         DiagnosisCompleted: [lifecycle.diagnosed],

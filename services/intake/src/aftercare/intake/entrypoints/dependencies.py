@@ -34,6 +34,17 @@ def bearer(authorization: str | None) -> str | None:
     return None
 
 
+def inactive_tenant(credential: Credential, door: str) -> Problem:
+    """The answer to a deactivated tenant's credential (a 403: retrying will not help)."""
+    return Problem(
+        403,
+        "Account deactivated",
+        f"The account this {door} belongs to ({credential.tenant_id}) is deactivated, so nothing it sends "
+        "opens or changes incidents. Ask your support provider to reactivate it.",
+        kind="tenant-inactive",
+    )
+
+
 async def enforce_rate_limit(intake: IntakeComponents, credential: Credential) -> None:
     verdict = await intake.limiter.hit(f"{credential.kind}|{credential.credential_id}")
     if not verdict.allowed:
@@ -70,6 +81,8 @@ async def api_key_credential(
             kind="unauthenticated",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if not credential.active:
+        raise inactive_tenant(credential, "API key")
     await enforce_rate_limit(intake, credential)
     return credential
 

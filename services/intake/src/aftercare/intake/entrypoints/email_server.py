@@ -20,17 +20,10 @@ DATA       ``552 5.3.4`` message over ``max_email_bytes`` or an attachment over
 Text that could only be read best-effort (a wrong or missing charset label) is accepted; what
 was repaired is noted at the end of the incident's description (see ``domain.inbound_email``).
 
-A message to several tenants' addresses opens (or updates) one incident per tenant. A reply,
-recognised by In-Reply-To/References matching a Message-ID stored on the tenant's incident, or
-else by an ``[INC-1234]`` tag in the subject naming one of that tenant's incidents, is added to
-that incident whatever its status (an operator decides whether a comment reopens it). Every
-accepted message gets an acknowledgement with the incident number: a NotificationRequested kept
-in the incident's outbox, in the same write as the incident's own event, for the notifier to
-send; bounces, auto-replies and list mail get none (RFC 3834), so two robots cannot loop.
-
-A sending server that retries after losing our 250 does not double anything: a new incident's id
-is derived from the tenant, the Message-ID and the body, and a reply whose Message-ID is already
-on the tenant's incidents is recognised and answered 250 without a second update.
+A message to several tenants' addresses opens (or updates) one incident per tenant. What each
+tenant's copy becomes (a reply to an incident, a new incident, the acknowledgement owed to the
+sender, a retried delivery recognised) is ``service_layer/receive_email.py``; this module is
+the SMTP conversation.
 """
 
 from __future__ import annotations
@@ -39,32 +32,21 @@ import asyncio
 import contextlib
 import logging
 import socket
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, AnyStr
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from opentelemetry.trace import SpanKind
 
-from aftercare.events.envelope import Event
-from aftercare.events.incidents import AttachmentRef, Channel, Reporter
-from aftercare.events.notifications import NotificationRequested
-from aftercare.events.tenants import NotificationChannel
 from aftercare.events.tracing import tracer
 from aftercare.intake.attachments import AttachmentTooLarge
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain.inbound_email import InboundEmail, MalformedEmail, parse_inbound_email
-from aftercare.intake.domain.incident import Incident, IncidentReport
-from aftercare.intake.incident_desk import FollowUps
+from aftercare.intake.service_layer.receive_email import Receipt, receive_email
 
 log = structlog.stdlib.get_logger("aftercare.intake.email")
 
 PORT_SETTING = "AFTERCARE_INTAKE_SMTP_PORT"
-TITLE_MAX_CHARS = 300
-# Ids derived from what a message is, so a retried delivery lands on what the first one made.
-_DELIVERY_IDS = uuid.UUID("5b0f5d0e-6f43-4c1b-9a53-2f0a9c1e7e21")
 _SHUTDOWN_GRACE_S = 10.0
 
 TEMPORARY_FAILURE = (
@@ -85,14 +67,6 @@ def _reply(code: int, enhanced: str, text: str) -> str:
 
 def _megabytes(size: int) -> str:
     return f"{size / 1_048_576:.1f} MB"
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """What one tenant's copy of a message became."""
-
-    action: str  # "Received as" (a new incident), "Added to" (a reply), "Already received as" (a retry)
-    number: str
 
 
 class SupportMailbox:
@@ -116,6 +90,14 @@ class SupportMailbox:
                     "5.1.1",
                     f"<{address}>: this is not a support address at Aftercare; "
                     "check the address your support provider gave you",
+                )
+            if not credential.active:
+                log.info("email refused: tenant deactivated", recipient=address, tenant_id=credential.tenant_id)
+                return _reply(
+                    550,
+                    "5.2.1",
+                    f"<{address}>: this support address belongs to a deactivated account and takes no mail; "
+                    "contact your support provider another way",
                 )
             verdict = await self._intake.limiter.hit(f"email|{credential.credential_id}")
         except Exception as error:  # the store is unreachable: the sender's server retries later
@@ -205,192 +187,25 @@ class SupportMailbox:
         tenants: dict[str, str] = {}
         for address in envelope.rcpt_tos:
             credential = await self._intake.tenants.by_inbound_email(address)
-            if credential is not None:
+            if credential is not None and credential.active:
                 tenants.setdefault(credential.tenant_id, address.lower())
         null_sender = envelope.mail_from in (None, "", "<>")
-        return [
-            await self._deliver(tenant_id, address, email, envelope.mail_from, null_sender)
-            for tenant_id, address in tenants.items()
-        ]
-
-    async def _deliver(
-        self, tenant_id: str, address: str, email: InboundEmail, mail_from: str | None, null_sender: bool
-    ) -> Receipt:
-        desk = self._intake.desk
-        message_id = email.message_id or f"<{email.content_digest[:32]}@no-message-id.aftercare.invalid>"
-        delivery_key = f"{tenant_id}|{message_id}|{email.content_digest}"
-        sender_address = email.sender_address or (None if null_sender else mail_from)
-        author = Reporter(name=email.sender_name, email=sender_address)
-        structlog.contextvars.bind_contextvars(tenant_id=tenant_id)
-        try:
-            thread = await self._thread_of(tenant_id, email)
-            if thread is not None:
-                already = await desk.find_by_email_message_id(tenant_id, [message_id])
-                if already is not None:
-                    # The first delivery may have died between its write and its publish.
-                    await desk.relay.flush(desk.incidents, already.incident_id)
-                    log.info(
-                        "email already received (a retried delivery)",
-                        incident_id=already.incident_id,
-                        message_id=message_id,
-                    )
-                    return Receipt("Already received as", already.number)
-                attachments = await self._keep_attachments(tenant_id, delivery_key, email)
-                acknowledgement = await self._acknowledgement(
-                    tenant_id, delivery_key, email, sender_address, null_sender, "incident-updated", thread.title
+        receipts = []
+        for tenant_id, address in tenants.items():
+            structlog.contextvars.bind_contextvars(tenant_id=tenant_id)
+            try:
+                receipts.append(
+                    await receive_email(self._intake, tenant_id, address, email, envelope.mail_from, null_sender)
                 )
-                outcome = await desk.add_update(
-                    tenant_id,
-                    thread.incident_id,
-                    channel=Channel.EMAIL,
-                    kind="comment",
-                    message=_with_notes(email.body or email.subject, email.notes),
-                    author=author,
-                    attachments=attachments,
-                    email_message_ids=[message_id],
-                    also_publish=acknowledgement,
-                )
-                log.info(
-                    "email added to incident",
-                    incident_id=thread.incident_id,
-                    number=thread.number,
-                    message_id=message_id,
-                    attachments=len(attachments),
-                )
-                return Receipt("Added to", outcome.incident.number)
-
-            title = _title(email, sender_address)
-            attachments = await self._keep_attachments(tenant_id, delivery_key, email)
-            acknowledgement = await self._acknowledgement(
-                tenant_id, delivery_key, email, sender_address, null_sender, "incident-received", title
-            )
-            report = IncidentReport(
-                title=title,
-                description=_with_notes(email.body, email.notes),
-                channel=Channel.EMAIL,
-                reporter=author,
-                labels={"inbound_address": address},
-                attachments=attachments,
-                details={"email": {"message_id": message_id, "subject": email.subject, "to": address}},
-            )
-            outcome = await desk.report(
-                tenant_id,
-                report,
-                incident_id=str(uuid.uuid5(_DELIVERY_IDS, delivery_key)),
-                email_message_ids=[message_id],
-                also_publish=acknowledgement,
-            )
-            incident = outcome.incident
-            if not outcome.created:
-                log.info(
-                    "email already received (a retried delivery)",
-                    incident_id=incident.incident_id,
-                    message_id=message_id,
-                )
-                return Receipt("Already received as", incident.number)
-            log.info(
-                "email opened incident",
-                incident_id=incident.incident_id,
-                number=incident.number,
-                message_id=message_id,
-                attachments=len(attachments),
-                notes=len(email.notes),
-            )
-            return Receipt("Received as", incident.number)
-        finally:
-            structlog.contextvars.unbind_contextvars("tenant_id")
-
-    async def _thread_of(self, tenant_id: str, email: InboundEmail) -> Incident | None:
-        """The tenant's incident this message answers, if any; threads win over a subject tag."""
-        desk = self._intake.desk
-        if email.thread_message_ids:
-            incident = await desk.find_by_email_message_id(tenant_id, email.thread_message_ids)
-            if incident is not None:
-                return incident
-        if email.incident_tag:
-            # Numbers are per tenant: another tenant's INC-1004 is simply not found here.
-            return await desk.get_by_number(tenant_id, email.incident_tag)
-        return None
-
-    async def _keep_attachments(self, tenant_id: str, delivery_key: str, email: InboundEmail) -> list[AttachmentRef]:
-        store = self._intake.attachments
-        return [
-            await store.keep(
-                tenant_id,
-                attachment.filename,
-                attachment.content_type,
-                attachment.content,
-                attachment_id=str(uuid.uuid5(_DELIVERY_IDS, f"{delivery_key}|{index}")),
-            )
-            for index, attachment in enumerate(email.attachments)
-        ]
-
-    async def _acknowledgement(
-        self,
-        tenant_id: str,
-        delivery_key: str,
-        email: InboundEmail,
-        recipient: str | None,
-        null_sender: bool,
-        template: str,
-        title: str,
-    ) -> FollowUps | None:
-        if recipient is None or null_sender or email.automated:
-            log.info(
-                "no acknowledgement for an automated message or one without a sender",
-                sender=recipient,
-                automated=email.automated,
-            )
-            return None
-        language = await self._language_of(tenant_id, recipient)
-        base_url = self._intake.settings.public_base_url.rstrip("/")
-        topic = email.topic or title
-
-        def acknowledgement(incident_id: str, number: str) -> Sequence[Event]:
-            return [
-                NotificationRequested(
-                    notification_id=str(uuid.uuid5(_DELIVERY_IDS, f"acknowledgement|{delivery_key}")),
-                    incident_id=incident_id,
-                    channel=NotificationChannel.EMAIL,
-                    recipient=recipient,
-                    template=template,
-                    language=language,
-                    subject=f"[{number}] Re: {topic}",
-                    in_reply_to=email.message_id,
-                    context={"number": number, "title": title, "status_url": f"{base_url}/v1/incidents/{incident_id}"},
-                )
-            ]
-
-        return acknowledgement
-
-    async def _language_of(self, tenant_id: str, address: str) -> str:
-        tenant = await self._intake.tenants.get(tenant_id)
-        for contact in tenant.contacts:
-            if contact.email and contact.email.lower() == address.lower():
-                return contact.language
-        return "en"
+            finally:
+                structlog.contextvars.unbind_contextvars("tenant_id")
+        return receipts
 
     # --- shutdown ------------------------------------------------------------------------
 
     async def finish_deliveries(self, timeout_s: float) -> None:
         if self._deliveries:
             await asyncio.wait(set(self._deliveries), timeout=timeout_s)
-
-
-def _title(email: InboundEmail, sender: str | None) -> str:
-    title = email.subject.strip()
-    if not title:
-        title = next((line.strip() for line in email.body.splitlines() if line.strip()), "")
-    if not title:
-        files = f" with {len(email.attachments)} attachment(s)" if email.attachments else ""
-        title = f"Email from {sender or 'an unknown sender'}{files}"
-    return title if len(title) <= TITLE_MAX_CHARS else title[: TITLE_MAX_CHARS - 3] + "..."
-
-
-def _with_notes(text: str, notes: Sequence[str]) -> str:
-    if not notes:
-        return text
-    return "\n\n".join([text, *(f"[Aftercare intake: {note}]" for note in notes)]).strip()
 
 
 class _SupportSmtp(SMTP):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -11,11 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
 from aftercare.events.web import Problem
+from aftercare.intake.adapters.idempotency_keys import body_digest
+from aftercare.intake.adapters.incident_store import IncidentNotFound, IncidentStore
 from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.domain.lifecycle import TransitionRefused
+from aftercare.intake.domain.moments import UtcDatetime
 from aftercare.intake.entrypoints.dependencies import ApiCaller, Components
-from aftercare.intake.idempotency import IdempotencyConflict, IdempotencyKeys, body_digest
-from aftercare.intake.incident_desk import IncidentDesk, IncidentNotFound, Outcome
+from aftercare.intake.service_layer.move_incident import move
+from aftercare.intake.service_layer.report_from_api import IdempotencyConflict, report_from_api
+from aftercare.intake.service_layer.report_incident import Outcome
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 
@@ -43,7 +46,7 @@ class NewIncident(BaseModel):
     )
     labels: dict[str, str] = Field(default_factory=dict, max_length=50)
     reporter: Reporter = Field(default_factory=Reporter)
-    occurred_at: datetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
+    occurred_at: UtcDatetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
 
     @field_validator("labels")
     @classmethod
@@ -119,34 +122,22 @@ async def report_incident(
     key with a different body is refused with 409.
     """
     report = IncidentReport(channel=Channel.API, **body.model_dump())
-    incident_id = None
-    keys = IdempotencyKeys(intake.desk.incidents.database)
-    if idempotency_key:
-        try:
-            claim = await keys.claim(caller.tenant_id, idempotency_key, body_digest(await request.body()))
-        except IdempotencyConflict:
-            raise Problem(
-                409,
-                "Idempotency-Key reused",
-                "This Idempotency-Key was used with a different request body. Use a new key for a new report.",
-                kind="idempotency-conflict",
-            ) from None
-        incident_id = claim.incident_id
-        if not claim.first_use:
-            try:
-                existing = await intake.desk.get(caller.tenant_id, incident_id)
-            except IncidentNotFound:
-                pass  # the first attempt died before opening it: open it now under the same id
-            else:
-                # The first attempt may have died between its write and its publish: a 202 promises
-                # the event is in Kafka, so publish whatever it left pending before answering.
-                await intake.desk.relay.flush(intake.desk.incidents, incident_id)
-                return _accepted(request, response, Outcome(existing, created=False))
-    outcome = await intake.desk.report(caller.tenant_id, report, incident_id=incident_id)
-    if idempotency_key and outcome.incident.incident_id != incident_id:
-        # The report went to an open incident with the same dedup_key: a retry must find that
-        # one, not add a second occurrence to it.
-        await keys.settle(caller.tenant_id, idempotency_key, outcome.incident.incident_id)
+    try:
+        outcome = await report_from_api(
+            intake.incidents,
+            intake.idempotency_keys,
+            caller.tenant_id,
+            report,
+            idempotency_key=idempotency_key,
+            body_digest=body_digest(await request.body()) if idempotency_key else "",
+        )
+    except IdempotencyConflict:
+        raise Problem(
+            409,
+            "Idempotency-Key reused",
+            "This Idempotency-Key was used with a different request body. Use a new key for a new report.",
+            kind="idempotency-conflict",
+        ) from None
     return _accepted(request, response, outcome)
 
 
@@ -156,20 +147,20 @@ async def list_incidents(
     caller: ApiCaller,
     status: Annotated[list[IncidentStatus] | None, Query(description="Only these statuses")] = None,
     channel: Annotated[Channel | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="Created at or after (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> IncidentPage:
     """Your incidents, newest first, without timelines (read one incident for its timeline)."""
-    items, total = await intake.desk.search(
+    items, total = await intake.incidents.search(
         caller.tenant_id, status=status or (), channel=channel, since=since, limit=limit, offset=offset
     )
     return IncidentPage(items=items, total=total, limit=limit, offset=offset)
 
 
-async def _load(desk: IncidentDesk, tenant_id: str, incident_id: str) -> Incident:
+async def _load(store: IncidentStore, tenant_id: str, incident_id: str) -> Incident:
     try:
-        return await desk.get(tenant_id, incident_id)
+        return await store.get(tenant_id, incident_id)
     except IncidentNotFound:
         # The same answer whether it does not exist or belongs to another tenant.
         raise Problem(
@@ -180,13 +171,19 @@ async def _load(desk: IncidentDesk, tenant_id: str, incident_id: str) -> Inciden
 @router.get("/{incident_id}", response_model=Incident, name="get_incident", responses=PROBLEMS | {404: {}})
 async def get_incident(incident_id: str, intake: Components, caller: ApiCaller) -> Incident:
     """One incident with its timeline."""
-    return await _load(intake.desk, caller.tenant_id, incident_id)
+    return await _load(intake.incidents, caller.tenant_id, incident_id)
 
 
-async def _move(intake: Components, tenant_id: str, incident_id: str, action: Any) -> Incident:
-    await _load(intake.desk, tenant_id, incident_id)
+async def _move(
+    intake: Components, tenant_id: str, incident_id: str, target: IncidentStatus, by: str, note: str
+) -> Incident:
     try:
-        outcome: Outcome = await action()
+        outcome: Outcome = await move(
+            intake.incidents, tenant_id, incident_id, target, by=by, channel=Channel.API, note=note
+        )
+    except IncidentNotFound:
+        await _load(intake.incidents, tenant_id, incident_id)  # the same 404 as reading it
+        raise
     except TransitionRefused as refused:
         raise Problem(409, "Not possible now", str(refused), kind="transition-refused") from None
     return outcome.incident
@@ -197,36 +194,19 @@ async def acknowledge_incident(
     incident_id: str, body: Acknowledgement, intake: Components, caller: ApiCaller
 ) -> Incident:
     """Take ownership: the customer is told someone is on it."""
-    return await _move(
-        intake,
-        caller.tenant_id,
-        incident_id,
-        lambda: intake.desk.acknowledge(caller.tenant_id, incident_id, by=body.by, channel=Channel.API, note=body.note),
-    )
+    return await _move(intake, caller.tenant_id, incident_id, IncidentStatus.ACKNOWLEDGED, body.by, body.note)
 
 
 @router.post("/{incident_id}/resolve", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
 async def resolve_incident(incident_id: str, body: Resolution, intake: Components, caller: ApiCaller) -> Incident:
     """Mark the problem gone."""
-    return await _move(
-        intake,
-        caller.tenant_id,
-        incident_id,
-        lambda: intake.desk.resolve(
-            caller.tenant_id, incident_id, by=body.by, channel=Channel.API, resolution=body.resolution
-        ),
-    )
+    return await _move(intake, caller.tenant_id, incident_id, IncidentStatus.RESOLVED, body.by, body.resolution)
 
 
 @router.post("/{incident_id}/reopen", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})
 async def reopen_incident(incident_id: str, body: Reopening, intake: Components, caller: ApiCaller) -> Incident:
     """The problem came back after it was resolved."""
-    return await _move(
-        intake,
-        caller.tenant_id,
-        incident_id,
-        lambda: intake.desk.reopen(caller.tenant_id, incident_id, by=body.by, reason=body.reason),
-    )
+    return await _move(intake, caller.tenant_id, incident_id, IncidentStatus.REOPENED, body.by, body.reason)
 
 
 class Closing(BaseModel):
@@ -242,12 +222,7 @@ async def close_incident(incident_id: str, body: Closing, intake: Components, ca
     Incidents that stay resolved for AFTERCARE_INTAKE_AUTO_CLOSE_AFTER_HOURS are closed
     automatically.
     """
-    return await _move(
-        intake,
-        caller.tenant_id,
-        incident_id,
-        lambda: intake.desk.close(caller.tenant_id, incident_id, by=body.by, reason=body.reason),
-    )
+    return await _move(intake, caller.tenant_id, incident_id, IncidentStatus.CLOSED, body.by, body.reason)
 
 
 @router.get(
@@ -257,7 +232,7 @@ async def close_incident(incident_id: str, body: Closing, intake: Components, ca
 )
 async def download_attachment(incident_id: str, attachment_id: str, intake: Components, caller: ApiCaller) -> Response:
     """A file that came with the incident (a faxed PDF, a screenshot), as it arrived."""
-    incident = await _load(intake.desk, caller.tenant_id, incident_id)
+    incident = await _load(intake.incidents, caller.tenant_id, incident_id)
     found = None
     if any(ref.attachment_id == attachment_id for ref in incident.attachments):
         found = await intake.attachments.fetch(caller.tenant_id, attachment_id)

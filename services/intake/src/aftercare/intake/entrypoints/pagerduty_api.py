@@ -18,20 +18,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from aftercare.events.incidents import Channel
+from aftercare.events.incidents import Channel, IncidentStatus
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import pagerduty
-from aftercare.intake.domain.lifecycle import TransitionRefused
 from aftercare.intake.entrypoints.dependencies import Components
-from aftercare.intake.incident_desk import Outcome
+from aftercare.intake.service_layer import move_incident, report_incident
+from aftercare.intake.service_layer.report_incident import Outcome
 from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.pagerduty")
 
 router = APIRouter(tags=["pagerduty"])
-
-# A move refused because the incident changed under us is retried from a fresh read this often.
-MOVE_ATTEMPTS = 3
 
 
 class EnqueueAccepted(BaseModel):
@@ -135,6 +132,16 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
     credential = None
     if isinstance(routing_key, str) and routing_key.strip():
         credential = await intake.tenants.by_routing_key(routing_key)
+    if credential is not None and not credential.active:
+        log.info("pagerduty event for a deactivated tenant refused", tenant_id=credential.tenant_id)
+        return _refused(
+            [
+                f"This routing key belongs to a deactivated account ({credential.tenant_id}); its events "
+                "are not accepted. Ask your support provider to reactivate it"
+            ],
+            status="invalid event",
+            message="Routing key belongs to a deactivated account",
+        )
     if credential is not None:
         verdict = await intake.limiter.hit(f"{credential.kind}|{credential.credential_id}")
         if not verdict.allowed:
@@ -170,7 +177,7 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
 async def _trigger(intake: IntakeComponents, credential: Credential, event: pagerduty.AlertEvent) -> JSONResponse:
     dedup_key = event.dedup_key or pagerduty.generated_dedup_key()
     report = pagerduty.incident_report(event, dedup_key=dedup_key, routing_key_id=credential.credential_id)
-    outcome = await intake.desk.report(credential.tenant_id, report)
+    outcome = await report_incident.report(intake.incidents, credential.tenant_id, report)
     log.info(
         "pagerduty trigger",
         tenant_id=credential.tenant_id,
@@ -184,48 +191,33 @@ async def _trigger(intake: IntakeComponents, credential: Credential, event: page
 async def _move(intake: IntakeComponents, credential: Credential, event: pagerduty.AlertEvent) -> JSONResponse:
     """Acknowledge or resolve the open incident of the dedup key; without one, accept and drop it."""
     assert event.dedup_key is not None  # read_event requires it for acknowledge and resolve
-    tenant_id, desk = credential.tenant_id, intake.desk
-    for attempt in range(1, MOVE_ATTEMPTS + 1):
-        incident = await desk.find_open(tenant_id, event.dedup_key)
-        if incident is None:
-            # PagerDuty drops these too (the alert is resolved or never existed) and still answers 202.
-            log.info(
-                "pagerduty event for no open incident; dropped",
-                tenant_id=tenant_id,
-                action=event.action.value,
-                dedup_key=event.dedup_key,
-            )
-            return _accepted(event.dedup_key)
-        try:
-            if event.action == pagerduty.EventAction.ACKNOWLEDGE:
-                outcome = await desk.acknowledge(
-                    tenant_id,
-                    incident.incident_id,
-                    by=event.actor,
-                    channel=Channel.PAGERDUTY,
-                    note="PagerDuty acknowledge event",
-                )
-            else:
-                outcome = await desk.resolve(
-                    tenant_id,
-                    incident.incident_id,
-                    by=event.actor,
-                    channel=Channel.PAGERDUTY,
-                    resolution="PagerDuty resolve event",
-                )
-        except TransitionRefused:
-            if attempt == MOVE_ATTEMPTS:
-                raise
-            continue  # it changed while we moved it: decide again from what it is now
+    acknowledge = event.action == pagerduty.EventAction.ACKNOWLEDGE
+    outcome = await move_incident.resolve_open(
+        intake.incidents,
+        credential.tenant_id,
+        event.dedup_key,
+        IncidentStatus.ACKNOWLEDGED if acknowledge else IncidentStatus.RESOLVED,
+        by=event.actor,
+        channel=Channel.PAGERDUTY,
+        note="PagerDuty acknowledge event" if acknowledge else "PagerDuty resolve event",
+    )
+    if outcome is None:
+        # PagerDuty drops these too (the alert is resolved or never existed) and still answers 202.
         log.info(
-            "pagerduty move",
-            tenant_id=tenant_id,
-            incident_id=incident.incident_id,
+            "pagerduty event for no open incident; dropped",
+            tenant_id=credential.tenant_id,
             action=event.action.value,
-            status=outcome.incident.status.value,
+            dedup_key=event.dedup_key,
         )
-        return _accepted(event.dedup_key, outcome)
-    raise AssertionError("unreachable")
+        return _accepted(event.dedup_key)
+    log.info(
+        "pagerduty move",
+        tenant_id=credential.tenant_id,
+        incident_id=outcome.incident.incident_id,
+        action=event.action.value,
+        status=outcome.incident.status.value,
+    )
+    return _accepted(event.dedup_key, outcome)
 
 
 def _charset(content_type: str | None) -> str | None:

@@ -12,10 +12,9 @@ The portal slug is the secret in the link the support company gives its customer
 ``TenantProfile.portal_slug``); an unknown or inactive slug gets a 404 page saying the link is
 wrong, without telling which slugs exist.
 
-Double submit: the form carries a random one-time ``form_token``. The incident id is derived
-from it (UUIDv5 of tenant and token), and the desk opens an incident id at most once, so
-pressing "Send" twice, or the browser re-posting, leads to the same incident. The id is
-derived rather than taken as sent so a chosen token can never name another tenant's incident.
+Double submit: the form carries a random one-time ``form_token`` (see ``domain/web_form.py``):
+pressing "Send" twice, or the browser re-posting, leads to the same incident; a different report
+sent with a used token gets the form back (409) with its text kept and a message.
 
 CSRF: the portal has no login, cookie or session. A cross-site request therefore carries no
 ambient authority the attacker lacks — whoever knows the link can already submit the form —
@@ -48,12 +47,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
+from aftercare.events.incidents import Channel, Reporter
 from aftercare.events.web import Problem
+from aftercare.intake.adapters.incident_store import IncidentNotFound
 from aftercare.intake.components import IntakeComponents
-from aftercare.intake.domain.incident import Incident, IncidentReport, TimelineEntry
+from aftercare.intake.domain.impact import IMPACTS, impact_words, severity_for
+from aftercare.intake.domain.incident import Incident, IncidentReport
+from aftercare.intake.domain.public_timeline import public_timeline, status_label
 from aftercare.intake.entrypoints.dependencies import Components, enforce_rate_limit
-from aftercare.intake.incident_desk import IncidentNotFound
+from aftercare.intake.service_layer.submit_web_form import FormAlreadyUsed, form_sent_before, submit_web_form
 from aftercare.intake.tenant_registry import Credential, TenantNotFound
 
 log = structlog.stdlib.get_logger("aftercare.intake.web_portal")
@@ -82,46 +84,8 @@ _SLUG = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 _EMAIL = re.compile(r"^[^@\s<>\"']+@[^@\s<>\"']+\.[^@\s<>\"']+$")
 _PHONE = re.compile(r"^\+?[0-9 ()./-]{5,40}$")
-# Incident ids of the portal are derived from the form token under this namespace.
-PORTAL_NAMESPACE = uuid.UUID("7c0b7f0e-4d51-4d7e-9c7a-0f2a3d6b1e55")
-
 LIMITS = {"name": 200, "email": 254, "phone": 40, "title": 300, "description": 20_000}
 FIELDS = ("name", "email", "phone", "system", "impact", "title", "description")
-
-# Impact in the customer's words, and the severity it means for triage.
-IMPACTS: dict[str, tuple[str, Severity]] = {
-    "down": ("We cannot work: it is down or unusable", Severity.CRITICAL),
-    "degraded": ("Something important is broken or very slow", Severity.ERROR),
-    "minor": ("A minor problem; we can work around it", Severity.WARNING),
-    "question": ("A question or a request", Severity.INFO),
-}
-
-STATUS_LABELS = {
-    IncidentStatus.REPORTED: "Received, waiting for an engineer",
-    IncidentStatus.ACKNOWLEDGED: "An engineer is looking at it",
-    IncidentStatus.TRIAGED: "Assessed, we know what it is",
-    IncidentStatus.REMEDIATING: "Being fixed",
-    IncidentStatus.ESCALATED: "Handed to a specialist",
-    IncidentStatus.REOPENED: "Reopened, we are on it again",
-    IncidentStatus.RESOLVED: "Resolved",
-    IncidentStatus.CLOSED: "Closed",
-}
-
-# The timeline entries a customer sees, in customer words; internal ones (diagnoses, approval
-# requests, failed remediation attempts) stay for the operators.
-PUBLIC_TIMELINE = {
-    "reported": "We received the report",
-    "occurrence": "The problem was reported again",
-    "comment": "More information was added",
-    "details": "More information was added",
-    "acknowledged": "An engineer took the incident",
-    "triaged": "We assessed the problem",
-    "remediating": "We started fixing it",
-    "escalated": "We handed it to a specialist",
-    "resolved": "The problem was resolved",
-    "reopened": "The incident was reopened",
-    "closed": "The incident was closed",
-}
 
 
 def _when(moment: datetime) -> str:
@@ -148,22 +112,11 @@ class PortalForm:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class PublicEntry:
-    at: datetime
-    label: str
-
-
 # --- rules of the form (no I/O) ----------------------------------------------------------
 
 
 def new_form_token() -> str:
     return secrets.token_hex(16)
-
-
-def incident_id_for(tenant_id: str, form_token: str) -> str:
-    """The incident a form submission opens: the same for the same form, per tenant only."""
-    return str(uuid.uuid5(PORTAL_NAMESPACE, f"{tenant_id}|{form_token}"))
 
 
 def _clean(value: Any, *, multiline: bool = False) -> str:
@@ -206,20 +159,15 @@ def read_form(raw: Any, systems: list[str]) -> PortalForm:
 
 def report_from(form: PortalForm) -> IncidentReport:
     values = form.values
-    impact_words, severity = IMPACTS[values["impact"]]
     return IncidentReport(
         title=values["title"],
         description=values["description"],
         channel=Channel.WEB,
-        severity=severity,
+        severity=severity_for(values["impact"]),
         reporter=Reporter(name=values["name"], email=values["email"].lower(), phone=values["phone"] or None),
         system=values["system"] or None,
-        details={"impact": impact_words},
+        details={"impact": impact_words(values["impact"])},
     )
-
-
-def public_timeline(entries: list[TimelineEntry]) -> list[PublicEntry]:
-    return [PublicEntry(entry.at, PUBLIC_TIMELINE[entry.kind]) for entry in entries if entry.kind in PUBLIC_TIMELINE]
 
 
 # --- pages ---------------------------------------------------------------------------------
@@ -346,30 +294,34 @@ async def submit_report(portal_slug: str, request: Request, intake: Components) 
             link_text="Open the form",
         )
     token = _clean(raw.get("form_token"))
-    if _TOKEN.match(token):
-        incident_id = incident_id_for(portal.tenant_id, token)
+    # The same form sent twice is not a new report, so it does not count against the limit.
+    if not (_TOKEN.match(token) and await form_sent_before(intake.incidents, portal.tenant_id, token)):
         try:
-            await intake.desk.get(portal.tenant_id, incident_id)
-            return _to_status_page(intake, portal_slug, incident_id)  # sent twice: the same incident
-        except IncidentNotFound:
-            pass
-    try:
-        await enforce_rate_limit(intake, portal.credential)
-    except Problem as refused:
-        retry_after = refused.headers.get("Retry-After", "60")
-        return _message(
-            429,
-            "Too many reports right now",
-            f"This support page has received many reports in the last minute. Please wait "
-            f"{retry_after} seconds and send your report again; if it is urgent, call us.",
-            portal_name=portal.name,
-            headers={"Retry-After": retry_after},
-        )
+            await enforce_rate_limit(intake, portal.credential)
+        except Problem as refused:
+            retry_after = refused.headers.get("Retry-After", "60")
+            return _message(
+                429,
+                "Too many reports right now",
+                f"This support page has received many reports in the last minute. Please wait "
+                f"{retry_after} seconds and send your report again; if it is urgent, call us.",
+                portal_name=portal.name,
+                headers={"Retry-After": retry_after},
+            )
     form = read_form(raw, portal.systems)
     if form.errors:
         return _form_page(portal, form, status=422)
-    incident_id = incident_id_for(portal.tenant_id, form.form_token)
-    outcome = await intake.desk.report(portal.tenant_id, report_from(form), incident_id=incident_id)
+    try:
+        outcome = await submit_web_form(intake.incidents, portal.tenant_id, form.form_token, report_from(form))
+    except FormAlreadyUsed as used:
+        # A second, different report from a form already sent (another tab, the back button):
+        # keep what they typed and let them send it as a new report.
+        form.form_token = new_form_token()
+        form.errors["form"] = (
+            f"This form was already sent as incident {used.incident.number}. Your new report below "
+            "was NOT sent yet: check it and press Send to report it as a new problem."
+        )
+        return _form_page(portal, form, status=409)
     log.info(
         "web form report",
         tenant_id=portal.tenant_id,
@@ -395,7 +347,7 @@ async def incident_status(
     incident: Incident | None = None
     try:
         uuid.UUID(incident_id)
-        incident = await intake.desk.get(portal.tenant_id, incident_id)
+        incident = await intake.incidents.get(portal.tenant_id, incident_id)
     except (ValueError, IncidentNotFound):
         incident = None
     if incident is None:
@@ -413,7 +365,7 @@ async def incident_status(
         portal_name=portal.name,
         incident=incident,
         just_reported=reported == "1",
-        status_label=STATUS_LABELS.get(incident.status, incident.status.value),
+        status_label=status_label(incident.status),
         status_url=_status_url(intake, portal_slug, incident.incident_id),
         form_url=_form_url(intake, portal_slug),
         timeline=public_timeline(incident.timeline),

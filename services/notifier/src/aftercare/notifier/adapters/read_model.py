@@ -4,7 +4,7 @@ read, so two instances applying events of one incident never overwrite each othe
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -21,7 +21,7 @@ class IncidentReadModel:
         self._incidents = incidents
         self.listeners: list[Listener] = []
 
-    async def apply(self, envelope: Envelope[Any]) -> dict[str, Any] | None:
+    async def apply(self, envelope: Envelope[Any], *, notify: bool = True) -> dict[str, Any] | None:
         """Add the event to its incident's timeline; returns the incident's view (None if the
         event concerns no incident). Idempotent: a redelivered event changes nothing."""
         incident_id = envelope.incident_id
@@ -46,7 +46,7 @@ class IncidentReadModel:
                 result = await self._incidents.replace_one({"_id": incident_id, "rev": revision}, replacement)
                 if result.matched_count != 1:
                     continue
-            for listener in self.listeners:
+            for listener in self.listeners if notify else ():
                 await listener(view)
             return view
         raise RuntimeError(f"incident {incident_id}: the read model kept changing under this write")
@@ -65,6 +65,13 @@ class IncidentReadModel:
 
     async def drop(self) -> None:
         await self._incidents.drop()
+
+    async def replace_all(self, documents: Sequence[dict[str, Any]], chunk: int = 500) -> None:
+        """Drop the read model and store ``documents`` instead (a rebuild)."""
+        await self._incidents.drop()
+        await self._incidents.create_index("tenant_id")
+        for start in range(0, len(documents), chunk):
+            await self._incidents.insert_many(list(documents[start : start + chunk]), ordered=False)
 
 
 def _view(document: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -15,7 +15,9 @@ from aftercare.notifier.adapters.webhook import check_webhook_url
 from aftercare.notifier.domain.delivery import DeliveryState
 from aftercare.notifier.domain.preferences import Subscription
 from aftercare.notifier.domain.webhooks import UnacceptableUrl, new_secret
+from aftercare.notifier.entrypoints.consumer import DASHBOARD_TOPICS
 from aftercare.notifier.entrypoints.dependencies import Admin, Components
+from aftercare.notifier.service_layer.rebuild import rebuild_read_model
 
 router = APIRouter()
 
@@ -165,3 +167,20 @@ async def sms_status(
     )
     if result.matched_count == 0:
         raise Problem(404, "Unknown notification", f"No SMS notification {notification_id}.", kind="not-found")
+
+
+@router.post("/admin/read-model/rebuild", dependencies=[Admin], tags=["admin"])
+async def rebuild(notifier: Components) -> dict[str, int]:
+    """Drop the dashboard's read model and rebuild it from Kafka (every incident topic from the
+    start). Notifications are not sent again: delivery state is kept apart."""
+    applied = await rebuild_read_model(notifier.settings.kafka_bootstrap_servers, DASHBOARD_TOPICS, notifier.read_model)
+    return {"events_applied": applied}
+
+
+@router.get("/admin/read-model/incidents/{incident_id}", dependencies=[Admin], tags=["admin"])
+async def read_model_incident(incident_id: str, notifier: Components) -> dict[str, Any]:
+    """The read model's view of one incident with its timeline (to compare after a rebuild)."""
+    view = await notifier.read_model.get(incident_id)
+    if view is None:
+        raise Problem(404, "Unknown incident", f"The read model has no incident {incident_id}.", kind="not-found")
+    return view | {"timeline": await notifier.read_model.timeline(incident_id)}

@@ -22,6 +22,7 @@ from pymongo.errors import DuplicateKeyError
 from aftercare.events import outbox
 from aftercare.events.envelope import Envelope
 from aftercare.events.outbox import OutboxRelay
+from aftercare.events.producer import EventProducer
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import TenantUpserted
 from aftercare.triage.domain.grouping import OpenIncident
@@ -60,9 +61,10 @@ class TenantDirectory:
 
 
 class TriageIncidents:
-    def __init__(self, database: AsyncDatabase[dict[str, Any]], relay: OutboxRelay) -> None:
+    def __init__(self, database: AsyncDatabase[dict[str, Any]], relay: OutboxRelay, producer: EventProducer) -> None:
         self.collection: AsyncCollection[dict[str, Any]] = database["incidents"]
         self.relay = relay
+        self.producer = producer
 
     async def ensure_indexes(self) -> None:
         await OutboxRelay.ensure_indexes(self.collection)
@@ -71,10 +73,19 @@ class TriageIncidents:
         return await self.collection.find_one({"_id": incident_id}, {outbox.FIELD: 0})
 
     async def save(self, incident_id: str, update: dict[str, Any], *events: Envelope[Any]) -> None:
-        """One write: the incident's new state and the events that announce it; then publish."""
-        await self.collection.update_one({"_id": incident_id}, outbox.add_to_update(update, *events), upsert=True)
-        if events:
-            await self.relay.flush(self.collection, incident_id)
+        """One write: the incident's new state and the events that announce it; then publish
+        them and take exactly those entries out (no read back: we know what we wrote). What a
+        crash leaves behind, the outbox sweep publishes."""
+        if not events:
+            await self.collection.update_one({"_id": incident_id}, update, upsert=True)
+            return
+        entries = [outbox.stored(envelope) for envelope in events]
+        merged = {key: dict(value) for key, value in update.items()}
+        merged.setdefault("$push", {})[outbox.FIELD] = {"$each": entries}
+        merged.setdefault("$set", {})[outbox.FLAG] = True
+        await self.collection.update_one({"_id": incident_id}, merged, upsert=True)
+        await self.producer.publish_many(list(events))
+        await self.collection.update_one({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}})
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         cursor = self.collection.find({"facts": {"$exists": True}}, {outbox.FIELD: 0}).sort("reported_at", -1)
@@ -138,8 +149,11 @@ class FlapHistory:
         document = await self.collection.find_one({"_id": key}) or {}
         return list(document.get("opened", [])), list(document.get("resolved", []))
 
-    async def record(self, key: str, what: str, moment: datetime) -> None:
-        opened, resolved = await self.get(key)
+    async def record(
+        self, key: str, what: str, moment: datetime, known: tuple[list[datetime], list[datetime]] | None = None
+    ) -> None:
+        """Add an open or resolve moment; ``known`` is the history just read, to save a read."""
+        opened, resolved = known if known is not None else await self.get(key)
         moments = opened if what == "opened" else resolved
         if moment in moments:
             return  # a redelivered event

@@ -3,6 +3,7 @@ the explanation a person can read. Pure: everything it needs is passed in, ``now
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -69,7 +70,9 @@ def decide(
     *,
     reported_at: datetime,
     manual: ManualChoice | None = None,
+    classifier: Callable[[str], str] | None = None,
 ) -> Decision:
+    """``classifier`` (text -> category) is asked when neither a rule nor the phrases decide."""
     lines: list[str] = []
     confidence = 1.0
 
@@ -133,6 +136,13 @@ def decide(
             lines.append(
                 f"Category {category} from the words ({', '.join(reading.evidence[:4])}; "
                 f"confidence {reading.confidence:.2f})."
+            )
+        elif classifier is not None and (guess := classifier(facts.text)) != Category.OTHER.value:
+            category = guess
+            confidence = min(confidence, 0.4)
+            lines.append(
+                f"Category {category}: no rule or phrase decided; the classifier trained on labelled reports "
+                "guesses it."
             )
         else:
             category = Category.OTHER.value

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from aftercare.events.incidents import Channel, Severity
 from aftercare.events.tenants import Priority
 from aftercare.triage.domain.categories import Category
-from aftercare.triage.domain.words import find_phrase, words_of
+from aftercare.triage.domain.words import Words, find_phrase, words_of
 
 REGEX_TIMEOUT_S = 0.05
 MAX_PATTERN_LENGTH = 300
@@ -184,7 +184,7 @@ class CompiledRule:
         pattern = check_pattern(text.regex) if text is not None and text.regex else None
         return cls(rule, pattern)
 
-    def match(self, facts: Facts, words: list[str] | None = None) -> Match | None:
+    def match(self, facts: Facts, words: Words | None = None) -> Match | None:
         """The conditions that matched, or None if one did not (or the regex ran out of time)."""
         when = self.rule.spec.when
         matched: list[str] = []
@@ -214,7 +214,7 @@ class CompiledRule:
                     return None
                 matched.append(f"labels.{key}={facts.labels[key]}")
         if when.text is not None:
-            words = words if words is not None else words_of(facts.text)
+            words = words if words is not None else Words(words_of(facts.text))
             condition = when.text
             if condition.any:
                 hits = [found for phrase in condition.any if (found := find_phrase(phrase, words))]
@@ -251,7 +251,7 @@ class RuleSet:
         return len(self.rules)
 
     def matches(self, facts: Facts) -> list[Match]:
-        words = words_of(facts.text)
+        words = Words(words_of(facts.text))
         return [found for compiled in self.rules if (found := compiled.match(facts, words)) is not None]
 
 

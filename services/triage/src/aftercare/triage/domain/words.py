@@ -229,6 +229,7 @@ def _phrase_words(phrase: str) -> tuple[str, ...]:
     return tuple(words_of(phrase))
 
 
+@lru_cache(maxsize=65536)
 def _word_matches(expected: str, seen: str) -> bool:
     if expected == seen:
         return True
@@ -237,16 +238,33 @@ def _word_matches(expected: str, seen: str) -> bool:
     return fuzz.ratio(expected, seen) >= FUZZY_SCORE
 
 
-def find_phrase(phrase: str, words: Sequence[str]) -> str | None:
+class Words:
+    """A text's words, with where each expected word matches remembered: hundreds of rules ask
+    about the same text, and most of their words appear nowhere in it."""
+
+    __slots__ = ("_positions", "words")
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.words = list(words)
+        self._positions: dict[str, frozenset[int]] = {}
+
+    def positions(self, expected: str) -> frozenset[int]:
+        found = self._positions.get(expected)
+        if found is None:
+            found = frozenset(index for index, seen in enumerate(self.words) if _word_matches(expected, seen))
+            self._positions[expected] = found
+        return found
+
+
+def find_phrase(phrase: str, words: Sequence[str] | Words) -> str | None:
     """The text's words that match ``phrase`` (typo-tolerant), or None."""
     wanted = _phrase_words(phrase)
     if not wanted:
         return None
-    size = len(wanted)
-    for start in range(len(words) - size + 1):
-        window = words[start : start + size]
-        if all(_word_matches(expected, seen) for expected, seen in zip(wanted, window, strict=True)):
-            return " ".join(window)
+    text = words if isinstance(words, Words) else Words(words)
+    for start in sorted(text.positions(wanted[0])):
+        if all(start + offset in text.positions(expected) for offset, expected in enumerate(wanted[1:], 1)):
+            return " ".join(text.words[start : start + len(wanted)])
     return None
 
 
@@ -260,10 +278,10 @@ class Reading:
 
 
 def read_category(text: str) -> Reading:
-    words = words_of(text)
+    words = Words(words_of(text))
     scores: dict[Category, float] = {}
     evidence: dict[Category, list[str]] = {}
-    vocabulary = set(words)
+    vocabulary = set(words.words)
     for category, phrases in PHRASES.items():
         for phrase, weight in phrases:
             wanted = _phrase_words(phrase)

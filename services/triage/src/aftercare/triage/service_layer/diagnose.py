@@ -121,7 +121,7 @@ class RegularDiagnostics:
         self.probes_run = 0
 
     async def tick(self, now: datetime | None = None) -> int:
-        """Start every probe that is due; returns how many were started by this instance."""
+        """Start every probe that is due (each claims its period first); returns how many."""
         clock = time.monotonic()
         if clock - self._loaded >= self._refresh_every_s or not self._known:
             self._known = await self.targets.all()
@@ -138,19 +138,21 @@ class RegularDiagnostics:
                 continue
             self._next_period[identifier] = period + 1
             due = period * interval + phase
-            if not await self.targets.claim(identifier, period, self.instance, moment):
-                continue
+            # The claim is taken inside the task: a tick never waits on the store, so one slow
+            # write cannot delay every other target's start.
             started += 1
-            self.drift_s.append(max(0.0, epoch - due))
-            task = asyncio.create_task(self._probe(document))
+            task = asyncio.create_task(self._probe(document, period, due))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         return started
 
-    async def _probe(self, document: dict[str, Any]) -> None:
+    async def _probe(self, document: dict[str, Any], period: int, due: float) -> None:
         async with self._limit:
             identifier = document["_id"]
             try:
+                if not await self.targets.claim(identifier, period, self.instance, datetime.now(UTC)):
+                    return  # another instance (or this one before a restart) has this period
+                self.drift_s.append(max(0.0, time.time() - due))
                 target = DiagnosticTarget.model_validate(document["target"])
                 result = await self.prober.probe(target, allowlist_of(document.get("allowlist") or []))
                 self.probes_run += 1

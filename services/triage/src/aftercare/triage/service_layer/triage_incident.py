@@ -32,6 +32,7 @@ from aftercare.triage.adapters.store import FlapHistory, GroupingHeads, TenantDi
 from aftercare.triage.domain import grouping
 from aftercare.triage.domain.decision import Decision, ManualChoice, decide
 from aftercare.triage.domain.rules import Facts
+from aftercare.triage.evaluation import shipped_classifier
 
 log = structlog.stdlib.get_logger("aftercare.triage")
 
@@ -209,7 +210,14 @@ class IncidentTriage:
             "manual": existing.get("manual"),
         }
         rules = await self.rules.current()
-        decision = decide(facts_of(document), tenant, rules, reported_at=event.reported_at, manual=manual_of(document))
+        decision = decide(
+            facts_of(document),
+            tenant,
+            rules,
+            reported_at=event.reported_at,
+            manual=manual_of(document),
+            classifier=shipped_classifier().predict,
+        )
 
         keys = group_keys(
             envelope.tenant_id, dedup_key=event.dedup_key, system=decision.system, category=decision.category
@@ -297,7 +305,7 @@ class IncidentTriage:
                 dedup_key=event.dedup_key,
             )
             await self.heads.claim(keys, head, replace_older_than=event.reported_at - grouping.GROUP_WINDOW)
-        await self.flaps.record(source_key, "opened", event.reported_at)
+        await self.flaps.record(source_key, "opened", event.reported_at, known=(opened, resolved))
         log.info(
             "incident triaged",
             priority=decision.priority.value,
@@ -335,7 +343,12 @@ class IncidentTriage:
         tenant = await self._tenant(document["tenant_id"])
         rules = await self.rules.current()
         decision = decide(
-            facts_of(document), tenant, rules, reported_at=document["reported_at"], manual=manual_of(document)
+            facts_of(document),
+            tenant,
+            rules,
+            reported_at=document["reported_at"],
+            manual=manual_of(document),
+            classifier=shipped_classifier().predict,
         )
         before = document.get("decision") or {}
         changed = (

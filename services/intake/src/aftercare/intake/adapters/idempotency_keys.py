@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+
+from aftercare.intake.adapters.claims import claim
 
 
 class IdempotencyConflict(ValueError):
@@ -36,20 +37,13 @@ class IdempotencyKeys:
         self._keys = database["idempotency_keys"]
 
     async def claim(self, tenant_id: str, key: str, digest: str) -> Claim:
-        key_id = f"{tenant_id}|{key}"
-        incident_id = str(uuid.uuid4())
-        try:
-            await self._keys.insert_one(
-                {"_id": key_id, "digest": digest, "incident_id": incident_id, "at": datetime.now(UTC)}
-            )
-            return Claim(incident_id, first_use=True)
-        except DuplicateKeyError:
-            existing = await self._keys.find_one({"_id": key_id})
-            if existing is None:
-                return await self.claim(tenant_id, key, digest)
-            if existing["digest"] != digest:
-                raise IdempotencyConflict(key) from None
-            return Claim(str(existing["incident_id"]), first_use=False)
+        stored, first_use = await claim(
+            self._keys,
+            {"_id": f"{tenant_id}|{key}", "digest": digest, "incident_id": str(uuid.uuid4()), "at": datetime.now(UTC)},
+        )
+        if stored["digest"] != digest:
+            raise IdempotencyConflict(key)
+        return Claim(str(stored["incident_id"]), first_use=first_use)
 
     async def settle(self, tenant_id: str, key: str, incident_id: str) -> None:
         """Point the key at the incident the request really went to (an open one, by dedup_key)."""
