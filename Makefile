@@ -44,6 +44,10 @@ devcert:
 # in the environment for anything real.
 run: export AFTERCARE_INTAKE_SEED_FILE ?= infra/seed/demo-tenants.json
 run: export AFTERCARE_INTAKE_ADMIN_TOKEN ?= demo-admin-token
+# Remediation's demo: runbooks from infra/seed/runbooks and a demo key
+# for the tenants' system credentials (make your own for anything real: see the remediation notes).
+run: export AFTERCARE_REMEDIATION_RUNBOOK_SEED_DIR ?= infra/seed/runbooks
+run: export AFTERCARE_REMEDIATION_CREDENTIAL_KEY ?= rD9YK3UKD2-CSHogFW4uFLaALKsD1NIY_QGEsbHVoUs=
 # make run HTTPS=1: intake on https://localhost:8001 with a dev CA's certificate (README, "HTTPS on a laptop").
 ifeq ($(HTTPS),1)
 run: export AFTERCARE_INTAKE_TLS_CERTFILE ?= .local/devcert/intake.pem
@@ -74,6 +78,7 @@ test: setup
 bench: setup
 	$(UV) run --no-sync python bench/events_throughput.py
 	$(UV) run --no-sync python bench/intake_accept_rate.py
+	$(UV) run --no-sync python bench/remediation_runs.py
 
 infra-up: infra-setup
 	$(PYTHON) infra/localinfra.py up

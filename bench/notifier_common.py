@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -60,6 +62,10 @@ def notifier_process(
         }
         | env
     )
+    # A fresh deployment measuring new work: start at the end of the incident topics (a broker
+    # shared with tests holds thousands of old incidents); tenants and operators from the start.
+    with ThreadPoolExecutor(max_workers=1) as pool:  # called from a running event loop
+        pool.submit(asyncio.run, _start_at_the_end(bootstrap, database + "-notifier")).result()
     log = open(tempfile.mktemp(prefix="notifier-bench-", suffix=".log"), "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "aftercare.notifier"], env=full, stdout=log, stderr=subprocess.STDOUT
@@ -79,6 +85,25 @@ def notifier_process(
         process.terminate()
         process.wait(30)
         log.close()
+
+
+async def _start_at_the_end(bootstrap: str, group: str) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from aftercare.events import topics
+    from aftercare.events.runtime import ensure_topics
+    from aftercare.events.topics import topic_specs
+
+    await ensure_topics(bootstrap, topic_specs(), partitions=3)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        names = [topics.INCIDENTS, topics.TRIAGE, topics.REMEDIATION, topics.NOTIFICATIONS]
+        partitions = [TopicPartition(n, p) for n in names for p in range(3)]
+        consumer.assign(partitions)
+        await consumer.commit(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
 
 
 def rss_mb(pid: int) -> float:

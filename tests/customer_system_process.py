@@ -55,7 +55,7 @@ class CustomerSystemUnderTest:
 
 
 def start_customer_system(
-    workdir: Path, *, token: str | None = None, slow_seconds: float = 2.0, timeout_s: float = 30.0
+    workdir: Path, *, token: str | None = None, slow_seconds: float = 2.0, timeout_s: float = 120.0
 ) -> CustomerSystemUnderTest:
     """Start the customer system and wait until /health answers; the caller stops it."""
     workdir.mkdir(parents=True, exist_ok=True)

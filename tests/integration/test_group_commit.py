@@ -23,7 +23,7 @@ from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.group_commit import GroupCommit
 from aftercare.events.incidents import Channel, IncidentReported
 from aftercare.events.outbox import OutboxRelay
-from aftercare.events.producer import EventProducer
+from aftercare.events.producer import EventProducer, PublishFailed
 
 from kafka_helpers import Infrastructure, create_topics, read_all
 
@@ -128,3 +128,42 @@ async def test_the_sweep_finishes_a_batch_a_crash_left_for_the_documents_that_we
     events = await announced(infrastructure, {written["_id"], never["_id"]})
     assert [event["id"] for event in events] == [written_event.id]
     assert await mongo_db[outbox.LEDGER].count_documents({}) == 0
+
+
+def left_pending(incident_id: str, title: str) -> tuple[dict[str, Any], Envelope[IncidentReported]]:
+    """A document as a crash between its write and its publish leaves it (settled long ago)."""
+    document, event = opening(incident_id, title)
+    return document | {outbox.FIELD: [outbox.stored(event) | {"at": 0.0}], outbox.FLAG: True}, event
+
+
+async def test_frequent_sweeps_read_only_what_failed_here_and_full_sweeps_find_what_a_crash_left(
+    infrastructure: Infrastructure, mongo_db: AsyncDatabase[dict[str, Any]], producer: EventProducer
+) -> None:
+    # On the embedded store, finding flagged documents reads the whole collection: the sweep does
+    # that at start-up and every few minutes, and every few seconds only looks at what it knows.
+    incidents = mongo_db["incidents"]
+    crashed, crashed_event = left_pending(str(uuid.uuid4()), "Left by a crash")
+    await incidents.insert_one(crashed)
+    relay = OutboxRelay(producer)
+
+    assert await relay.sweep(incidents, full=False) == 0
+    assert await announced(infrastructure, {crashed["_id"]}) == []
+    assert await relay.sweep(incidents, full=True) == 1
+    assert [e["id"] for e in await announced(infrastructure, {crashed["_id"]})] == [crashed_event.id]
+    after = await incidents.find_one({"_id": crashed["_id"]})
+    assert after is not None and after[outbox.FIELD] == [] and after[outbox.FLAG] is False
+
+    # A flush that fails here (Kafka cannot acknowledge within a microsecond) is remembered, and
+    # the next frequent pass publishes it without scanning.
+    failed, failed_event = left_pending(str(uuid.uuid4()), "Publish failed")
+    await incidents.insert_one(failed)
+    impatient = EventProducer(infrastructure.bootstrap_servers, client_id="impatient", publish_deadline_s=1e-6)
+    await impatient.start()
+    try:
+        with pytest.raises(PublishFailed):
+            await OutboxRelay(impatient).flush(incidents, failed["_id"])
+    finally:
+        await impatient.stop()
+
+    assert await relay.sweep(incidents, full=False) == 1
+    assert failed_event.id in {e["id"] for e in await announced(infrastructure, {failed["_id"]})}

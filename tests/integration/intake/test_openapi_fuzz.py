@@ -8,7 +8,7 @@ with this pytest); a first test proves it is exactly what the process serves at 
 
 Requests carry real credentials (tenant-a's API key, or the admin token on /admin), so generated
 bodies get past authentication into validation and the store. A 5xx means intake failed on some
-input instead of saying what to change: that is a bug (the unexpected-error handler answers 503,
+input instead of saying what to change: that is a bug (an unexpected error is answered 500,
 so it is caught here too).
 
 Bounded to a couple of minutes: a few dozen examples per operation.

@@ -26,10 +26,11 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
@@ -83,6 +84,11 @@ def is_outage(error: BaseException) -> bool:
 class OutboxRelay:
     """Publishes the events waiting in documents' outboxes."""
 
+    # Documents whose flush failed in this process, by collection (shared by every relay of the
+    # process: the sweep's relay must hear of another relay's failures). What the frequent sweep
+    # passes look at; a full scan for flagged documents runs at start-up and rarely after.
+    _remembered: ClassVar[dict[str, set[Any]]] = {}
+
     def __init__(
         self, producer: EventProducer, turn: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None
     ) -> None:
@@ -99,10 +105,16 @@ class OutboxRelay:
 
     async def flush(self, collection: AsyncCollection[dict[str, Any]], document_id: Any) -> list[Envelope[Any]]:
         """Publish the pending events of one document, in order; returns what was published."""
-        document = await collection.find_one({"_id": document_id}, {FIELD: 1})
-        if not document or not document.get(FIELD):
-            return []
-        return await self._publish(collection, document_id, document[FIELD])
+        try:
+            document = await collection.find_one({"_id": document_id}, {FIELD: 1})
+            if not document or not document.get(FIELD):
+                return []
+            return await self._publish(collection, document_id, document[FIELD])
+        except Exception:
+            # Left pending (Kafka or the store is down): the next sweep pass looks at it first,
+            # without scanning the collection for flagged documents.
+            self._remembered.setdefault(collection.full_name, set()).add(document_id)
+            raise
 
     async def _send(self, entries: Sequence[dict[str, Any]]) -> list[Envelope[Any]]:
         records: list[tuple[str, bytes, Envelope[Any]]] = []
@@ -127,9 +139,17 @@ class OutboxRelay:
     ) -> None:
         # $pullAll of the exact entries read: FerretDB 1.24 ignores a $pull whose condition looks
         # inside the entries ({"id": {"$in": ...}}), which left every event pending forever.
-        # Filtered by _id alone, the one filter the embedded store answers from an index. The flag
-        # is cleared by the sweep, which can check emptiness and clear in one conditional write.
-        await collection.update_one({"_id": document_id}, {"$pullAll": {FIELD: list(entries)}})
+        # Filtered by _id alone, the one filter the embedded store answers from an index. The
+        # flag is cleared in the same write, so a flushed document is not left for the sweep's
+        # scan; flagged again if another writer added an event meanwhile.
+        after = await collection.find_one_and_update(
+            {"_id": document_id},
+            {"$pullAll": {FIELD: list(entries)}, "$set": {FLAG: False}},
+            # No projection: the embedded store does not implement one on findAndModify.
+            return_document=ReturnDocument.AFTER,
+        )
+        if after is not None and after.get(FIELD):
+            await collection.update_one({"_id": document_id}, {"$set": {FLAG: True}})
 
     async def _send_isolating(
         self,
@@ -189,7 +209,12 @@ class OutboxRelay:
         )
 
     async def sweep(
-        self, collection: AsyncCollection[dict[str, Any]], limit: int = 500, min_age_s: float = 10.0
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        limit: int = 500,
+        min_age_s: float = 10.0,
+        *,
+        full: bool = True,
     ) -> int:
         """Publish what was left pending in ``collection``; returns the number of events.
 
@@ -198,22 +223,46 @@ class OutboxRelay:
         entry that can never be published is dead-lettered and the others still go out; an
         outage of Kafka or the store ends the pass (raised) for the next one to retry. Batches
         a group commit left unfinished (``outbox_ledger``) are swept first.
+
+        ``full=False`` looks only at the documents whose flush failed in this process, not for
+        flagged documents: on the embedded store that query reads the whole collection, so it
+        runs at start-up and every few minutes (``sweep_forever``), not every pass.
         """
         count = await self.sweep_ledger(collection, min_age_s=min_age_s)
         settled = time.time() - min_age_s
-        candidates = [document["_id"] async for document in collection.find({FLAG: True}, {"_id": 1}).limit(limit)]
+        remembered = self._remembered.setdefault(collection.full_name, set())
+        if full:
+            candidates = [d["_id"] async for d in collection.find({FLAG: True}, {"_id": 1}).limit(limit)]
+            candidates += [document_id for document_id in remembered if document_id not in candidates]
+        else:
+            candidates = list(remembered)
         for document_id in candidates:
-            async with self._turn(document_id) if self._turn else contextlib.nullcontext():
-                # Read again inside the turn: the request that wrote it may have flushed it since.
-                document = await collection.find_one({"_id": document_id}, {FIELD: 1})
-                entries = (document or {}).get(FIELD) or []
-                if document is not None and not entries:
-                    # Clear the flag only if nothing new arrived meanwhile.
-                    await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
-                elif entries and min(entry.get("at", 0.0) for entry in entries) <= settled:
-                    count += await self._send_isolating(collection, entries, _always(document_id))
-                    await self._remove(collection, document_id, entries)
+            remembered.discard(document_id)
+            try:
+                count += await self._sweep_document(collection, document_id, settled)
+            except Exception:
+                remembered.add(document_id)  # still pending: the next pass looks at it again
+                raise
         return count
+
+    async def _sweep_document(
+        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, settled: float
+    ) -> int:
+        async with self._turn(document_id) if self._turn else contextlib.nullcontext():
+            # Read again inside the turn: the request that wrote it may have flushed it since.
+            document = await collection.find_one({"_id": document_id}, {FIELD: 1})
+            entries = (document or {}).get(FIELD) or []
+            if document is not None and not entries:
+                # Clear the flag only if nothing new arrived meanwhile.
+                await collection.update_one({"_id": document_id, FIELD: {"$size": 0}}, {"$set": {FLAG: False}})
+            elif entries and min(entry.get("at", 0.0) for entry in entries) <= settled:
+                published = await self._send_isolating(collection, entries, _always(document_id))
+                await self._remove(collection, document_id, entries)
+                return published
+            elif entries:
+                # Too fresh: its request is flushing it right now; look again next pass.
+                self._remembered.setdefault(collection.full_name, set()).add(document_id)
+        return 0
 
     async def flush_ledger(self, collection: AsyncCollection[dict[str, Any]], document_id: Any) -> int:
         """Publish the events of ``document_id`` that a group commit left in the ledger (its request
@@ -271,15 +320,29 @@ class OutboxRelay:
         return count
 
     async def sweep_forever(
-        self, collections: Sequence[AsyncCollection[dict[str, Any]]], interval_s: float = 5.0
+        self,
+        collections: Sequence[AsyncCollection[dict[str, Any]]],
+        interval_s: float = 5.0,
+        full_scan_every_s: float = 600.0,
     ) -> None:
-        """Background loop: publish what requests or crashes left pending."""
+        """Background loop: publish what requests or crashes left pending.
+
+        Every ``interval_s``: the group-commit ledger and the documents whose flush failed here
+        (both small, whatever the store holds). At start-up and every ``full_scan_every_s``: also
+        every flagged document (what a crash of any instance left in documents' outboxes).
+        """
+        next_full = 0.0
         while True:
+            full = time.monotonic() >= next_full
+            failed = False
             for collection in collections:
                 try:
-                    published = await self.sweep(collection)
+                    published = await self.sweep(collection, full=full)
                     if published:
                         log.info("outbox sweep published pending events", collection=collection.name, events=published)
                 except Exception as error:  # keep sweeping; Kafka or the store may be back soon
+                    failed = True  # a full pass not finished: the next pass scans again
                     log.warning("outbox sweep failed; will retry", collection=collection.name, error=str(error))
+            if full and not failed:
+                next_full = time.monotonic() + full_scan_every_s
             await asyncio.sleep(interval_s)

@@ -1,0 +1,590 @@
+"""Use cases of a run: start one for a triaged incident, drive it step by step, decide approvals.
+
+Each transition is decided by ``domain.run`` and stored in one write guarded by the run's
+``rev`` (with the events it announces in the run's outbox); then the events are flushed. The
+run's ``next_at`` is its stored due time: while a process works on it, a lease (now + the
+step's timeout + a margin); while it sleeps (wait step, retry, approval, queue), when it should
+wake. The poller (``entrypoints/scheduled.py``) drives whatever is due, so a run whose process
+died is picked up again when its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import Histogram
+
+from aftercare.events.envelope import Envelope, envelope_for
+from aftercare.events.outbox import OutboxRelay
+from aftercare.events.remediation import (
+    ApprovalGranted,
+    ApprovalRejected,
+    ApprovalRequested,
+    RemediationFailed,
+    RemediationNoteAdded,
+    RemediationStarted,
+    RemediationStepCompleted,
+    RemediationSucceeded,
+)
+from aftercare.events.tenant_copy import TenantCopy
+from aftercare.events.tenants import SupportedSystem, TenantUpserted
+from aftercare.remediation.adapters.credentials import CredentialKeyMissing, CredentialVault
+from aftercare.remediation.adapters.executor import SystemCaller
+from aftercare.remediation.adapters.store import RemediationStore
+from aftercare.remediation.domain import blast_radius
+from aftercare.remediation.domain import run as machine
+from aftercare.remediation.domain.run import Run
+from aftercare.remediation.domain.runbook import IncidentFacts, ParameterRefused, admin_url, applies, filled_params
+from aftercare.remediation.domain.verification import judge
+from aftercare.remediation.service_layer.escalations import EscalationDesk
+from aftercare.remediation.service_layer.turns import Turns
+
+log = structlog.stdlib.get_logger("aftercare.remediation.runs")
+
+SOURCE = "remediation"
+LEASE_MARGIN_S = 15.0
+# Queued runs are woken when a slot frees; this re-check only covers a wake-up lost to a crash.
+QUEUE_RECHECK_S = 30.0
+TENANT_RECHECK_S = 2.0
+TENANT_CACHE_S = 1.0
+
+STEP_OVERHEAD = Histogram(
+    "aftercare_remediation_step_overhead_seconds",
+    "Engine time per step beyond the action itself (store writes, events).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+)
+
+
+class ApprovalProblem(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def facts_from(document: dict[str, Any]) -> IncidentFacts:
+    return IncidentFacts(
+        incident_id=document["_id"],
+        tenant_id=document["tenant_id"],
+        number=document.get("number") or "",
+        system=document.get("system") or document.get("reported_system"),
+        category=document.get("category"),
+        priority=document.get("priority"),
+        severity=document.get("severity"),
+        source=document.get("source"),
+        labels=document.get("labels") or {},
+    )
+
+
+class RunEngine:
+    def __init__(
+        self,
+        store: RemediationStore,
+        tenants: TenantCopy,
+        vault: CredentialVault,
+        caller: SystemCaller,
+        escalations: EscalationDesk,
+        relay: OutboxRelay,
+        turns: Turns,
+        clock: Callable[[], datetime],
+        lease_margin_s: float = LEASE_MARGIN_S,
+        max_concurrent_drives: int = 64,
+    ) -> None:
+        self._lease_margin_s = lease_margin_s
+        # A burst of incidents must not become thousands of runs hammering the store at once.
+        self._drives = asyncio.Semaphore(max_concurrent_drives)
+        self._store = store
+        self._tenants = tenants
+        self._vault = vault
+        self._caller = caller
+        self._escalations = escalations
+        self._relay = relay
+        self._turns = turns
+        self._clock = clock
+        self.driving: set[str] = set()
+        self._again: set[str] = set()
+        self._tenant_cache: dict[str, tuple[TenantUpserted, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- starting ------------------------------------------------------------------------
+
+    async def consider(self, incident_id: str, caused_by: Envelope[Any] | None = None) -> str:
+        """Start the incident's run if triage named a runbook and both halves of the incident are
+        known; at most one run per incident, however often this is called. Returns what happened."""
+        document = await self._store.incident(incident_id)
+        if not document or not document.get("reported") or not document.get("triaged"):
+            return "waiting for the incident's other half"
+        name = document.get("runbook")
+        if not name:
+            return "no runbook named"
+        if await self._store.load_run(incident_id) is not None:
+            return "run exists"
+        facts = facts_from(document)
+        found = await self._store.current_runbook(name)
+        if found is None:
+            await self._escalations.escalate(
+                "triage", facts, f"triage named runbook {name!r}, which does not exist", caused_by=caused_by
+            )
+            return "runbook missing"
+        runbook, version, _ = found
+        mismatch = applies(runbook, facts)
+        if mismatch is not None:
+            await self._escalations.escalate(
+                "triage", facts, f"runbook {name} does not apply to this incident: {mismatch}", caused_by=caused_by
+            )
+            return "runbook does not apply"
+        now = self._clock()
+        run = Run(
+            run_id=f"run-{uuid.uuid4()}",
+            incident=facts,
+            runbook=runbook,
+            runbook_version=version,
+            status="queued",
+            created_at=now,
+            queued_at=now,
+        )
+        events: list[Envelope[Any]] = []
+        next_at = now
+        if runbook.approval.required:
+            run = machine.request_approval(run, str(uuid.uuid4()), now)
+            assert run.approval is not None
+            next_at = run.approval.expires_at
+            events.append(
+                self._event(
+                    run,
+                    ApprovalRequested(
+                        incident_id=incident_id,
+                        run_id=run.run_id,
+                        approval_id=run.approval.approval_id,
+                        step=runbook.steps[0].name,
+                        reason=f"runbook {runbook.name} needs a person's approval before it runs",
+                        expires_at=run.approval.expires_at,
+                        runbook=runbook.name,
+                        approvers=run.approval.approvers,
+                    ),
+                    caused_by,
+                )
+            )
+        if not await self._store.insert_run(run, next_at, events):
+            return "run exists"
+        if events:
+            async with self._turns(incident_id):
+                await self._relay.flush(self._store.runs, incident_id)
+        log.info("run created", incident_id=incident_id, runbook=runbook.name, status=run.status)
+        if run.status == "queued":
+            # Driven in the background: a handler never waits for a customer's system.
+            self.spawn_drive(incident_id)
+        return "run started" if run.status != "awaiting_approval" else "awaiting approval"
+
+    def _event(self, run: Run, data: Any, caused_by: Envelope[Any] | None = None) -> Envelope[Any]:
+        return envelope_for(
+            data,
+            source=SOURCE,
+            tenant_id=run.tenant_id,
+            incident_id=run.incident.incident_id,
+            caused_by=caused_by,
+        )
+
+    # --- driving -------------------------------------------------------------------------
+
+    def spawn_drive(self, incident_id: str, *, now: bool = False) -> None:
+        if incident_id in self.driving:
+            if now:
+                # It is being advanced right now, perhaps from a state read before this wake-up
+                # (a slot freed): advance it once more when that ends.
+                self._again.add(incident_id)
+            return
+        task = asyncio.create_task(self.drive(incident_id, now=now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def drive(self, incident_id: str, *, now: bool = False) -> None:
+        """Advance the run as far as it can go; safe to call any time, from any instance.
+
+        ``now``: do not wait for its due time (a slot was just freed, an approval just given).
+        """
+        self.driving.add(incident_id)
+        try:
+            async with self._drives, self._turns(incident_id):
+                await self._drive(incident_id, now)
+        except Exception:
+            log.exception("run could not advance; it is retried when due", incident_id=incident_id)
+        finally:
+            self.driving.discard(incident_id)
+            if incident_id in self._again:
+                self._again.discard(incident_id)
+                self.spawn_drive(incident_id, now=True)
+
+    async def _drive(self, incident_id: str, early: bool) -> None:
+        loaded = await self._store.load_run(incident_id)
+        if loaded is None:
+            return
+        run, rev, next_at = loaded
+        now = self._clock()
+        if run.status in machine.FINAL or next_at is None or (next_at > now and not early):
+            return
+        # No separate claim write: every write below names the rev it read, and the first one
+        # before any outside effect (the 'started' record of an HTTP call) also moves next_at to
+        # a lease, so a second instance that loaded the same run can only lose its writes.
+        current: int | None = rev
+        while current is not None:
+            now = self._clock()
+            move = machine.decide(run, now)
+            if isinstance(move, machine.Done):
+                return
+            if isinstance(move, machine.Sleep):
+                await self._store.save_run(run, current, move.until)
+                return
+            if isinstance(move, machine.Admit):
+                run, current, go_on = await self._admit(run, current, now)
+                if not go_on:
+                    return
+                continue
+            if isinstance(move, machine.Escalate):
+                await self._escalate(run, current, move)
+                return
+            if isinstance(move, machine.Probe):
+                run, current = await self._probe(run, current, move)
+                continue
+            if isinstance(move, machine.Execute):
+                if move.phase == "fix":
+                    paused = await self._store.automation_paused(run.tenant_id)
+                    if paused:
+                        await self._escalate(
+                            run,
+                            current,
+                            machine.Escalate(
+                                f"automation is paused for this tenant ({paused.get('reason') or 'kill switch'}); "
+                                f"step '{move.step.name}' was not run"
+                            ),
+                        )
+                        return
+                run, current = await self._execute(run, current, move)
+                continue
+            raise AssertionError(f"unknown move {move!r}")
+
+    async def _admit(self, run: Run, rev: int, now: datetime) -> tuple[Run, int | None, bool]:
+        paused = await self._store.automation_paused(run.tenant_id)
+        if paused:
+            await self._escalate(
+                run,
+                rev,
+                machine.Escalate(f"automation is paused for this tenant ({paused.get('reason') or 'kill switch'})"),
+            )
+            return run, None, False
+        if await self._tenant(run.tenant_id) is None:
+            # Tenants come on their own topic and may arrive after the incident: wait for it (the
+            # queue timeout escalates if it never comes).
+            await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=TENANT_RECHECK_S))
+            return run, None, False
+        system = run.system or "(no system)"
+        for _ in range(10):
+            slots = await self._store.load_slots(run.tenant_id, system)
+            decision = blast_radius.admission(slots, run.run_id, run.runbook.blast_radius, system, now)
+            if isinstance(decision, blast_radius.Refuse):
+                await self._escalate(run, rev, machine.Escalate(decision.reason))
+                return run, None, False
+            if isinstance(decision, blast_radius.Hold):
+                await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
+                return run, None, False
+            if decision.slots is slots or await self._store.save_slots(run.tenant_id, system, slots, decision.slots):
+                break
+        else:
+            await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=TENANT_RECHECK_S))
+            return run, None, False
+        run = machine.admit(run, now)
+        started = self._event(
+            run,
+            RemediationStarted(
+                incident_id=run.incident.incident_id,
+                run_id=run.run_id,
+                runbook=run.runbook.name,
+                steps=[step.name for step in run.runbook.steps],
+                runbook_version=run.runbook_version,
+                system=run.system,
+            ),
+        )
+        current = await self._store.save_run(run, rev, now + timedelta(seconds=self._lease_margin_s), [started])
+        if current is not None:
+            await self._relay.flush(self._store.runs, run.incident.incident_id)
+        return run, current, current is not None
+
+    async def _tenant(self, tenant_id: str) -> TenantUpserted | None:
+        # Read at most once a second per tenant: every step of every run needs it.
+        now = time.monotonic()
+        cached = self._tenant_cache.get(tenant_id)
+        if cached is not None and now - cached[1] < TENANT_CACHE_S:
+            return cached[0]
+        tenant = await self._tenants.get(tenant_id)
+        if tenant is not None:
+            self._tenant_cache[tenant_id] = (tenant, now)
+        return tenant
+
+    async def _system(self, run: Run) -> tuple[TenantUpserted | None, SupportedSystem | None]:
+        tenant = await self._tenant(run.tenant_id)
+        if tenant is None:
+            return None, None
+        return tenant, next((system for system in tenant.systems if system.name == run.system), None)
+
+    async def _execute(self, run: Run, rev: int, move: machine.Execute) -> tuple[Run, int | None]:
+        step = move.step
+        started = self._clock()
+        wall_started = time.perf_counter()
+        action_seconds = 0.0
+        params: dict[str, str | int | float] = {}
+        target: str | None = None
+        events: list[Envelope[Any]] = []
+        current: int | None = rev
+        try:
+            params = filled_params(step, run.incident)
+        except ParameterRefused as error:
+            outcome, output = "failed", f"not run: {error}"
+        else:
+            tenant, system = await self._system(run)
+            allowlist = tenant.probe_allowlist if tenant else []
+            if step.action == "http_admin":
+                if system is None or not system.admin_endpoint:
+                    outcome, output = "failed", f"not run: system {run.system!r} has no registered admin endpoint"
+                else:
+                    target = admin_url(system.admin_endpoint, str(step.params["path"]))
+                    # Recorded before the call: a crash during it must not lead to a second call.
+                    run = machine.start_step(run, move, params, target, started)
+                    lease = started + timedelta(seconds=step.timeout_seconds + self._lease_margin_s)
+                    current = await self._store.save_run(run, rev, lease)
+                    if current is None:
+                        return run, None
+                    try:
+                        token = await self._vault.bearer_token(run.tenant_id, system.name)
+                    except CredentialKeyMissing as error:
+                        outcome, output = "failed", f"not run: {error}"
+                    else:
+                        before = time.perf_counter()
+                        result = await self._caller.call_admin(
+                            target,
+                            str(params.get("method", "POST")).upper(),
+                            str(params["query"]) if "query" in params else None,
+                            token,
+                            step.timeout_seconds,
+                            allowlist,
+                        )
+                        action_seconds = time.perf_counter() - before
+                        outcome, output = result.outcome, result.output
+            elif step.action == "wait":
+                outcome, output = "succeeded", f"waiting {params['seconds']}s (a stored due time)"
+            elif step.action == "rerun_diagnosis":
+                probe = system.diagnostic_target if system else None
+                if probe is None or probe.kind != "http":
+                    outcome, output = "failed", f"system {run.system!r} has no HTTP diagnostic target to probe"
+                else:
+                    target = probe.address
+                    before = time.perf_counter()
+                    answer = await self._caller.probe(probe.address, step.timeout_seconds, allowlist)
+                    action_seconds = time.perf_counter() - before
+                    outcome, output = "succeeded", f"diagnosis: {answer.describe()}"
+            elif step.action == "add_note":
+                outcome, output = "succeeded", str(params["text"])
+                events.append(
+                    self._event(
+                        run, RemediationNoteAdded(incident_id=run.incident.incident_id, run_id=run.run_id, note=output)
+                    )
+                )
+            elif step.action == "page_oncall":
+                reason = str(params.get("reason") or f"runbook {run.runbook.name} asks for the on-call")
+                await self._escalations.escalate(
+                    f"page:{run.run_id}:{move.phase}:{move.index}", run.incident, reason, run
+                )
+                outcome, output = "succeeded", f"paged the on-call: {reason}"
+            else:  # pragma: no cover - the runbook model allows no other action
+                outcome, output = "failed", f"unknown action {step.action}"
+        if current is None:
+            return run, None
+        now = self._clock()
+        run = machine.finish_step(run, move, outcome, output, started, now, params, target)  # type: ignore[arg-type]
+        events.insert(
+            0,
+            self._event(
+                run,
+                RemediationStepCompleted(
+                    incident_id=run.incident.incident_id,
+                    run_id=run.run_id,
+                    step_index=move.index,
+                    step=step.name,
+                    outcome=outcome,
+                    output=output[:2000],
+                    duration_ms=(now - started).total_seconds() * 1000,
+                    phase=move.phase,
+                    action=step.action,
+                    attempts=move.attempt,
+                ),
+            ),
+        )
+        next_at = run.resume_at or now + timedelta(seconds=self._lease_margin_s)
+        current = await self._store.save_run(run, current, next_at, events)
+        if current is not None:
+            await self._relay.flush(self._store.runs, run.incident.incident_id)
+        STEP_OVERHEAD.observe(max(0.0, time.perf_counter() - wall_started - action_seconds))
+        return run, current
+
+    async def _probe(self, run: Run, rev: int, move: machine.Probe) -> tuple[Run, int | None]:
+        started = self._clock()
+        tenant, system = await self._system(run)
+        probe = system.diagnostic_target if system else None
+        criteria = run.runbook.verification
+        if probe is None or probe.kind != "http":
+            healthy, output = False, f"system {run.system!r} has no HTTP diagnostic target to verify with"
+        else:
+            answer = await self._caller.probe(
+                probe.address, criteria.timeout_seconds, tenant.probe_allowlist if tenant else []
+            )
+            healthy, output = judge(criteria, answer)
+        now = self._clock()
+        run = machine.finish_probe(run, move.attempt, healthy, output, started, now)
+        events: list[Envelope[Any]] = [
+            self._event(
+                run,
+                RemediationStepCompleted(
+                    incident_id=run.incident.incident_id,
+                    run_id=run.run_id,
+                    step_index=0,
+                    step="verify",
+                    outcome="succeeded" if healthy else "failed",
+                    output=output,
+                    duration_ms=(now - started).total_seconds() * 1000,
+                    phase="verification",
+                    action="probe",
+                    attempts=move.attempt,
+                ),
+            )
+        ]
+        if run.status == "succeeded":
+            events.append(
+                self._event(
+                    run,
+                    RemediationSucceeded(
+                        incident_id=run.incident.incident_id,
+                        run_id=run.run_id,
+                        runbook=run.runbook.name,
+                        verification=output,
+                    ),
+                )
+            )
+            next_at = None
+        else:
+            next_at = run.resume_at or now + timedelta(seconds=self._lease_margin_s)
+        current = await self._store.save_run(run, rev, next_at, events)
+        if current is not None:
+            await self._relay.flush(self._store.runs, run.incident.incident_id)
+            if run.status == "succeeded":
+                log.info("run verified", incident_id=run.incident.incident_id, runbook=run.runbook.name)
+                await self._release(run)
+        return run, current
+
+    async def _escalate(self, run: Run, rev: int, move: machine.Escalate) -> None:
+        now = self._clock()
+        ended = machine.escalated(run, move, now)
+        # The escalation first: if we die before the run is saved, the run escalates again on
+        # resume and the escalation, keyed by incident and purpose, is not duplicated.
+        await self._escalations.escalate("run", ended.incident, move.reason, ended)
+        failed_step = move.interrupted.name if move.interrupted else None
+        event = self._event(
+            ended,
+            RemediationFailed(
+                incident_id=run.incident.incident_id,
+                run_id=run.run_id,
+                runbook=run.runbook.name,
+                failed_step=failed_step,
+                error=move.reason[:2000],
+            ),
+        )
+        if await self._store.save_run(ended, rev, None, [event]) is not None:
+            await self._relay.flush(self._store.runs, run.incident.incident_id)
+            log.warning("run escalated", incident_id=run.incident.incident_id, reason=move.reason)
+        await self._release(run)
+
+    async def _release(self, run: Run) -> None:
+        system = run.system or "(no system)"
+        for _ in range(10):
+            slots = await self._store.load_slots(run.tenant_id, system)
+            freed = blast_radius.release(slots, run.run_id)
+            if freed is None or await self._store.save_slots(run.tenant_id, system, slots, freed):
+                break
+        # Let the next queued run of this system go now rather than at its next re-check.
+        waiting = await self._store.runs_of(
+            {"tenant_id": run.tenant_id, "system": run.system, "status": "queued"}, limit=1
+        )
+        for document in waiting:
+            self.spawn_drive(str(document["_id"]), now=True)
+
+    # --- people --------------------------------------------------------------------------
+
+    async def decide_approval(
+        self, run_id: str, approved: bool, operator_id: str, operator_email: str | None, note: str
+    ) -> Run:
+        """A responder's yes or no on a run waiting for approval; who and when is recorded."""
+        document = await self._store.find_run(run_id)
+        if document is None:
+            raise ApprovalProblem(404, f"there is no run {run_id}")
+        incident_id = str(document["_id"])
+        async with self._turns(incident_id):
+            loaded = await self._store.load_run(incident_id)
+            assert loaded is not None
+            run, rev, _ = loaded
+            refusal = machine.may_decide(run, operator_id, operator_email)
+            if refusal is not None:
+                raise ApprovalProblem(409 if "not waiting" in refusal else 403, refusal)
+            now = self._clock()
+            decided = machine.decide_approval(run, approved, operator_id, note, now)
+            assert decided.approval is not None
+            events: list[Envelope[Any]] = []
+            if approved:
+                events.append(
+                    self._event(
+                        decided,
+                        ApprovalGranted(
+                            incident_id=incident_id,
+                            run_id=run_id,
+                            approval_id=decided.approval.approval_id,
+                            by=operator_id,
+                            note=note,
+                        ),
+                    )
+                )
+            else:
+                events += [
+                    self._event(
+                        decided,
+                        ApprovalRejected(
+                            incident_id=incident_id,
+                            run_id=run_id,
+                            approval_id=decided.approval.approval_id,
+                            by=operator_id,
+                            reason=note,
+                        ),
+                    ),
+                    self._event(
+                        decided,
+                        RemediationFailed(
+                            incident_id=incident_id,
+                            run_id=run_id,
+                            runbook=run.runbook.name,
+                            error=decided.outcome or "rejected",
+                        ),
+                    ),
+                ]
+            if await self._store.save_run(decided, rev, now if approved else None, events) is None:
+                raise ApprovalProblem(409, "the run changed meanwhile; read it again and retry")
+            await self._relay.flush(self._store.runs, incident_id)
+        if approved:
+            self.spawn_drive(incident_id, now=True)
+        return decided
