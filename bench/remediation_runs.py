@@ -47,7 +47,7 @@ from pymongo import AsyncMongoClient
 
 from aftercare.events.envelope import envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, Severity
-from aftercare.events.operators import OPERATOR_EVENTS_TENANT, OperatorUpserted, new_operator_token, token_digest
+from aftercare.events.operators import OPERATOR_EVENTS_TENANT, OperatorUpserted, Role, new_operator_token, token_digest
 from aftercare.events.producer import EventProducer
 from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
@@ -93,12 +93,19 @@ def start_process(
 
 
 def put_runbook(base: str) -> None:
-    answer = httpx.put(
-        f"{base}/v1/runbooks/{NOOP_RUNBOOK['name']}",
-        json=NOOP_RUNBOOK,
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    )
-    answer.raise_for_status()
+    # The operator arrives on the tenants topic: retry until remediation knows it (a fresh
+    # broker takes a while to form consumer groups).
+    deadline = time.monotonic() + 600
+    while True:
+        answer = httpx.put(
+            f"{base}/v1/runbooks/{NOOP_RUNBOOK['name']}",
+            json=NOOP_RUNBOOK,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        if answer.status_code in (200, 201) or time.monotonic() > deadline:
+            answer.raise_for_status()
+            return
+        time.sleep(0.5)
 
 
 def rss_mb(pid: int) -> float:
@@ -267,7 +274,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
                     operator_id="bench",
                     name="Bench",
                     email="bench@example.net",
-                    role="admin",  # type: ignore[arg-type]
+                    role=Role.ADMIN,
                     token_digests=[token_digest(ADMIN_TOKEN)],
                 ),
                 source="bench",

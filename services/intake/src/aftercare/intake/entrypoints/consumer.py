@@ -18,9 +18,16 @@ from aftercare.events.remediation import (
     RemediationStarted,
     RemediationSucceeded,
 )
-from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.events.triage import (
+    DiagnosisCompleted,
+    IncidentGrouped,
+    IncidentTriaged,
+    ProblemCleared,
+    ProblemDetected,
+)
 from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.domain.moves import IncidentState
+from aftercare.intake.service_layer import diagnostic_problems
 from aftercare.intake.service_layer.apply_event import apply_event
 
 CONSUMER_GROUP = "intake"
@@ -116,7 +123,20 @@ class LifecycleFromEvents:
 
 def handlers(store: IncidentStore) -> HandlerTable:
     lifecycle = LifecycleFromEvents(store)
+
+    async def problem_detected(envelope: Envelope[ProblemDetected]) -> None:
+        await diagnostic_problems.open_detected_problem(store, envelope)
+
+    async def problem_cleared(envelope: Envelope[ProblemCleared]) -> None:
+        await diagnostic_problems.resolve_cleared_problem(store, envelope)
+
+    async def grouped(envelope: Envelope[IncidentGrouped]) -> None:
+        await diagnostic_problems.link_duplicate(store, envelope)
+
     return {
+        ProblemDetected: [problem_detected],
+        ProblemCleared: [problem_cleared],
+        IncidentGrouped: [grouped],
         IncidentTriaged: [lifecycle.triaged],
         DiagnosisCompleted: [lifecycle.diagnosed],
         RemediationStarted: [lifecycle.remediation_started],
