@@ -197,6 +197,47 @@ FERRETDB_PATCHES: dict[str, FerretDBPatch] = {
             ),
         ),
     ),
+    # Equalities on indexed fields are answered from the indexes create_index made: FerretDB hands
+    # SQLite only a lone _id equality and filters everything else in Go over a full read, so a
+    # tenant's incident by number took a scan of every tenant's incidents.
+    "index-pushdown": FerretDBPatch(
+        why="equalities on top-level indexed fields are pushed into SQL, in the indexes' expressions",
+        files=(
+            "internal/backends/sqlite/aftercare_pushdown.go",
+            "internal/backends/sqlite/metadata/aftercare_array_indexes.go",
+        ),
+        edits=(
+            (
+                "internal/backends/sqlite/metadata/registry.go",
+                "\tcreated := make([]string, 0, len(indexes))\n",
+                "\tcreated := make([]string, 0, len(indexes))\n\n"
+                "\tall := append(slices.Clone(c.Settings.Indexes), indexes...)\n"
+                "\tif err := aftercareCreateArrayIndexes(ctx, db, c.TableName, all); err != nil {\n"
+                "\t\treturn lazyerrors.Error(err)\n"
+                "\t}\n",
+            ),
+            (
+                "internal/backends/sqlite/collection.go",
+                "\tq += whereClause\n\tq += prepareOrderByClause(params.Sort)\n",
+                '\tif whereClause == "" && params.Sort.Len() == 0 && params.Limit == 0 && !params.OnlyRecordIDs {\n'
+                "\t\tif pushed, pushedArgs, ok := aftercarePushdown(ctx, db, meta, q, params.Filter); ok {\n"
+                "\t\t\tq, args = pushed, pushedArgs\n"
+                "\t\t}\n"
+                "\t}\n\n"
+                "\tq += whereClause\n\tq += prepareOrderByClause(params.Sort)\n",
+            ),
+            (
+                "internal/backends/sqlite/collection.go",
+                "\tq := `EXPLAIN QUERY PLAN ` + selectClause + whereClause + orderByClause\n",
+                "\tq := `EXPLAIN QUERY PLAN ` + selectClause + whereClause + orderByClause\n\n"
+                '\tif whereClause == "" && orderByClause == "" && params.Limit == 0 {\n'
+                "\t\tif pushed, pushedArgs, ok := aftercarePushdown(ctx, db, meta, selectClause, params.Filter); ok {\n"
+                "\t\t\tq, args, filterPushdown = `EXPLAIN QUERY PLAN `+pushed, pushedArgs, true\n"
+                "\t\t}\n"
+                "\t}\n",
+            ),
+        ),
+    ),
 }
 
 

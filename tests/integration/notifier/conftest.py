@@ -272,7 +272,7 @@ def new_tenant() -> CustomerTenant:
     )
 
 
-async def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+async def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 150.0) -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -7,9 +7,8 @@ windows are deleted by a periodic sweep (no TTL index on the embedded store).
 Counting goes through ``BatchedCounter``: the hits that arrive while a window's previous
 increment is on its way to the store go together as one ``$inc`` (every hit still gets its own
 count, as if counted alone). Under load that is one store write per batch instead of one per
-request; and the embedded store (FerretDB 1.24), which loses concurrent increments of one
-document, never sees two at once from this process. Several instances sharing that store may
-together let a few requests more through than the limit.
+request. That is for speed only: each ``$inc`` is atomic (on the embedded store too, through its
+build patch), so several instances sharing one store together hold the limit exactly.
 """
 
 from __future__ import annotations

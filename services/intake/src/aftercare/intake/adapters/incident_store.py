@@ -14,13 +14,15 @@ here needs a transaction (the embedded store has none):
 * a consumed event is applied once: its id goes into ``applied_events`` in the same write, and
   the write's filter excludes documents that already have it.
 
-The embedded store (FerretDB 1.24 on SQLite) does not make an update of one document atomic:
-two ``$inc``/``$push`` on the same document at once can lose one while both report success. So
-within this process, the reads and writes of one incident take turns (``turn``), and a tenant's
-number counter is incremented by one batch at a time; on MongoDB that costs nothing, as each
-such write is short. The same store uses an index only when the filter is ``{"_id": ...}``
-alone and scans the whole collection otherwise, so the reads and writes on the accept path
-filter by ``_id`` only.
+Several intake instances may share one store: each write is atomic on one document (on the
+embedded store too, through its build patch), and a change that announces what it read (an
+occurrence's count) writes only over what it read and is decided again otherwise. Within this
+process, the reads and writes of one incident still take turns (``turn``) and a tenant's number
+counter is incremented by one batch at a time: not for correctness any more, but so that one
+process's own concurrent reports of an incident do not keep missing each other's writes and
+retrying, and so that a burst costs one counter write instead of one per report. The embedded
+store answers lookups from indexes only for ``_id`` and for equalities on indexed fields; the
+accept path filters by ``_id``.
 """
 
 from __future__ import annotations
@@ -208,6 +210,8 @@ class IncidentStore:
         query: dict[str, Any] = {"_id": change.incident_id}
         if change.expect_status is not None:
             query["status"] = change.expect_status.value
+        if change.expect_occurrence_count is not None:
+            query["occurrence_count"] = change.expect_occurrence_count
         update: dict[str, Any] = {"$set": dict(change.set_fields)}
         if change.increments:
             update["$inc"] = dict(change.increments)

@@ -42,6 +42,8 @@ class IncidentChange:
 
     ``expect_status``: write only if the incident still has this status (a concurrent move makes
     the write miss rather than clobber). ``applied_event_id``: the consumed event this change
+    ``expect_occurrence_count``: write only over this count (the change announces the next one;
+    another instance may have counted one in between).
     applies, recorded so a redelivery is not applied twice.
     """
 
@@ -55,6 +57,7 @@ class IncidentChange:
     email_message_ids: list[str] = field(default_factory=list)
     events: list[Envelope[Any]] = field(default_factory=list)
     expect_status: IncidentStatus | None = None
+    expect_occurrence_count: int | None = None
     applied_event_id: str | None = None
     release_dedup_key: str | None = None
     claim_dedup_key: DedupKeyClaim | None = None

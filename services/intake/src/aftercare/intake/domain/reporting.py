@@ -149,6 +149,7 @@ def add_occurrence(
         raise_to={"last_seen_at": seen},
         timeline=entry,
         events=[event, *follow_ups(also_publish, event, incident.number)],
+        expect_occurrence_count=incident.occurrence_count,
     )
 
 

@@ -24,9 +24,11 @@ from aftercare.intake.domain.incident import Incident, IncidentReport
 
 log = structlog.stdlib.get_logger("aftercare.intake.report_incident")
 
-# How often a new incident gets another number when the one it got is taken (only when several
-# instances share the embedded store, whose counter increments are not atomic).
+# How often a new incident gets another number when the one it got is taken (a counter document
+# lost or restored from a backup; the unique index on (tenant, number) has the last word).
 NUMBER_ATTEMPTS = 5
+# Occurrences of one incident counted by other instances between a read and its write.
+OCCURRENCE_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ async def report(
         if existing is not None:
             return await _occurrence(store, existing, report, also_publish)
     fresh = incident_id is None  # a new random id: no earlier attempt can have written it
+    # Found written when opening, the incident is another request's (not this one's earlier
+    # attempt): then this report is one more occurrence of it.
+    repeat_if_written = fresh
     incident_id = incident_id or str(uuid.uuid4())
     if report.dedup_key:
         claimed = await store.claim_open_key(tenant_id, report.dedup_key, incident_id)
@@ -76,9 +81,13 @@ async def report(
             try:
                 return await _occurrence(store, await store.get(tenant_id, claimed), report, also_publish)
             except IncidentNotFound:
-                # The other request crashed before writing; take its place under its id.
-                incident_id, fresh = claimed, False
-    return await _open(store, tenant_id, incident_id, report, email_message_ids, also_publish, fresh=fresh)
+                # The other request crashed before writing, or it is still opening it on another
+                # instance: take its place under its id (one of the two writes wins).
+                incident_id, fresh, repeat_if_written = claimed, False, True
+    outcome = await _open(store, tenant_id, incident_id, report, email_message_ids, also_publish, fresh=fresh)
+    if not outcome.created and repeat_if_written:
+        return await _occurrence(store, outcome.incident, report, also_publish)
+    return outcome
 
 
 async def _open(
@@ -129,11 +138,17 @@ async def _occurrence(
     store: IncidentStore, incident: Incident, report: IncidentReport, also_publish: FollowUps | None
 ) -> Outcome:
     async with store.turn(incident.incident_id):
-        # Read again in turn: another report of the same problem may have counted itself meanwhile.
-        incident = await store.get(incident.tenant_id, incident.incident_id)
-        change = reporting.add_occurrence(incident, report, now=clock.now(), also_publish=also_publish)
-        await store.apply(change)
-        return Outcome(await store.get(incident.tenant_id, incident.incident_id), created=False, events=change.events)
+        for _ in range(OCCURRENCE_ATTEMPTS):
+            # Read again in turn: another report of the same problem may have counted itself meanwhile.
+            incident = await store.get(incident.tenant_id, incident.incident_id)
+            change = reporting.add_occurrence(incident, report, now=clock.now(), also_publish=also_publish)
+            # The write only matches the count read (the event announces the next one); another
+            # instance, whose turns are its own, may have counted one in between: decide again.
+            if await store.apply(change):
+                return Outcome(
+                    await store.get(incident.tenant_id, incident.incident_id), created=False, events=change.events
+                )
+        raise RuntimeError(f"occurrence of {incident.incident_id} not counted after {OCCURRENCE_ATTEMPTS} attempts")
 
 
 async def add_information(
