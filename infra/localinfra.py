@@ -848,7 +848,9 @@ def _run_foreground(node: KafkaNode | StoreNode | MailCatcherNode, stop_delay_s:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["setup", "up", "down", "status", "run-kafka", "run-store", "run-mailcatcher", "wait"])
+    parser.add_argument(
+        "command", choices=["setup", "up", "down", "status", "run-kafka", "run-store", "run-mailcatcher", "wait"]
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":
