@@ -48,6 +48,9 @@ CONTEXT_KEYS = (
     "text",
     "system",
     "subject",
+    "level",
+    "acknowledge_url",
+    "acknowledge_by",
 )
 
 

@@ -30,13 +30,14 @@ class NoticeKind(StrEnum):
     REMEDIATING = "remediation-started"
     RESOLVED = "incident-resolved"
     ESCALATED = "incident-escalated"
+    ON_CALL_PAGE = "on-call-page"  # to the support company's on-call people, not the customer
     PERIODIC = "incident-periodic-update"
     ADVISORY = "advisory-published"
     DIGEST = "digest"
 
 
 # Never held by quiet hours nor spaced by throttling: the customer is waiting for exactly these.
-URGENT_KINDS = frozenset({NoticeKind.RESOLVED, NoticeKind.ESCALATED})
+URGENT_KINDS = frozenset({NoticeKind.RESOLVED, NoticeKind.ESCALATED, NoticeKind.ON_CALL_PAGE})
 # Progress updates: at most one per incident per throttle window, per contact and channel.
 THROTTLED_KINDS = frozenset({NoticeKind.TRIAGED, NoticeKind.DIAGNOSED, NoticeKind.REMEDIATING, NoticeKind.PERIODIC})
 # Direct answers to a person who wrote to us: sent at once to that person.
@@ -142,3 +143,40 @@ def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Noti
             escalated_to=data.escalated_to or "",
         )
     return None
+
+
+def pages_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> list[Notice]:
+    """The on-call pages an escalation calls for: one email per paged person of its level, each
+    carrying the acknowledge link (a person who acknowledges stops the next level's page).
+
+    Once per escalation, level and address, however often the event is redelivered; a person
+    paged again at a later level of the same escalation is paged again, on purpose.
+    """
+    data = envelope.data
+    if not isinstance(data, IncidentEscalated) or envelope.incident_id is None:
+        return []
+    view = incident or {}
+    context = {
+        "number": str(view.get("number") or ""),
+        "title": str(view.get("title") or ""),
+        "priority": str(view.get("priority") or ""),
+        "reason": data.reason,
+        "level": str(data.level),
+        "escalated_to": data.escalated_to or "",
+        "acknowledge_url": data.acknowledge_url or "",
+        "acknowledge_by": data.acknowledge_by.isoformat() if data.acknowledge_by else "",
+    }
+    escalation = data.escalation_id or envelope.id
+    return [
+        Notice(
+            kind=NoticeKind.ON_CALL_PAGE,
+            notice_id=f"{escalation}:page:{data.level}:{contact.email.lower()}",
+            tenant_id=envelope.tenant_id,
+            incident_id=envelope.incident_id,
+            about_event_id=envelope.id,
+            context=context | {"contact_name": contact.name},
+            recipient=contact.email,
+        )
+        for contact in data.contacts
+        if contact.email
+    ]

@@ -22,7 +22,7 @@ from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.store import DueTimes, Store
 from aftercare.notifier.domain.delivery import DeliveryState
 from aftercare.notifier.domain.incident_view import is_open
-from aftercare.notifier.domain.notices import THROTTLED_KINDS, Notice, NoticeKind, notice_for
+from aftercare.notifier.domain.notices import THROTTLED_KINDS, Notice, NoticeKind, notice_for, pages_for
 from aftercare.notifier.domain.preferences import Policy, Subscription, plan, throttle_key
 from aftercare.notifier.settings import NotifierSettings
 
@@ -77,6 +77,8 @@ class NotificationPlanner:
         notice = notice_for(envelope, view)
         if notice is not None:
             await self.store_notice(notice)
+        for page in pages_for(envelope, view):
+            await self.store_notice(page)
         await self._keep_periodic_updates(envelope, view)
 
     async def on_tenant(self, envelope: Envelope[TenantUpserted]) -> None:
@@ -122,7 +124,9 @@ class NotificationPlanner:
                 "status_url": self.links.incident(tenant, notice.incident_id),
                 "status_page_url": self.links.status_page(tenant),
                 "tenant_name": tenant.name if tenant else "",
-                "contact_name": next(
+                # A page names the on-call person it was sent to; others are the tenant's contacts.
+                "contact_name": notice.context.get("contact_name")
+                or next(
                     (name for address, name in contact_names.items() if address.lower() == delivery.contact),
                     delivery.recipient.split("@")[0],
                 ),
