@@ -77,3 +77,19 @@ def test_operator_events_are_keyed_per_operator_on_the_tenants_topic() -> None:
         envelope = envelope_for(event, source="intake", tenant_id=OPERATOR_EVENTS_TENANT)
         assert envelope.key == "operator:op-ada"
         assert event.TOPIC == "aftercare.tenants"
+
+
+def test_every_service_keeps_its_own_operator_directory_consumer_group() -> None:
+    # A group shared by services splits the tenants topic's partitions between them, and each
+    # service would know only the operators keyed to its share (seen in `make run`: 401 for a
+    # fresh operator token at remediation while triage knew it).
+    from aftercare.events.runtime import ServiceRuntime
+    from aftercare.events.settings import ServiceSettings
+
+    groups = []
+    for name in ("triage", "remediation", "notifier"):
+        runtime = ServiceRuntime(ServiceSettings(service_name=name))
+        runtime.keep_operator_directory()
+        groups.append(runtime.consumer_group_ids())
+    directory_groups = [next(group for group in ids if "operator-directory" in group) for ids in groups]
+    assert len(set(directory_groups)) == 3

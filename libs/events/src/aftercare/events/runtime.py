@@ -186,11 +186,18 @@ class ServiceRuntime:
         self._keeps_operator_directory = True
         self._consumer_specs.append(
             ConsumerSpec(
-                group_id="operator-directory",
+                # One group per service: every service needs every operator in its own copy (a
+                # group shared by services would split the tenants topic's partitions between them).
+                # Instances of one service share the group and the copy in its database.
+                group_id=f"{self.name}-operator-directory",
                 topics=[TENANTS],
                 handlers=lambda runtime: runtime.require_operators().handlers(),
             )
         )
+
+    def consumer_group_ids(self) -> list[str]:
+        """The consumer groups this service reads as (prefix included)."""
+        return [self.settings.consumer_group_prefix + spec.group_id for spec in self._consumer_specs]
 
     def require_operators(self) -> OperatorDirectory:
         if self.operators is None:
