@@ -120,14 +120,21 @@ async def test_each_step_reaches_the_contact_once_in_one_thread(
         m["Message-ID"] for m in mails
     }
 
-    # NotificationSent announced each one on Kafka.
-    records = await read_all(notifier.env["AFTERCARE_KAFKA_BOOTSTRAP_SERVERS"], topics.NOTIFICATIONS)
-    sent = {
-        json.loads(r.value)["data"]["notification_id"]
-        for r in records
-        if r.key == incident_id.encode() and json.loads(r.value)["type"] == "notification.sent"
-    }
-    assert sent == {entry["notification_id"] for entry in log}
+    # NotificationSent announced each one on Kafka. It leaves through the outbox after the
+    # delivery is recorded as sent, so on a busy machine it may trail the record: wait for it.
+    expected = {entry["notification_id"] for entry in log}
+
+    async def announced() -> set[str] | None:
+        records = await read_all(notifier.env["AFTERCARE_KAFKA_BOOTSTRAP_SERVERS"], topics.NOTIFICATIONS)
+        sent = {
+            json.loads(r.value)["data"]["notification_id"]
+            for r in records
+            if r.key == incident_id.encode() and json.loads(r.value)["type"] == "notification.sent"
+        }
+        return sent if expected <= sent else None
+
+    sent = await wait_for("NotificationSent for every delivery", announced)
+    assert sent == expected
 
 
 async def _all_sent(notifier: NotifierUnderTest, incident_id: str, count: int) -> list[dict[str, object]] | None:
