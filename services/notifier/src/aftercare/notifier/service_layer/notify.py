@@ -104,8 +104,15 @@ class NotificationPlanner:
                 {"$set": {"tenant_id": notice.tenant_id, "notice": notice_to_document(notice), "at": now}},
                 upsert=True,
             )
-            log.info("notice waits for its tenant", tenant_id=notice.tenant_id, notice=notice.notice_id)
-            return 0
+            # The runner handles the tenants topic concurrently with the incidents: the tenant may
+            # have arrived, and ``on_tenant`` scanned the waiting notices, while this one was being
+            # parked. Look again after parking; planning a notice twice is harmless (deliveries
+            # are keyed), leaving it parked would lose it.
+            tenant = await self._tenants.get(notice.tenant_id)
+            if tenant is None:
+                log.info("notice waits for its tenant", tenant_id=notice.tenant_id, notice=notice.notice_id)
+                return 0
+            await self._store.waiting_notices.delete_one({"_id": notice.notice_id})
         contacts = list(tenant.contacts) if tenant else []
         subscriptions = {
             document["contact"]: Subscription.model_validate(document["subscription"])
