@@ -28,7 +28,7 @@ async def _first(service: TriageUnderTest, tenant_id: str, event_type: str, inci
     async def found() -> list[dict[str, Any]]:
         return await _events_of(service, tenant_id, event_type, incident_id)
 
-    events = await wait_until(found, timeout=45, interval=0.5, message=f"{event_type} for {incident_id}")
+    events = await wait_until(found, timeout=120, interval=0.5, message=f"{event_type} for {incident_id}")
     return events[0]
 
 
