@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,6 +110,42 @@ async def test_a_second_alert_on_the_same_system_and_category_is_grouped_under_t
     assert grouped["duplicate_of_number"] == first.number
     assert grouped["reason"] == "fingerprint"
     assert triaged["duplicate_of"] == first.incident_id
+
+
+async def test_near_simultaneous_alerts_on_one_system_and_category_end_under_exactly_one_first_incident(
+    triage_service: TriageUnderTest, producer: EventProducer
+) -> None:
+    # Each alert is its own incident, so its own Kafka key: triage's runner handles them side by
+    # side, and each sees "no open incident yet" unless the group is claimed atomically.
+    tenant = unique_name("acme")
+    await publish(producer, tenant, tenant_event(tenant))
+    # The tenant first, so that none of the alerts waits for it (that path is sequential).
+    warm_up = report("wiki slow", system="wiki", severity=Severity.WARNING)
+    await publish(producer, tenant, warm_up)
+    await _first(triage_service, tenant, "incident.triaged", warm_up.incident_id)
+    alerts = [
+        report(f"shop-web health check failing ({n})", system="shop-web", severity=Severity.CRITICAL) for n in range(12)
+    ]
+    await asyncio.gather(*(publish(producer, tenant, alert) for alert in alerts))
+    ids = {alert.incident_id for alert in alerts}
+
+    async def all_triaged() -> list[dict[str, Any]]:
+        events = await triage_events(triage_service.infrastructure, tenant)
+        triaged = {e["incident_id"]: e for e in events if e["type"] == "incident.triaged" and e["incident_id"] in ids}
+        return list(triaged.values()) if len(triaged) == len(ids) else []
+
+    triaged = await wait_until(all_triaged, timeout=120, interval=0.5, message="all 12 alerts triaged")
+    firsts = [event["incident_id"] for event in triaged if event["data"]["duplicate_of"] is None]
+    assert len(firsts) == 1, f"{len(firsts)} alerts became a first incident: {firsts}"
+    (first,) = firsts
+    assert {event["data"]["duplicate_of"] for event in triaged if event["incident_id"] != first} == {first}
+    grouped = [
+        event
+        for event in await triage_events(triage_service.infrastructure, tenant)
+        if event["type"] == "incident.grouped" and event["incident_id"] in ids
+    ]
+    assert sorted(event["incident_id"] for event in grouped) == sorted(ids - {first})
+    assert {event["data"]["duplicate_of"] for event in grouped} == {first}
 
 
 async def test_a_customer_email_about_a_system_with_an_open_alert_joins_it_and_the_customer_is_told(

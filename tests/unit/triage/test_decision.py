@@ -219,3 +219,26 @@ def test_a_source_that_opens_and_resolves_three_times_in_an_hour_flaps() -> None
     resolved = [NOW - timedelta(minutes=m) for m in (40, 20, 5)]
     assert grouping.flapping(opened, resolved, NOW).flapping
     assert not grouping.flapping(opened[:2], resolved[:2], NOW).flapping
+
+
+def test_the_holder_of_a_group_key_is_the_first_incident_even_if_reported_a_moment_later() -> None:
+    # Two alerts triaged side by side: the one that claimed the key first is the first incident,
+    # whichever clock said earlier.
+    later = grouping.OpenIncident("first", "INC-1", NOW + timedelta(seconds=2), "billing-db", "database", None)
+    found = grouping.find_group(
+        incident_id="second",
+        channel="alertmanager",
+        dedup_key=None,
+        system="billing-db",
+        category="database",
+        reported_at=NOW,
+        open_incidents=[later],
+    )
+    assert found is not None and found.duplicate_of.incident_id == "first" and found.reason == "fingerprint"
+
+
+def test_group_keys_come_in_the_order_grouping_prefers_and_only_dedup_keys_outlast_the_window() -> None:
+    keys = grouping.group_keys("acme", dedup_key="k1", system="billing-db", category="database")
+    assert [key.kind for key in keys] == ["dedup_key", "fingerprint", "same_system"]
+    assert [key.lasts_until_resolved for key in keys] == [True, False, False]
+    assert grouping.group_keys("acme", dedup_key=None, system=None, category="other") == []

@@ -103,42 +103,76 @@ def _head_document(head: OpenIncident) -> dict[str, Any]:
     }
 
 
+def _open_incident(document: dict[str, Any]) -> OpenIncident:
+    return OpenIncident(
+        incident_id=document["incident_id"],
+        number=document["number"],
+        reported_at=document["reported_at"],
+        system=document.get("system"),
+        category=document["category"],
+        dedup_key=document.get("dedup_key"),
+    )
+
+
 class GroupingHeads:
+    """The first open incident per group key, one holder at a time.
+
+    Taking a key is a single atomic write (an insert on the unique ``_id``, or a takeover
+    conditional on the holder read), so incidents triaged side by side (different Kafka keys,
+    or two triage instances) cannot both become the first: exactly one insert wins, the others
+    read the winner and group under it.
+    """
+
+    CLAIM_ATTEMPTS = 10
+
     def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
         self.collection: AsyncCollection[dict[str, Any]] = database["grouping_heads"]
 
-    async def find(self, keys: Sequence[str]) -> list[OpenIncident]:
-        heads: list[OpenIncident] = []
-        for key in keys:
-            document = await self.collection.find_one({"_id": key})
-            if document is not None:
-                heads.append(
-                    OpenIncident(
-                        incident_id=document["incident_id"],
-                        number=document["number"],
-                        reported_at=document["reported_at"],
-                        system=document.get("system"),
-                        category=document["category"],
-                        dedup_key=document.get("dedup_key"),
-                    )
-                )
-        return heads
+    async def holder(self, key: str) -> OpenIncident | None:
+        document = await self.collection.find_one({"_id": key})
+        return _open_incident(document) if document is not None else None
 
-    async def claim(self, keys: Sequence[str], head: OpenIncident, *, replace_older_than: datetime) -> None:
-        """Make ``head`` the first open incident for each key, unless one recent enough holds it."""
+    async def find(self, keys: Sequence[str]) -> list[OpenIncident]:
+        heads = [await self.holder(key) for key in keys]
+        return [head for head in heads if head is not None]
+
+    async def claim(self, key: str, head: OpenIncident, *, take_over_before: datetime | None) -> OpenIncident:
+        """Make ``head`` the holder of ``key`` unless another incident holds it; return the holder
+        (``head`` itself when this call or an earlier delivery of the same incident took it).
+
+        A holder reported before ``take_over_before`` (outside the grouping window) is replaced;
+        ``None`` never replaces (a dedup key is held until its incident resolves)."""
         document = _head_document(head)
-        for key in keys:
+        holder: OpenIncident | None = None
+        for _ in range(self.CLAIM_ATTEMPTS):
             try:
                 await self.collection.insert_one({"_id": key, **document})
+                return head
             except DuplicateKeyError:
-                # Held by an incident outside the window (or one since resolved): take it over.
-                await self.collection.update_one(
-                    {"_id": key, "reported_at": {"$lt": replace_older_than}}, {"$set": document}
-                )
+                pass
+            holder = await self.holder(key)
+            if holder is None:
+                continue  # released between our insert and our read: try the insert again
+            if holder.incident_id == head.incident_id:
+                return head
+            if take_over_before is None or holder.reported_at >= take_over_before:
+                return holder
+            # Conditional on the holder we read: of several takeovers at once, one matches.
+            taken = await self.collection.update_one(
+                {"_id": key, "incident_id": holder.incident_id}, {"$set": document}
+            )
+            if taken.modified_count == 1:
+                return head
+        if holder is None:
+            raise RuntimeError(f"group key {key!r} kept changing hands; the incident is retried")
+        return holder
 
     async def release(self, keys: Sequence[str], incident_id: str) -> None:
         for key in keys:
             await self.collection.delete_one({"_id": key, "incident_id": incident_id})
+
+    async def drop(self) -> None:
+        await self.collection.drop()
 
 
 class FlapHistory:
@@ -152,10 +186,18 @@ class FlapHistory:
     async def record(
         self, key: str, what: str, moment: datetime, known: tuple[list[datetime], list[datetime]] | None = None
     ) -> None:
-        """Add an open or resolve moment; ``known`` is the history just read, to save a read."""
+        """Add an open or resolve moment; ``known`` is the history just read, to save a read.
+
+        ``$addToSet`` is one atomic write, so opens of one source triaged side by side all count
+        (a redelivered event adds nothing); trimming the oldest is a second, harmless write."""
         opened, resolved = known if known is not None else await self.get(key)
         moments = opened if what == "opened" else resolved
         if moment in moments:
             return  # a redelivered event
-        moments = sorted([*moments, moment])[-FLAP_KEEP:]
-        await self.collection.update_one({"_id": key}, {"$set": {what: moments}}, upsert=True)
+        await self.collection.update_one({"_id": key}, {"$addToSet": {what: moment}}, upsert=True)
+        surplus = sorted([*moments, moment])[: max(0, len(moments) + 1 - FLAP_KEEP)]
+        if surplus:
+            await self.collection.update_one({"_id": key}, {"$pullAll": {what: surplus}})
+
+    async def drop(self) -> None:
+        await self.collection.drop()

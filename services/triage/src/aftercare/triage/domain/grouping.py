@@ -28,6 +28,31 @@ def fingerprint(tenant_id: str, system: str | None, category: str) -> str:
 
 
 @dataclass(frozen=True)
+class GroupKey:
+    """A key under which the first open incident is remembered (and claimed, one holder at a time)."""
+
+    kind: Literal["dedup_key", "fingerprint", "same_system"]
+    id: str
+
+    @property
+    def lasts_until_resolved(self) -> bool:
+        """A dedup key groups for as long as its first incident is open; the others only inside
+        the window, after which a new incident may take the key over."""
+        return self.kind == "dedup_key"
+
+
+def group_keys(tenant_id: str, *, dedup_key: str | None, system: str | None, category: str) -> list[GroupKey]:
+    """The keys an incident is grouped by, in the order ``find_group`` prefers them."""
+    keys = []
+    if dedup_key:
+        keys.append(GroupKey("dedup_key", f"dedup|{tenant_id}|{dedup_key}"))
+    if system:
+        keys.append(GroupKey("fingerprint", f"fingerprint|{fingerprint(tenant_id, system, category)}"))
+        keys.append(GroupKey("same_system", f"system|{tenant_id}|{system}"))
+    return keys
+
+
+@dataclass(frozen=True)
 class OpenIncident:
     """What grouping needs to know of an incident already open."""
 
@@ -57,20 +82,24 @@ def find_group(
     open_incidents: Sequence[OpenIncident],
     window: timedelta = GROUP_WINDOW,
 ) -> Grouping | None:
-    """The earliest open incident this one repeats, if any."""
+    """The open incident this one repeats, if any (the earliest, if several).
+
+    ``open_incidents`` are the holders of this incident's group keys. A holder may have been
+    reported a moment later than this one: it claimed the key first, so it is the first incident.
+    """
     earlier = sorted(
-        (other for other in open_incidents if other.incident_id != incident_id and other.reported_at <= reported_at),
+        (other for other in open_incidents if other.incident_id != incident_id),
         key=lambda other: other.reported_at,
     )
     if dedup_key:
         for other in earlier:
             if other.dedup_key == dedup_key:
                 return Grouping(other, "dedup_key", f"same dedup key {dedup_key!r} as {other.number}")
-    recent = [other for other in earlier if reported_at - other.reported_at <= window]
+    recent = [other for other in earlier if abs(reported_at - other.reported_at) <= window]
     if system is not None:
         for other in recent:
             if other.system == system and other.category == category:
-                minutes = int((reported_at - other.reported_at).total_seconds() // 60)
+                minutes = max(0, int((reported_at - other.reported_at).total_seconds() // 60))
                 return Grouping(
                     other,
                     "fingerprint",
@@ -79,7 +108,7 @@ def find_group(
         if channel in PEOPLE_CHANNELS:
             for other in recent:
                 if other.system == system:
-                    minutes = int((reported_at - other.reported_at).total_seconds() // 60)
+                    minutes = max(0, int((reported_at - other.reported_at).total_seconds() // 60))
                     return Grouping(
                         other,
                         "same_system",

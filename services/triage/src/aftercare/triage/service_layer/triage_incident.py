@@ -127,16 +127,6 @@ def triaged_event(
     )
 
 
-def group_keys(tenant_id: str, *, dedup_key: str | None, system: str | None, category: str) -> list[str]:
-    keys = []
-    if dedup_key:
-        keys.append(f"dedup|{tenant_id}|{dedup_key}")
-    if system:
-        keys.append(f"fingerprint|{grouping.fingerprint(tenant_id, system, category)}")
-        keys.append(f"system|{tenant_id}|{system}")
-    return keys
-
-
 def flap_key(tenant_id: str, document: dict[str, Any], decision_system: str | None, category: str) -> str:
     facts = document["facts"]
     key = facts.get("dedup_key") or facts.get("source") or grouping.fingerprint(tenant_id, decision_system, category)
@@ -219,22 +209,22 @@ class IncidentTriage:
             classifier=shipped_classifier().predict,
         )
 
-        keys = group_keys(
-            envelope.tenant_id, dedup_key=event.dedup_key, system=decision.system, category=decision.category
-        )
-        candidates = await self.heads.find(keys)
-        grouped = grouping.find_group(
+        me = grouping.OpenIncident(
             incident_id=event.incident_id,
-            channel=event.channel.value,
-            dedup_key=event.dedup_key,
+            number=event.number,
+            reported_at=event.reported_at,
             system=decision.system,
             category=decision.category,
-            reported_at=event.reported_at,
-            open_incidents=candidates,
+            dedup_key=event.dedup_key,
+        )
+        grouped, held = await self._group(
+            envelope.tenant_id, me, event.channel.value, open_now=document["status"] == "open"
         )
         source_key = flap_key(envelope.tenant_id, document, decision.system, decision.category)
         opened, resolved = await self.flaps.get(source_key)
-        flap = grouping.flapping([m for m in opened if m < event.reported_at], resolved, event.reported_at)
+        # The store keeps milliseconds: this report's own open, stored by an earlier delivery, is not "before" it.
+        reported_ms = event.reported_at.replace(microsecond=event.reported_at.microsecond // 1000 * 1000)
+        flap = grouping.flapping([m for m in opened if m < reported_ms], resolved, event.reported_at)
 
         events: list[Envelope[Any]] = []
         triaged = triaged_event(
@@ -287,7 +277,7 @@ class IncidentTriage:
                 "decision": decision_document(decision),
                 "duplicate_of": grouped.duplicate_of.incident_id if grouped else None,
                 "flapping": flap.flapping,
-                "group_keys": [] if grouped else keys,
+                "group_keys": held,
                 "flap_key": source_key,
                 "triaged_at": datetime.now(UTC),
                 "awaiting_tenant": False,
@@ -295,16 +285,6 @@ class IncidentTriage:
             "$unset": {"report_envelope": ""},
         }
         await self.incidents.save(event.incident_id, update, *events)
-        if grouped is None and keys and document["status"] == "open":
-            head = grouping.OpenIncident(
-                incident_id=event.incident_id,
-                number=event.number,
-                reported_at=event.reported_at,
-                system=decision.system,
-                category=decision.category,
-                dedup_key=event.dedup_key,
-            )
-            await self.heads.claim(keys, head, replace_older_than=event.reported_at - grouping.GROUP_WINDOW)
         await self.flaps.record(source_key, "opened", event.reported_at, known=(opened, resolved))
         log.info(
             "incident triaged",
@@ -316,6 +296,45 @@ class IncidentTriage:
         )
         if self.on_triaged is not None and grouped is None and not flap.flapping:
             await self.on_triaged(tenant, {**document, "decision": decision_document(decision)}, decision)
+
+    async def _group(
+        self, tenant_id: str, me: grouping.OpenIncident, channel: str, *, open_now: bool
+    ) -> tuple[grouping.Grouping | None, list[str]]:
+        """Claim this incident's group keys, in the order grouping prefers them, until one is held
+        by an incident this one repeats. Returns that grouping (or None) and the keys this incident
+        holds (released when it resolves).
+
+        Claiming before anything is published means the first incident's key is in place before
+        its IncidentTriaged is out, and concurrent reports of one problem see one holder."""
+        keys = grouping.group_keys(tenant_id, dedup_key=me.dedup_key, system=me.system, category=me.category)
+        held: list[str] = []
+        others: list[grouping.OpenIncident] = []
+        for key in keys:
+            if open_now:
+                window_start = None if key.lasts_until_resolved else me.reported_at - grouping.GROUP_WINDOW
+                holder: grouping.OpenIncident | None = await self.heads.claim(key.id, me, take_over_before=window_start)
+            else:  # already resolved (its resolve overtook its report): group it, but hold nothing
+                holder = await self.heads.holder(key.id)
+            if holder is None:
+                continue
+            if holder.incident_id == me.incident_id:
+                held.append(key.id)
+                continue
+            others.append(holder)
+            grouped = grouping.find_group(
+                incident_id=me.incident_id,
+                channel=channel,
+                dedup_key=me.dedup_key,
+                system=me.system,
+                category=me.category,
+                reported_at=me.reported_at,
+                open_incidents=others,
+            )
+            if grouped is not None:
+                # A duplicate holds nothing: give back what this call took on the way.
+                await self.heads.release(held, me.incident_id)
+                return grouped, []
+        return None, held
 
     async def tenant_arrived(self, envelope: Envelope[TenantUpserted]) -> None:
         """Triage the reports that waited for this tenant."""
