@@ -15,6 +15,7 @@ from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints import (
     admin_api,
     alertmanager_api,
+    classification_api,
     consumer,
     incidents_api,
     operators_api,
@@ -93,6 +94,7 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
     )
     app.include_router(runtime.operations_router())
     app.include_router(incidents_api.router)
+    app.include_router(classification_api.router)
     app.include_router(admin_api.router)
     app.include_router(operators_api.router)
     app.include_router(pagerduty_api.router)

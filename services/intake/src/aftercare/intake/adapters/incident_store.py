@@ -104,7 +104,7 @@ class IncidentStore:
     async def state(self, incident_id: str) -> IncidentState | None:
         """What a move needs (status, tenant, number, dedup key), without the timeline."""
         document = await self.collection.find_one(
-            {"_id": incident_id}, {"status": 1, "tenant_id": 1, "dedup_key": 1, "number": 1}
+            {"_id": incident_id}, {"status": 1, "tenant_id": 1, "dedup_key": 1, "number": 1, "manual_fields": 1}
         )
         if document is None:
             return None
@@ -114,6 +114,7 @@ class IncidentStore:
             number=document["number"],
             status=Status(document["status"]),
             dedup_key=document.get("dedup_key"),
+            manual_fields=frozenset(document.get("manual_fields") or ()),
         )
 
     async def get_by_number(self, tenant_id: str, number: str) -> Incident | None:
@@ -227,6 +228,8 @@ class IncidentStore:
         add_to_sets: dict[str, Any] = {}
         if change.email_message_ids:
             add_to_sets["email_message_ids"] = {"$each": list(change.email_message_ids)}
+        for array_field, values in change.add_to_set.items():
+            add_to_sets[array_field] = {"$each": list(values)}
         if change.applied_event_id is not None:
             query["applied_events"] = {"$ne": change.applied_event_id}
             add_to_sets["applied_events"] = change.applied_event_id

@@ -17,6 +17,7 @@ after its own change.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from aftercare.events import outbox
 from aftercare.events.envelope import Envelope, Event, envelope_for
 from aftercare.events.operators import (
     OPERATOR_EVENTS_TENANT,
+    Operator,
     OperatorRemoved,
     hash_password,
     new_operator_token,
@@ -82,6 +84,27 @@ class OperatorStore:
         if document is None or document.get("removed"):
             raise OperatorNotFound(operator_id)
         return OperatorAccount.from_document(document)
+
+    async def by_token(self, token: str) -> Operator | None:
+        """The operator an API token belongs to; None if unknown, revoked or removed.
+
+        Intake holds the operators themselves, so it checks their tokens against its own record
+        (the other services keep a copy, ``aftercare.events.operators.OperatorDirectory``), and
+        a revoked token is refused here at once. This reads every operator: they are the support
+        company's people (tens), and only operator calls to intake ask.
+        """
+        digest = token_digest(token)
+        for account in await self.all():
+            if any(hmac.compare_digest(issued.digest, digest) for issued in account.tokens):
+                return Operator(
+                    operator_id=account.operator_id,
+                    name=account.name,
+                    email=account.email,
+                    role=account.role,
+                    tenants=None if account.all_tenants else frozenset(account.tenants),
+                    active=account.active,
+                )
+        return None
 
     async def all(self) -> list[OperatorAccount]:
         cursor = self.operators.find({}, {"outbox": 0}).sort("_id")

@@ -42,9 +42,9 @@ class IncidentChange:
 
     ``expect_status``: write only if the incident still has this status (a concurrent move makes
     the write miss rather than clobber). ``applied_event_id``: the consumed event this change
-    ``expect_occurrence_count``: write only over this count (the change announces the next one;
-    another instance may have counted one in between).
-    applies, recorded so a redelivery is not applied twice.
+    applies, recorded so a redelivery is not applied twice. ``expect_occurrence_count``: write
+    only over this count (the change announces the next one; another instance may have counted
+    one in between).
     """
 
     incident_id: str
@@ -55,6 +55,8 @@ class IncidentChange:
     timeline: TimelineEntry | None = None
     new_attachments: list[dict[str, Any]] = field(default_factory=list)
     email_message_ids: list[str] = field(default_factory=list)
+    # Values added to array fields unless there already (e.g. the fields a person set by hand).
+    add_to_set: dict[str, list[Any]] = field(default_factory=dict)
     events: list[Envelope[Any]] = field(default_factory=list)
     expect_status: IncidentStatus | None = None
     expect_occurrence_count: int | None = None

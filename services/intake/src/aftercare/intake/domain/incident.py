@@ -75,6 +75,16 @@ class Incident(BaseModel):
     created_at: datetime
     updated_at: datetime
     resolved_at: datetime | None = None
+    manual_fields: list[str] = Field(
+        default_factory=list,
+        description="Fields a person set by hand (priority, category): triage never changes them again.",
+    )
+    classified_by: str | None = Field(default=None, description="Who last set priority or category by hand.")
+    duplicate_of: str | None = Field(
+        default=None, description="The first incident of the same problem (its id), where the work happens."
+    )
+    duplicate_of_number: str | None = Field(default=None, description="That first incident's number, e.g. INC-1042.")
+    duplicate_count: int = Field(default=0, description="How many later incidents were found to be this same problem.")
     timeline: list[TimelineEntry] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
 

@@ -32,6 +32,8 @@ class IncidentState:
     number: str
     status: Status
     dedup_key: str | None = None
+    # Fields a person set by hand (priority, category): automation records, never overwrites them.
+    manual_fields: frozenset[str] = frozenset()
 
 
 # Moves a person may ask for, and whether asking again when it is done already is a no-op.
@@ -108,6 +110,9 @@ def move_by_person(
 # An event intake announces because another service's event moved the incident (e.g.
 # IncidentResolved after a successful remediation), made from the incident as it is.
 Announcement = Callable[[IncidentState], Event]
+# The fields an event sets: fixed, or decided from the incident as it is (e.g. triage's deadlines,
+# which do not apply when a person chose the priority and triage did not know yet).
+FieldsToSet = dict[str, Any] | Callable[[IncidentState], dict[str, Any]]
 
 
 def move_by_event(
@@ -118,21 +123,34 @@ def move_by_event(
     kind: str,
     summary: str,
     now: datetime,
-    set_fields: dict[str, Any] | None = None,
+    set_fields: FieldsToSet | None = None,
     announcement: Announcement | None = None,
+    by: str | None = None,
+    by_person: bool = False,
+    kind_if_moved: str | None = None,
 ) -> IncidentChange | None:
     """What an event from triage or remediation does to its incident; None to ignore it.
 
-    The event always goes on the timeline (with ``set_fields``, e.g. triage's priority). The
-    status it ``proposed`` is applied only when the lifecycle allows it now (automation never
-    moves an incident backwards, see ``lifecycle.automated_move``); then ``announcement`` is
-    published too. An event naming another tenant than its incident is ignored, whatever a bug
-    elsewhere sends.
+    The event always goes on the timeline (with ``set_fields``, e.g. triage's priority, except
+    the fields a person set by hand). The status it ``proposed`` is applied only when the
+    lifecycle allows it now (automation never moves an incident backwards, see
+    ``lifecycle.automated_move``; an event that records what a person did elsewhere,
+    ``by_person``, moves it as that person could here); then ``announcement`` is published
+    too, and the entry is of ``kind_if_moved`` if given. ``by`` names who the entry is by (the
+    event's source if not given). An event naming another tenant than its incident is ignored,
+    whatever a bug elsewhere sends.
     """
     if cause.tenant_id != incident.tenant_id:
         return None
-    target = lifecycle.automated_move(incident.status, proposed) if proposed else None
-    fields = dict(set_fields or {}) | {"updated_at": now}
+    target: Status | None = None
+    if proposed is not None:
+        if by_person:
+            target = proposed if lifecycle.can_move(incident.status, proposed) else None
+        else:
+            target = lifecycle.automated_move(incident.status, proposed)
+    wanted = set_fields(incident) if callable(set_fields) else dict(set_fields or {})
+    kept = {key: value for key, value in wanted.items() if key not in incident.manual_fields}
+    fields = kept | {"updated_at": now}
     events: list[Envelope[Any]] = []
     if target is not None:
         fields["status"] = target.value
@@ -152,7 +170,13 @@ def move_by_event(
         incident.incident_id,
         incident.tenant_id,
         set_fields=fields,
-        timeline=timeline_entry(kind, summary, at=now, by=cause.source, event_id=cause.id),
+        timeline=timeline_entry(
+            kind_if_moved if target is not None and kind_if_moved else kind,
+            summary,
+            at=now,
+            by=by or cause.source,
+            event_id=cause.id,
+        ),
         events=events,
         expect_status=incident.status,
         applied_event_id=cause.id,

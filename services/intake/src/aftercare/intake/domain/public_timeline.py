@@ -1,8 +1,13 @@
 """What a customer may see of an incident: its status and timeline in the customer's words.
 
 The customer portal's status page shows this (and the notifier's status pages should show the
-same). Internal entries (diagnoses, approval requests, failed remediation attempts) stay for the
-operators: a kind that is not listed here is not shown.
+same). Internal entries stay for the operators: a kind that is not listed here is not shown.
+Internal are diagnoses, remediation's steps and notes (they name hosts, actions and outputs),
+approvals asked for, granted or rejected, failed remediation attempts, a page acknowledged on an
+incident that was not escalated any more, and a priority or category set by hand (the support
+company's own call). The customer sees what these lead to: the status moves (being fixed, handed
+to a specialist, an engineer took it, resolved), and that a report was found to be a known
+problem (on the duplicate) or that the problem was reported again (on the first incident).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ PUBLIC_TIMELINE = {
     "resolved": "The problem was resolved",
     "reopened": "The incident was reopened",
     "closed": "The incident was closed",
+    "grouped": "We already know this problem and are working on it",
+    "duplicate": "The problem was reported again",
 }
 
 

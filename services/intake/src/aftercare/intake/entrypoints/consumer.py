@@ -6,16 +6,23 @@ the timeline); ``service_layer/apply_event.py`` does the rest.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aftercare.events import topics
 from aftercare.events.consumer import HandlerTable
 from aftercare.events.envelope import Envelope
-from aftercare.events.incidents import IncidentResolved
+from aftercare.events.incidents import Channel, IncidentAcknowledged, IncidentResolved
 from aftercare.events.incidents import IncidentStatus as Status
 from aftercare.events.remediation import (
+    ApprovalGranted,
+    ApprovalRejected,
     ApprovalRequested,
+    EscalationAcknowledged,
     IncidentEscalated,
     RemediationFailed,
+    RemediationNoteAdded,
     RemediationStarted,
+    RemediationStepCompleted,
     RemediationSucceeded,
 )
 from aftercare.events.triage import (
@@ -26,7 +33,9 @@ from aftercare.events.triage import (
     ProblemDetected,
 )
 from aftercare.intake.adapters.incident_store import IncidentStore
-from aftercare.intake.domain.moves import IncidentState
+from aftercare.intake.domain import classification, remediation_timeline
+from aftercare.intake.domain.moves import Announcement, IncidentState
+from aftercare.intake.domain.remediation_timeline import TimelineMeaning
 from aftercare.intake.service_layer import diagnostic_problems
 from aftercare.intake.service_layer.apply_event import apply_event
 
@@ -48,12 +57,7 @@ class LifecycleFromEvents:
             proposed=Status.TRIAGED,
             kind="triaged",
             summary=f"Triaged as {event.priority.value} {event.category}",
-            set_fields={
-                "priority": event.priority.value,
-                "category": event.category,
-                "response_due_at": event.response_due_at,
-                "resolution_due_at": event.resolution_due_at,
-            },
+            set_fields=classification.triage_fields(event),
         )
 
     async def diagnosed(self, envelope: Envelope[DiagnosisCompleted]) -> None:
@@ -71,14 +75,50 @@ class LifecycleFromEvents:
             summary=f"Runbook {envelope.data.runbook} started",
         )
 
-    async def approval_requested(self, envelope: Envelope[ApprovalRequested]) -> None:
+    async def _record(
+        self, envelope: Envelope[Any], meaning: TimelineMeaning, announcement: Announcement | None = None
+    ) -> None:
         await apply_event(
             self._store,
             envelope,
-            proposed=None,
-            kind="approval-requested",
-            summary=f"Waiting for approval: {envelope.data.reason}",
+            proposed=meaning.proposed,
+            kind=meaning.kind,
+            summary=meaning.summary,
+            by=meaning.by,
+            by_person=meaning.by_person,
+            kind_if_moved=meaning.kind_if_moved,
+            announcement=announcement,
         )
+
+    async def step_completed(self, envelope: Envelope[RemediationStepCompleted]) -> None:
+        await self._record(envelope, remediation_timeline.step_completed(envelope.data))
+
+    async def note_added(self, envelope: Envelope[RemediationNoteAdded]) -> None:
+        await self._record(envelope, remediation_timeline.note_added(envelope.data))
+
+    async def approval_requested(self, envelope: Envelope[ApprovalRequested]) -> None:
+        await self._record(envelope, remediation_timeline.approval_requested(envelope.data))
+
+    async def approval_granted(self, envelope: Envelope[ApprovalGranted]) -> None:
+        await self._record(envelope, remediation_timeline.approval_granted(envelope.data))
+
+    async def approval_rejected(self, envelope: Envelope[ApprovalRejected]) -> None:
+        await self._record(envelope, remediation_timeline.approval_rejected(envelope.data))
+
+    async def escalation_acknowledged(self, envelope: Envelope[EscalationAcknowledged]) -> None:
+        event = envelope.data
+        meaning = remediation_timeline.escalation_acknowledged(event)
+
+        def acknowledged(incident: IncidentState) -> IncidentAcknowledged:
+            return IncidentAcknowledged(
+                incident_id=event.incident_id,
+                number=incident.number,
+                by=event.by,
+                channel=Channel.OPERATOR,
+                note=meaning.summary,
+            )
+
+        await self._record(envelope, meaning, acknowledged)
 
     async def remediation_succeeded(self, envelope: Envelope[RemediationSucceeded]) -> None:
         event = envelope.data
@@ -140,7 +180,12 @@ def handlers(store: IncidentStore) -> HandlerTable:
         IncidentTriaged: [lifecycle.triaged],
         DiagnosisCompleted: [lifecycle.diagnosed],
         RemediationStarted: [lifecycle.remediation_started],
+        RemediationStepCompleted: [lifecycle.step_completed],
+        RemediationNoteAdded: [lifecycle.note_added],
         ApprovalRequested: [lifecycle.approval_requested],
+        ApprovalGranted: [lifecycle.approval_granted],
+        ApprovalRejected: [lifecycle.approval_rejected],
+        EscalationAcknowledged: [lifecycle.escalation_acknowledged],
         RemediationSucceeded: [lifecycle.remediation_succeeded],
         RemediationFailed: [lifecycle.remediation_failed],
         IncidentEscalated: [lifecycle.escalated],

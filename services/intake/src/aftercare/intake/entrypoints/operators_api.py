@@ -92,6 +92,8 @@ async def start(app: FastAPI, runtime: ServiceRuntime) -> None:
     operators = OperatorStore(runtime.db, runtime.require_producer())
     await operators.ensure_indexes()
     app.state.operator_store = operators
+    # Operator endpoints of intake (``require_role``) check tokens against intake's own record.
+    app.state.operator_directory = operators
     runtime.every("operator-outbox-sweep", OUTBOX_SWEEP_SECONDS, operators.sweep)
 
 

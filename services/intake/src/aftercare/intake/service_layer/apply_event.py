@@ -4,6 +4,7 @@ the timeline, and move the status when the lifecycle allows (see ``domain/moves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -13,6 +14,7 @@ from aftercare.events.incidents import IncidentStatus as Status
 from aftercare.intake import clock
 from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.domain import moves
+from aftercare.intake.domain.changes import IncidentChange
 
 log = structlog.stdlib.get_logger("aftercare.intake.apply_event")
 
@@ -27,8 +29,11 @@ async def apply_event(
     proposed: Status | None,
     kind: str,
     summary: str,
-    set_fields: dict[str, Any] | None = None,
+    set_fields: moves.FieldsToSet | None = None,
     announcement: moves.Announcement | None = None,
+    by: str | None = None,
+    by_person: bool = False,
+    kind_if_moved: str | None = None,
 ) -> bool:
     """Record an event from triage or remediation on its incident, once.
 
@@ -38,22 +43,45 @@ async def apply_event(
     incident_id = envelope.incident_id
     if incident_id is None:
         return False
+
+    def decide(state: moves.IncidentState) -> IncidentChange | None:
+        return moves.move_by_event(
+            state,
+            envelope,
+            proposed=proposed,
+            kind=kind,
+            summary=summary,
+            set_fields=set_fields,
+            announcement=announcement,
+            by=by,
+            by_person=by_person,
+            kind_if_moved=kind_if_moved,
+            now=clock.now(),
+        )
+
+    return await apply_to(store, incident_id, envelope, decide)
+
+
+async def apply_to(
+    store: IncidentStore,
+    incident_id: str,
+    envelope: Envelope[Any],
+    decide: Callable[[moves.IncidentState], IncidentChange | None],
+) -> bool:
+    """Apply what ``decide`` makes of ``envelope`` for incident ``incident_id``, once.
+
+    ``decide`` gets the incident as it is and returns the change (with ``applied_event_id``), or
+    None when the event must be ignored (another tenant's). The same event may be applied to
+    several incidents (a grouping links the duplicate and counts it on the first): each
+    incident keeps its own applied-events guard.
+    """
     async with store.turn(incident_id):
         for _ in range(APPLY_ATTEMPTS):
             state = await store.state(incident_id)
             if state is None:
                 log.warning("event for an incident intake does not know; ignored", event_type=envelope.type)
                 return False
-            change = moves.move_by_event(
-                state,
-                envelope,
-                proposed=proposed,
-                kind=kind,
-                summary=summary,
-                set_fields=set_fields,
-                announcement=announcement,
-                now=clock.now(),
-            )
+            change = decide(state)
             if change is None:
                 log.warning(
                     "event names another tenant than its incident; ignored",

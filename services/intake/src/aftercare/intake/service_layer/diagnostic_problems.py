@@ -3,7 +3,8 @@
 * ProblemDetected opens an incident (channel diagnostic, source ``diagnostics``) under the id
   triage chose, so a redelivered event opens it once;
 * ProblemCleared resolves that incident ("diagnostics" resolved it), once;
-* IncidentGrouped puts a link to the first incident on the duplicate's timeline.
+* IncidentGrouped links the duplicate to the first incident (``duplicate_of``, and on its
+  timeline) and counts it on the first (``domain/grouping.py``), each once.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from aftercare.events.envelope import Envelope
 from aftercare.events.incidents import Channel, IncidentResolved
 from aftercare.events.incidents import IncidentStatus as Status
 from aftercare.events.triage import IncidentGrouped, ProblemCleared, ProblemDetected
+from aftercare.intake import clock
 from aftercare.intake.adapters.incident_store import IncidentStore
+from aftercare.intake.domain import grouping
 from aftercare.intake.domain.incident import IncidentReport
 from aftercare.intake.domain.moves import IncidentState
-from aftercare.intake.service_layer.apply_event import apply_event
+from aftercare.intake.service_layer.apply_event import apply_event, apply_to
 from aftercare.intake.service_layer.report_incident import report
 
 
@@ -61,4 +64,9 @@ async def link_duplicate(store: IncidentStore, envelope: Envelope[IncidentGroupe
         kind="grouped",
         summary=f"Same problem as {event.duplicate_of_number}: {event.detail}",
         set_fields={"duplicate_of": event.duplicate_of, "duplicate_of_number": event.duplicate_of_number},
+    )
+    # Counted on the first even when the duplicate's side was applied before: a crash between
+    # the two writes leaves the count to the redelivery (the first's own guard stops a double).
+    await apply_to(
+        store, event.duplicate_of, envelope, lambda first: grouping.duplicate_counted(first, envelope, now=clock.now())
     )
