@@ -46,6 +46,7 @@ def start_triage(
     *,
     extra_env: dict[str, str] | None = None,
     database: str | None = None,
+    ready_timeout: float = 90,
 ) -> TriageUnderTest:
     """Start ``python -m aftercare.triage`` and wait for /readyz; the caller stops it."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def start_triage(
             [sys.executable, "-m", "aftercare.triage"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     service = TriageUnderTest(f"http://127.0.0.1:{http_port}", database, infrastructure, log_file, process)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + ready_timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -83,7 +84,7 @@ def start_triage(
             last = str(error)
         time.sleep(0.3)
     stop_triage(service)
-    raise RuntimeError(f"triage not ready after 90s ({last}); see {log_file}")
+    raise RuntimeError(f"triage not ready after {ready_timeout:.0f}s ({last}); see {log_file}")
 
 
 def stop_triage(service: TriageUnderTest, *, kill: bool = False) -> None:

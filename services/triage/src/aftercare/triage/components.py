@@ -53,7 +53,9 @@ class TriageComponents:
             incidents, tenants, rules, GroupingHeads(database), FlapHistory(database), on_triaged=diagnosis.after_triage
         )
         targets = TargetStore(database, relay)
-        regular = RegularDiagnostics(targets, prober, concurrency=settings.probe_concurrency)
+        regular = RegularDiagnostics(
+            targets, prober, instance=runtime.holder_id, concurrency=settings.probe_concurrency
+        )
         return cls(
             settings, runtime, tenants, incidents, rule_store, rules, triage, prober, targets, diagnosis, regular
         )

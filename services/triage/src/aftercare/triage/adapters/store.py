@@ -43,10 +43,10 @@ class TenantDirectory:
         await self.copy.apply(envelope)
         self._cache.pop(envelope.data.tenant_id, None)
 
-    async def get(self, tenant_id: str) -> TenantUpserted | None:
+    async def get(self, tenant_id: str, *, fresh: bool = False) -> TenantUpserted | None:
         cached = self._cache.get(tenant_id)
         now = time.monotonic()
-        if cached is not None and now - cached[0] < self._max_age_s:
+        if not fresh and cached is not None and now - cached[0] < self._max_age_s:
             return cached[1]
         tenant = await self.copy.get(tenant_id)
         self._cache[tenant_id] = (now, tenant)
@@ -86,6 +86,13 @@ class TriageIncidents:
         await self.collection.update_one({"_id": incident_id}, merged, upsert=True)
         await self.producer.publish_many(list(events))
         await self.collection.update_one({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}})
+
+    async def take_parked(self, incident_id: str) -> bool:
+        """True for the one caller that takes a report parked for its tenant (one atomic write)."""
+        taken = await self.collection.update_one(
+            {"_id": incident_id, "awaiting_tenant": True}, {"$set": {"awaiting_tenant": False}}
+        )
+        return taken.modified_count == 1
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         cursor = self.collection.find({"facts": {"$exists": True}}, {outbox.FIELD: 0}).sort("reported_at", -1)

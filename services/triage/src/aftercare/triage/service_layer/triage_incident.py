@@ -176,8 +176,19 @@ class IncidentTriage:
                     }
                 },
             )
-            log.warning("incident waits for its tenant to reach triage", tenant_id=envelope.tenant_id)
-            return
+            # The tenant may have arrived (another partition, another instance) after its
+            # handler looked for waiting reports and before this one was parked: look again.
+            # Whoever takes the parked report (here or there) triages it, once.
+            tenant = await self.tenants.get(envelope.tenant_id, fresh=True)
+            if tenant is None:
+                log.warning("incident waits for its tenant to reach triage", tenant_id=envelope.tenant_id)
+                return
+            if not await self.incidents.take_parked(event.incident_id):
+                return
+        await self._triage_report(envelope, tenant)
+
+    async def _triage_report(self, envelope: Envelope[IncidentReported], tenant: TenantUpserted) -> None:
+        event = envelope.data
         existing = await self.incidents.get(event.incident_id) or {}
         document: dict[str, Any] = {
             "_id": event.incident_id,
@@ -288,6 +299,7 @@ class IncidentTriage:
         await self.flaps.record(source_key, "opened", event.reported_at, known=(opened, resolved))
         log.info(
             "incident triaged",
+            incident_id=event.incident_id,  # also when triaged on its tenant's arrival
             priority=decision.priority.value,
             category=decision.category,
             system=decision.system,
@@ -343,8 +355,8 @@ class IncidentTriage:
         )
         async for document in waiting:
             report = parse_envelope(document["report_envelope"])
-            if isinstance(report.data, IncidentReported):
-                await self.reported(report)  # type: ignore[arg-type]
+            if isinstance(report.data, IncidentReported) and await self.incidents.take_parked(document["_id"]):
+                await self._triage_report(report, envelope.data)  # type: ignore[arg-type]
 
     def _envelope(self, data: Any, cause: Envelope[Any], what: str, *, incident_id: str | None = None) -> Envelope[Any]:
         return envelope_for(
