@@ -12,7 +12,11 @@ here needs a transaction (the embedded store has none):
   ``_id`` is the tenant and key (claimed, see ``claims.py``), so two instances racing on the
   same alert open one incident;
 * a consumed event is applied once: its id goes into ``applied_events`` in the same write, and
-  the write's filter excludes documents that already have it.
+  the write's filter excludes documents that already have it;
+* "which incident does this email answer?" is an ``email_threads`` document per Message-ID
+  whose ``_id`` is the tenant and the Message-ID (claimed, see ``claims.py``, right after the
+  incident's write, in the same turn), so a reply is found by ``_id`` alone instead of by
+  scanning the tenant's incidents' ``email_message_ids`` arrays.
 
 Several intake instances may share one store: each write is atomic on one document (on the
 embedded store too, through its build patch), and a change that announces what it read (an
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import structlog
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -51,6 +56,8 @@ from aftercare.intake.domain.incident import Incident, format_number
 from aftercare.intake.domain.moves import IncidentState
 from aftercare.intake.rate_limit import BatchedCounter
 
+log = structlog.stdlib.get_logger("aftercare.intake.incident_store")
+
 # What a read for showing leaves out: the plumbing fields.
 _HIDDEN = {"outbox": 0, "applied_events": 0}
 
@@ -65,6 +72,7 @@ class IncidentStore:
         self.database = database
         self._numbers = BatchedCounter(database["counters"])
         self._open_keys = database["open_incident_keys"]
+        self._email_threads = database["email_threads"]
         self._producer = producer
         self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # The sweep takes the same turns as the use cases' writes (see OutboxRelay).
@@ -75,7 +83,6 @@ class IncidentStore:
         await self.collection.create_index([("tenant_id", ASCENDING), ("number", ASCENDING)], unique=True)
         await self.collection.create_index([("tenant_id", ASCENDING), ("created_at", DESCENDING)])
         await self.collection.create_index([("tenant_id", ASCENDING), ("status", ASCENDING)])
-        await self.collection.create_index("email_message_ids")
         await OutboxRelay.ensure_indexes(self.collection)
 
     def turn(self, incident_id: str) -> asyncio.Lock:
@@ -122,12 +129,44 @@ class IncidentStore:
         return Incident.model_validate(document) if document else None
 
     async def find_by_email_message_id(self, tenant_id: str, message_ids: Sequence[str]) -> Incident | None:
-        if not message_ids:
+        """The tenant's incident that holds one of ``message_ids``, the earliest in the list first."""
+        keys = [_thread_id(tenant_id, message_id) for message_id in message_ids if _threadable(message_id)]
+        if not keys:
             return None
-        document = await self.collection.find_one(
-            {"tenant_id": tenant_id, "email_message_ids": {"$in": list(message_ids)}}, _HIDDEN
-        )
-        return Incident.model_validate(document) if document else None
+        found = {
+            document["_id"]: str(document["incident_id"])
+            async for document in self._email_threads.find({"_id": {"$in": keys}})
+        }
+        for key in keys:
+            if key in found:
+                try:
+                    return await self.get(tenant_id, found[key])
+                except IncidentNotFound:
+                    continue  # never written (claims follow the write); only a bug could leave one
+        return None
+
+    async def holds_email_message(self, incident_id: str, message_id: str) -> bool:
+        """Whether the incident recorded this Message-ID (by ``_id``, then within the document)."""
+        found = await self.collection.find_one({"_id": incident_id, "email_message_ids": message_id}, {"_id": 1})
+        return found is not None
+
+    async def remember_email_thread(self, tenant_id: str, message_ids: Sequence[str], incident_id: str) -> None:
+        """Point each Message-ID at the incident it was added to; the first incident to hold one keeps it."""
+        for message_id in message_ids:
+            if not _threadable(message_id):
+                log.warning("Message-ID too long to thread by; replies need the [INC-n] tag", tenant_id=tenant_id)
+                continue
+            holder, ours = await claim(
+                self._email_threads,
+                {"_id": _thread_id(tenant_id, message_id), "incident_id": incident_id, "at": clock.now()},
+            )
+            if not ours and holder["incident_id"] != incident_id:
+                log.warning(
+                    "Message-ID already threads to another incident; kept there",
+                    tenant_id=tenant_id,
+                    incident_id=incident_id,
+                    thread_incident_id=holder["incident_id"],
+                )
 
     async def find_open(self, tenant_id: str, dedup_key: str) -> Incident | None:
         """The open incident a dedup key (alert fingerprint, caller, ...) points to, if any."""
@@ -195,6 +234,11 @@ class IncidentStore:
             if await self.collection.find_one({"_id": opening.fields["_id"]}, {"_id": 1}) is not None:
                 return "exists"
             return "number-taken"
+        # After the incident (a thread never points at nothing); a crash in between leaves the
+        # retried delivery, which lands on the same incident id, to claim them.
+        await self.remember_email_thread(
+            opening.fields["tenant_id"], opening.fields.get("email_message_ids") or (), opening.fields["_id"]
+        )
         return "inserted"
 
     async def flush(self, incident_id: str) -> None:
@@ -238,6 +282,8 @@ class IncidentStore:
         result = await self.collection.update_one(query, outbox.add_to_update(update, *change.events))
         if result.matched_count == 0:
             return False
+        if change.email_message_ids:
+            await self.remember_email_thread(change.tenant_id, change.email_message_ids, change.incident_id)
         if change.events:
             await self.relay.flush(self.collection, change.incident_id)
         if change.release_dedup_key:
@@ -287,3 +333,17 @@ class IncidentStore:
 
 def _open_key_id(tenant_id: str, dedup_key: str) -> str:
     return f"{tenant_id}|{dedup_key}"
+
+
+# An _id must stay well inside MongoDB's index key limit; a longer Message-ID (RFC 5322 allows
+# any length, real ones are < 250) is not threaded by: the [INC-n] tag in the subject still is.
+MAX_THREAD_ID_CHARS = 900
+
+
+def _thread_id(tenant_id: str, message_id: str) -> str:
+    # Tenant ids have no ':' (lowercase letters, digits, dashes), so the key cannot be ambiguous.
+    return f"{tenant_id}:{message_id}"
+
+
+def _threadable(message_id: str) -> bool:
+    return 0 < len(message_id) <= MAX_THREAD_ID_CHARS

@@ -11,6 +11,10 @@ customer portal's status page, which the customer can open without an API key.
 A sending server that retries after losing our 250 does not double anything: a new incident's id
 is derived from the tenant, the Message-ID and the body, and a reply whose Message-ID is already
 on the tenant's incidents is recognised without a second update.
+
+Threads are found by ``_id``: each Message-ID an incident holds is also an ``email_threads``
+document keyed ``<tenant>:<Message-ID>`` (``IncidentStore.remember_email_thread``), claimed
+right after the incident's write; a retried delivery finishes a claim a crash left undone.
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ async def receive_email(
     thread = await _thread_of(intake, tenant_id, email)
     if thread is not None:
         already = await store.find_by_email_message_id(tenant_id, [message_id])
+        if already is None and await store.holds_email_message(thread.incident_id, message_id):
+            # The first delivery was added but died before its Message-ID was claimed for threading.
+            await store.remember_email_thread(tenant_id, [message_id], thread.incident_id)
+            already = thread
         if already is not None:
             # The first delivery may have died between its write and its publish.
             await store.flush(already.incident_id)
@@ -127,6 +135,8 @@ async def receive_email(
     )
     incident = opened.incident
     if not opened.created:
+        # A retried delivery: finish what the first may have left undone (its thread claim).
+        await store.remember_email_thread(tenant_id, [message_id], incident.incident_id)
         log.info("email already received (a retried delivery)", incident_id=incident.incident_id, message_id=message_id)
         return Receipt("Already received as", incident.number)
     log.info(
