@@ -9,7 +9,9 @@ them with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,9 +21,20 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
-from aftercare.events.schedule import DUE_TIMES, LEASE_CLAIMS, LEASES, DueItem, DueTimes, Jobs, Leases
+from aftercare.events import cli
+from aftercare.events.schedule import (
+    DUE_TIMES,
+    LEASE_CLAIMS,
+    LEASES,
+    DueItem,
+    DueTimes,
+    DueTimeScheduledAgain,
+    Jobs,
+    Leases,
+)
 
 from kafka_helpers import Infrastructure, wait_until
 
@@ -167,6 +180,84 @@ async def test_a_failing_handler_is_retried_with_backoff_and_never_lost(mongo_db
     assert (await due.poll(at(70))).handled == ["send:n-1"]
     assert [item.attempts for item in recorder.fired] == [0, 1, 2, 3]
     assert await due.get("send:n-1") is None
+
+
+def deaths(kind: str) -> float:
+    return REGISTRY.get_sample_value("aftercare_due_items_total", {"kind": kind, "outcome": "dead"}) or 0.0
+
+
+def dead_now(kind: str) -> float | None:
+    return REGISTRY.get_sample_value("aftercare_due_items_dead", {"kind": kind})
+
+
+async def test_an_item_failing_every_allowed_attempt_goes_dead_is_listed_and_fires_again_when_replayed(
+    mongo_db: Database, infrastructure: Infrastructure
+) -> None:
+    due = DueTimes(mongo_db, retry_base=timedelta(seconds=10), full_scan_every=timedelta(0), max_attempts=3)
+    recorder = Recorder()
+    recorder.failures_left = 1_000  # the customer's webhook is down until the test says otherwise
+    due.on_due("escalation-step", recorder)
+    await due.schedule("escalate:inc-7:level-2", at(0), "escalation-step", {"incident_id": "inc-7", "level": 2})
+    deaths_before = deaths("escalation-step")
+
+    assert (await due.poll(at(0))).failed == ["escalate:inc-7:level-2"]
+    assert (await due.poll(at(10))).failed == ["escalate:inc-7:level-2"]  # backoff 10 s, then 20 s
+    third = await due.poll(at(30))
+    assert third.failed == [] and third.dead == ["escalate:inc-7:level-2"]
+
+    # Dead: no longer fired, however much later the poller looks; visible in the metrics.
+    assert await due.get("escalate:inc-7:level-2") is None
+    assert (await due.poll(at(3600))).dead == [] and len(recorder.fired) == 3
+    assert deaths("escalation-step") == deaths_before + 1
+    assert dead_now("escalation-step") == 1
+    (dead,) = await due.dead_items()
+    assert (dead.key, dead.attempts) == ("escalate:inc-7:level-2", 3)
+    assert (dead.first_due_at, dead.last_due_at) == (at(0), at(30))
+    assert dead.last_error == "ConnectionError: the customer's webhook did not answer"
+    assert dead.payload == {"incident_id": "inc-7", "level": 2}
+
+    # The operator's command lists it beside the dead letters, shows it, and refuses unknown keys.
+    store = ["--mongo-url", infrastructure.mongo_url, "--database", mongo_db.name]
+    listing = io.StringIO()
+    assert await cli.run(cli.build_parser().parse_args(["dead-due-times", "list", *store]), listing) == 0
+    assert "escalate:inc-7:level-2  escalation-step" in listing.getvalue()
+    assert "after 3 attempts" in listing.getvalue() and "webhook did not answer" in listing.getvalue()
+    shown = io.StringIO()
+    await cli.run(cli.build_parser().parse_args(["dead-due-times", "show", *store, "escalate:inc-7:level-2"]), shown)
+    assert json.loads(shown.getvalue())["payload"] == {"incident_id": "inc-7", "level": 2}
+    with pytest.raises(cli.CommandError, match="no dead due time 'escalate:inc-9:level-1'"):
+        await cli.run(
+            cli.build_parser().parse_args(["dead-due-times", "replay", *store, "escalate:inc-9:level-1"]), io.StringIO()
+        )
+
+    # After the fix: replayed, due at once with its attempts reset, fired once and gone.
+    recorder.failures_left = 0
+    replayed = io.StringIO()
+    assert (
+        await cli.run(
+            cli.build_parser().parse_args(["dead-due-times", "replay", *store, "escalate:inc-7:level-2"]), replayed
+        )
+        == 0
+    )
+    assert "replayed escalate:inc-7:level-2" in replayed.getvalue()
+    assert await due.dead_items() == [] and dead_now("escalation-step") == 0
+    assert (await due.poll()).handled == ["escalate:inc-7:level-2"]
+    assert recorder.fired[-1].attempts == 0 and recorder.fired[-1].payload["level"] == 2
+    assert await due.get("escalate:inc-7:level-2") is None
+
+
+async def test_a_dead_item_is_not_replayed_over_a_due_time_scheduled_again_since(mongo_db: Database) -> None:
+    due = DueTimes(mongo_db, full_scan_every=timedelta(0), max_attempts=1)
+    recorder = Recorder()
+    recorder.failures_left = 1
+    due.on_due("sla-breach", recorder)
+    await due.schedule("sla:inc-1", at(0), "sla-breach", {"v": 1})
+    assert (await due.poll(at(0))).dead == ["sla:inc-1"]
+    await due.schedule("sla:inc-1", at(50), "sla-breach", {"v": 2})
+    with pytest.raises(DueTimeScheduledAgain):
+        await due.revive("sla:inc-1")
+    assert (await due.get("sla:inc-1")).payload == {"v": 2}  # type: ignore[union-attr]
+    assert [dead.key for dead in await due.dead_items()] == ["sla:inc-1"]
 
 
 async def test_an_item_of_a_kind_nobody_handles_is_kept_and_retried(mongo_db: Database) -> None:

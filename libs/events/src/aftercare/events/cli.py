@@ -3,6 +3,9 @@
     aftercare dead-letters list   [--topic TOPIC]... [--json]
     aftercare dead-letters show   --topic TOPIC PARTITION:OFFSET | --event-id ID
     aftercare dead-letters replay --topic TOPIC PARTITION:OFFSET... | --event-id ID... [--dry-run]
+    aftercare dead-due-times list   [--database DB]... [--kind KIND] [--json]
+    aftercare dead-due-times show   --database DB KEY
+    aftercare dead-due-times replay --database DB KEY... [--dry-run]
 
 Every command reads the broker address from ``--bootstrap-servers`` or
 ``AFTERCARE_KAFKA_BOOTSTRAP_SERVERS``. ``--topic`` takes a topic or its dead-letter twin
@@ -13,6 +16,13 @@ from (its ``dead_letter.origin``); the event keeps its id, so consumers that han
 skip it (processed-event records) and the one that failed applies it once. Replaying the same
 dead letter twice is therefore harmless. Dead letters stay on their topic after a replay (Kafka
 topics are append-only); the replayed copy carries ``dead_letter.replayed_from``.
+
+Dead due times are the other thing that waits for an operator: stored due times (SLA breaches,
+escalation steps, retries of a send, ...) whose handler failed every allowed attempt. They live
+in the owning service's database (collection ``due_times_dead``), so these commands read the
+store from ``--mongo-url`` or ``AFTERCARE_MONGO_URL``; ``list`` without ``--database`` looks in
+every database that has any. Replaying schedules the item again, due at once, attempts reset;
+the service's due poller fires it within a poll interval.
 
 New command groups are added as further subparsers of ``build_parser``.
 """
@@ -32,12 +42,16 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from aftercare.events.consumer import DLQ_ATTEMPTS, DLQ_ERROR, DLQ_ERROR_TYPE, DLQ_GROUP, DLQ_HANDLER, DLQ_ORIGIN
 from aftercare.events.producer import EventProducer
+from aftercare.events.schedule import DUE_TIMES_DEAD, DeadDueItem, DueTimes, DueTimeScheduledAgain
 from aftercare.events.topics import DEAD_LETTER_SUFFIX, dead_letter_topic
 
 ENV_BOOTSTRAP = "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS"
+ENV_MONGO_URL = "AFTERCARE_MONGO_URL"
 DLQ_REPLAYED_FROM = "dead_letter.replayed_from"
 DEAD_LETTER_HEADER_PREFIX = "dead_letter."
 
@@ -294,10 +308,103 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("places", nargs="*", help="PARTITION:OFFSET as `list` shows them")
     again.add_argument("--event-id", action="append", default=[], help="an event id (repeatable)")
     again.add_argument("--dry-run", action="store_true", help="say what would be replayed, send nothing")
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--mongo-url", default=os.environ.get(ENV_MONGO_URL), help=f"the store (default: ${ENV_MONGO_URL})"
+    )
+    due = groups.add_parser("dead-due-times", help="list, show and replay due times that failed every attempt")
+    due_actions = due.add_subparsers(dest="action", required=True, metavar="ACTION")
+    due_list = due_actions.add_parser("list", parents=[store], help="dead due times per database, with their error")
+    due_list.add_argument("--database", action="append", help="a service's database (repeatable; default all)")
+    due_list.add_argument("--kind", help="only this kind (e.g. sla-breach)")
+    due_list.add_argument("--json", action="store_true", help="one JSON object per dead due time")
+    due_show = due_actions.add_parser("show", parents=[store], help="one dead due time: payload, error, times")
+    due_show.add_argument("--database", required=True, help="the service's database")
+    due_show.add_argument("key", help="the due time's key as `list` shows it")
+    due_replay = due_actions.add_parser("replay", parents=[store], help="schedule dead due times again, due now")
+    due_replay.add_argument("--database", required=True, help="the service's database")
+    due_replay.add_argument("keys", nargs="+", help="keys as `list` shows them")
+    due_replay.add_argument("--dry-run", action="store_true", help="say what would be replayed, change nothing")
     return parser
 
 
+def dead_due_summary(database: str, dead: DeadDueItem) -> dict[str, Any]:
+    return {
+        "database": database,
+        "key": dead.key,
+        "kind": dead.kind,
+        "attempts": dead.attempts,
+        "first_due_at": dead.first_due_at.isoformat(),
+        "died_at": dead.died_at.isoformat(),
+        "error": dead.last_error,
+        "payload": dead.payload,
+    }
+
+
+async def run_dead_due_times(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.mongo_url:
+        raise CommandError(f"where is the store? give --mongo-url mongodb://HOST:PORT/ or set {ENV_MONGO_URL}")
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(args.mongo_url, serverSelectionTimeoutMS=5000)
+    try:
+        if args.action == "list":
+            names = args.database or [
+                name
+                for name in await client.list_database_names()
+                if DUE_TIMES_DEAD in await client[name].list_collection_names()
+            ]
+            total = 0
+            for name in names:
+                found = await DueTimes(client[name]).dead_items(args.kind)
+                total += len(found)
+                if args.json:
+                    for dead in found:
+                        print(json.dumps(dead_due_summary(name, dead), ensure_ascii=False), file=out)
+                    continue
+                print(f"{name}: {len(found)} dead due time(s)", file=out)
+                for dead in found:
+                    print(
+                        f"  {dead.key}  {dead.kind}  died {dead.died_at:%Y-%m-%d %H:%M:%S}Z after {dead.attempts} "
+                        f"attempts (first due {dead.first_due_at:%Y-%m-%d %H:%M:%S}Z): {dead.last_error}",
+                        file=out,
+                    )
+            if not names and not args.json:
+                print("no dead due times in any database", file=out)
+            return 0
+        due = DueTimes(client[args.database])
+        if args.action == "show":
+            one = await due.dead_item(args.key)
+            if one is None:
+                raise CommandError(
+                    f"no dead due time {args.key!r} in {args.database} (see `aftercare dead-due-times list`)"
+                )
+            print(json.dumps(dead_due_summary(args.database, one), ensure_ascii=False, indent=2), file=out)
+            return 0
+        missing = [key for key in args.keys if await due.dead_item(key) is None]
+        if missing:
+            raise CommandError(
+                f"no dead due time {', '.join(map(repr, missing))} in {args.database}; nothing replayed "
+                "(see `aftercare dead-due-times list`)"
+            )
+        for key in args.keys:
+            if args.dry_run:
+                print(f"would replay {key} in {args.database}", file=out)
+                continue
+            try:
+                item = await due.revive(key)
+            except DueTimeScheduledAgain as error:
+                raise CommandError(str(error)) from error
+            print(f"replayed {key} ({item.kind}) in {args.database}: due now, attempts reset", file=out)
+        return 0
+    except PyMongoError as error:
+        raise CommandError(f"the store at {args.mongo_url} did not answer: {error}") from error
+    finally:
+        await client.close()
+
+
 async def run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.group == "dead-due-times":
+        return await run_dead_due_times(args, out)
     if not args.bootstrap_servers:
         raise CommandError(f"where is Kafka? give --bootstrap-servers HOST:PORT or set {ENV_BOOTSTRAP}")
     if args.action == "list":

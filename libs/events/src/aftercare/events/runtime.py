@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from fastapi import APIRouter, FastAPI, Response
@@ -161,6 +162,10 @@ class ServiceRuntime:
         self._due_poller_started = False
         self.operators: OperatorDirectory | None = None
         self._keeps_operator_directory = False
+        # Set once the operator copy holds every operator event that was on the tenants topic
+        # when this process started (the first catch-up); ``/readyz`` waits for it.
+        self.operators_caught_up = asyncio.Event()
+        self._operators_behind: str = "not started yet"
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -194,6 +199,78 @@ class ServiceRuntime:
                 handlers=lambda runtime: runtime.require_operators().handlers(),
             )
         )
+
+    def _operator_directory_group(self) -> str:
+        return f"{self.settings.consumer_group_prefix}{self.name}-operator-directory"
+
+    async def _catch_up_operator_directory(self) -> None:
+        """Set ``operators_caught_up`` once the directory's group has committed past the tenants
+        topic's end offsets as they were at start.
+
+        The group's committed offsets, not this process's own position: instances share the
+        group and the copy in the store, so the partitions another instance holds count too.
+        The runner commits only after the handlers' writes, so committed means in the copy.
+        """
+        bootstrap = self.settings.kafka_bootstrap_servers
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=f"{self.name}-operator-catch-up")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+
+        started: list[Any] = []
+
+        async def end_offsets_at_start() -> dict[TopicPartition, int]:
+            for client in (probe, admin):
+                if client not in started:
+                    await client.start()
+                    started.append(client)
+            (description,) = await admin.describe_topics([TENANTS])
+            numbers = sorted(p.get("partition_index", p.get("partition")) for p in description["partitions"])
+            if description["error_code"] != 0 or not numbers:
+                raise RuntimeError(f"{TENANTS} has no partitions yet (error code {description['error_code']})")
+            partitions = [TopicPartition(TENANTS, number) for number in numbers]
+            probe.assign(partitions)
+            ends: dict[TopicPartition, int] = await probe.end_offsets(partitions)
+            return ends
+
+        try:
+            ends = await retry_until_ready(
+                "the tenants topic's end offsets",
+                end_offsets_at_start,
+                timeout_s=self.settings.startup_timeout_seconds,
+                stopping=self._stopping,
+            )
+            await probe.stop()
+            total = sum(ends.values())
+            group = self._operator_directory_group()
+            delay = 0.1
+            while not self._stopping.is_set():
+                try:
+                    committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+                except Exception as error:  # the broker is away for a moment: ask again
+                    self._operators_behind = f"cannot read the group's offsets: {error or type(error).__name__}"
+                else:
+                    behind = {
+                        partition: end - max(committed[partition].offset if partition in committed else 0, 0)
+                        for partition, end in ends.items()
+                    }
+                    missing = sum(max(gap, 0) for gap in behind.values())
+                    if missing == 0:
+                        self.operators_caught_up.set()
+                        log.info("operator directory caught up", records=total, group=group)
+                        return
+                    self._operators_behind = f"loading from {TENANTS}: {total - missing} of {total} records applied"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                delay = min(delay * 1.5, 1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._operators_behind = f"failed: {error}"
+            log.error("operator directory catch-up failed", error=str(error))
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
 
     def consumer_group_ids(self) -> list[str]:
         """The consumer groups this service reads as (prefix included)."""
@@ -263,7 +340,7 @@ class ServiceRuntime:
         )
         database = self.mongo[self.settings.database]
         self._jobs = Jobs(Leases(database, self.holder_id, period=timedelta(seconds=self.settings.lease_seconds)))
-        self._due_times = DueTimes(database)
+        self._due_times = DueTimes(database, max_attempts=self.settings.due_max_attempts)
         if self._keeps_operator_directory:
             self.operators = OperatorDirectory(database)
         for name, interval_s, job in self._pending_jobs:
@@ -339,6 +416,8 @@ class ServiceRuntime:
                 )
                 self.runners.append(runner)
                 self._runner_tasks.append(asyncio.create_task(self._keep_consuming(runner)))
+            if self.operators is not None:
+                self.spawn(self._catch_up_operator_directory(), f"{self.name}-operator-catch-up")
             self.connected.set()
             self._start_due_poller()
             assert self._jobs is not None
@@ -421,6 +500,9 @@ class ServiceRuntime:
             if not stopped and self.connected.is_set()
             else (f"stopped: {', '.join(stopped)}" if stopped else "not started yet")
         )
+        if self.operators is not None:
+            # Without its operators a fresh service would answer 401 to every operator token.
+            checks["operators"] = "ok" if self.operators_caught_up.is_set() else self._operators_behind
         return checks
 
     def operations_router(self) -> APIRouter:
@@ -437,8 +519,9 @@ class ServiceRuntime:
             responses={503: {"description": "Kafka, the store or a consumer is not ready"}},
         )
         async def readyz() -> JSONResponse:
-            """200 when the store answers a ping, Kafka answers a metadata request and every
-            consumer loop runs; 503 with the failing checks otherwise."""
+            """200 when the store answers a ping, Kafka answers a metadata request, every
+            consumer loop runs and (services that check operators) the operator copy holds what
+            the tenants topic held at start; 503 with the failing checks otherwise."""
             checks = await self.readiness()
             ready = all(value == "ok" for value in checks.values())
             SERVICE_READY.labels(service=self.name).set(1 if ready else 0)

@@ -26,7 +26,12 @@ Guarantees and what they ask of the code that uses them:
   stalled holder is still working, fires it again: **due handlers must be idempotent** (check
   the state they act on, e.g. "is the approval still pending?", or key their writes by the item
   key). A handler that raises is retried with exponential backoff (logged, counted in
-  ``aftercare_due_items_total{outcome="failed"}``) and never dropped.
+  ``aftercare_due_items_total{outcome="failed"}``); after ``max_attempts`` failed attempts
+  (default 12: about 20 minutes of backoff) the item is **dead**: moved to ``due_times_dead``,
+  counted in ``aftercare_due_items_total{outcome="dead"}`` and ``aftercare_due_items_dead``, and
+  listed by ``aftercare dead-due-times list`` beside the dead letters; ``aftercare dead-due-times
+  replay KEY`` (``DueTimes.revive``) schedules it again, due at once, after the fix. Nothing is
+  dropped: a dead item waits for an operator instead of failing every five minutes forever.
 * Rescheduling a key replaces its due time, kind and payload; an item that is being fired while
   it is rescheduled stays (its removal is conditional on the version it fired).
 
@@ -70,6 +75,7 @@ LEASES = "leases"
 LEASE_CLAIMS = "lease_claims"
 DUE_TIMES = "due_times"
 DUE_HINT = "due_times_next"
+DUE_TIMES_DEAD = "due_times_dead"
 _HINT_ID = "next"
 
 JOB_RUNS = Counter(
@@ -79,8 +85,17 @@ JOB_RUNS = Counter(
 )
 LEASES_HELD = Gauge("aftercare_leases_held", "1 while this process holds the lease.", ["lease"])
 DUE_ITEMS = Counter(
-    "aftercare_due_items_total", "Due items fired, by kind and outcome (handled, failed).", ["kind", "outcome"]
+    "aftercare_due_items_total",
+    "Due items fired, by kind and outcome (handled, failed, dead: failed for the last allowed time).",
+    ["kind", "outcome"],
 )
+DEAD_DUE_ITEMS = Gauge(
+    "aftercare_due_items_dead",
+    "Due items that failed every allowed attempt and wait for an operator (aftercare dead-due-times), by kind.",
+    ["kind"],
+)
+DEFAULT_MAX_ATTEMPTS = 12
+_DEAD_KINDS_SHOWN: set[str] = set()
 
 Clock = Callable[[], datetime]
 Job = Callable[[], Awaitable[Any]]
@@ -483,6 +498,38 @@ class DueItem:
 
 DueHandler = Callable[[DueItem], Awaitable[Any]]
 
+
+@dataclass(frozen=True)
+class DeadDueItem:
+    """A due time whose handler failed every allowed attempt; kept until an operator replays it."""
+
+    key: str
+    kind: str
+    payload: dict[str, Any]
+    first_due_at: datetime
+    last_due_at: datetime
+    attempts: int
+    last_error: str | None
+    died_at: datetime
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> DeadDueItem:
+        return cls(
+            key=document["_id"],
+            kind=document["kind"],
+            payload=dict(document.get("payload") or {}),
+            first_due_at=document["first_due_at"].astimezone(UTC),
+            last_due_at=document["last_due_at"].astimezone(UTC),
+            attempts=int(document.get("attempts", 0)),
+            last_error=document.get("last_error"),
+            died_at=document["died_at"].astimezone(UTC),
+        )
+
+
+class DueTimeScheduledAgain(Exception):
+    """A dead item cannot be replayed: a due time with its key was scheduled since it died."""
+
+
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -499,6 +546,7 @@ class PollReport:
     scanned: bool = False
     handled: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
 
 
 class DueTimes:
@@ -518,9 +566,14 @@ class DueTimes:
         full_scan_every: timedelta = timedelta(minutes=5),
         batch_size: int = 100,
         concurrency: int = 8,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         self._items = database[DUE_TIMES]
         self._hint = database[DUE_HINT]
+        self._dead = database[DUE_TIMES_DEAD]
+        self.max_attempts = max_attempts
         self._handlers: dict[str, DueHandler] = {}
         self.retry_base = retry_base
         self.retry_ceiling = retry_ceiling
@@ -596,6 +649,8 @@ class DueTimes:
         report.scanned = True
         if full_scan:
             self._last_full_scan = now
+            # Other instances' deaths and replays show in this one's gauge too.
+            await self.count_dead()
         # Reset the hint before scanning: anything scheduled from here on lowers it again.
         await self._hint.update_one({"_id": _HINT_ID}, {"$set": {"due_at": FAR_FUTURE}}, upsert=True)
         fired: set[tuple[str, str]] = set()
@@ -643,8 +698,18 @@ class DueTimes:
             raise
         except Exception as error:
             attempts = item.attempts + 1
-            retry_at = now + retry_delay(attempts, self.retry_base, self.retry_ceiling)
             error_text = f"{type(error).__name__}: {error}"
+            if attempts >= self.max_attempts:
+                if await self._bury(item, attempts, error_text, now):
+                    report.dead.append(item.key)
+                    log.error(
+                        "due item failed for the last allowed time; it is dead until an operator replays it "
+                        "(aftercare dead-due-times list / replay)",
+                        error=error_text,
+                        **bound,
+                    )
+                return
+            retry_at = now + retry_delay(attempts, self.retry_base, self.retry_ceiling)
             # Conditional on the version fired: a reschedule meanwhile wins over this retry.
             await self._items.update_one(
                 {"_id": item.key, "version": item.version},
@@ -652,11 +717,12 @@ class DueTimes:
             )
             DUE_ITEMS.labels(kind=item.kind, outcome="failed").inc()
             report.failed.append(item.key)
-            level = log.error if attempts >= 5 else log.warning
+            level = log.error if attempts >= self.max_attempts // 2 else log.warning
             level(
                 "due item handler failed; retrying later",
                 error=error_text,
                 retry_at=retry_at.isoformat(),
+                attempts_left=self.max_attempts - attempts,
                 **bound,
             )
             return
@@ -665,3 +731,85 @@ class DueTimes:
         DUE_ITEMS.labels(kind=item.kind, outcome="handled").inc()
         report.handled.append(item.key)
         log.info("due item handled", **bound)
+
+    # --- dead items (failed every allowed attempt) ---
+
+    async def _bury(self, item: DueItem, attempts: int, error_text: str, now: datetime) -> bool:
+        """Move the item to the dead ones; False if it was rescheduled meanwhile (that one stays)."""
+        dead = {
+            "_id": item.key,
+            "kind": item.kind,
+            "payload": item.payload,
+            "first_due_at": _store_time(item.first_due_at or item.due_at),
+            "last_due_at": _store_time(item.due_at),
+            "attempts": attempts,
+            "last_error": error_text,
+            "died_at": now,
+            "version": item.version,
+        }
+        # Written before the live item goes, so a crash in between leaves it in both places (it
+        # fires again and dies again, replacing this), never in neither.
+        await self._dead.replace_one({"_id": item.key}, dead, upsert=True)
+        removed = await self._items.delete_one({"_id": item.key, "version": item.version})
+        if removed.deleted_count == 0:
+            await self._dead.delete_one({"_id": item.key, "version": item.version})
+            return False
+        DUE_ITEMS.labels(kind=item.kind, outcome="dead").inc()
+        await self.count_dead()
+        return True
+
+    async def dead_items(self, kind: str | None = None) -> list[DeadDueItem]:
+        """The dead items (of ``kind``), oldest death first."""
+        query = {} if kind is None else {"kind": kind}
+        documents = await self._dead.find(query).to_list()
+        return sorted((DeadDueItem.from_document(d) for d in documents), key=lambda dead: (dead.died_at, dead.key))
+
+    async def dead_item(self, key: str) -> DeadDueItem | None:
+        document = await self._dead.find_one({"_id": key})
+        return DeadDueItem.from_document(document) if document else None
+
+    async def revive(self, key: str, now: datetime | None = None) -> DueItem:
+        """Schedule a dead item again, due at ``now`` with its attempts reset (after a fix).
+
+        Raises ``LookupError`` if there is no dead item ``key`` and ``DueTimeScheduledAgain`` if
+        a due time with that key was scheduled since it died (the new one is left alone).
+        """
+        dead = await self._dead.find_one({"_id": key})
+        if dead is None:
+            raise LookupError(f"no dead due time {key!r}")
+        due_at = _store_time(now or utc_now())
+        document = {
+            "_id": key,
+            "kind": dead["kind"],
+            "payload": dict(dead.get("payload") or {}),
+            "due_at": due_at,
+            "first_due_at": dead["first_due_at"],
+            "attempts": 0,
+            "version": uuid.uuid4().hex,
+            "last_error": dead.get("last_error"),
+            "scheduled_at": due_at,
+            "revived_at": due_at,
+        }
+        try:
+            await self._items.insert_one(document)
+        except DuplicateKeyError as error:
+            raise DueTimeScheduledAgain(
+                f"{key!r} was scheduled again since it died; the new due time stands "
+                "(wait for it, or cancel it before replaying the dead one)"
+            ) from error
+        await self._hint.update_one({"_id": _HINT_ID}, {"$min": {"due_at": due_at}}, upsert=True)
+        await self._dead.delete_one({"_id": key})
+        await self.count_dead()
+        return DueItem.from_document(document)
+
+    async def count_dead(self) -> dict[str, int]:
+        """Count the dead items per kind and set ``aftercare_due_items_dead`` from it."""
+        counts = {
+            str(row["_id"]): int(row["count"])
+            async for row in await self._dead.aggregate([{"$group": {"_id": "$kind", "count": {"$sum": 1}}}])
+        }
+        # Kinds counted before and gone now are set to 0, not left at their last count.
+        _DEAD_KINDS_SHOWN.update(counts, self._handlers)
+        for kind in _DEAD_KINDS_SHOWN:
+            DEAD_DUE_ITEMS.labels(kind=kind).set(counts.get(kind, 0))
+        return counts

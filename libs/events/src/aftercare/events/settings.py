@@ -63,6 +63,12 @@ class ServiceSettings(BaseSettings):
     # this long is replaced; due times are looked for this often.
     lease_seconds: float = Field(default=15.0, gt=0, description="Lease period of single-instance jobs.")
     due_poll_seconds: float = Field(default=1.0, gt=0, description="How often stored due times are looked for.")
+    due_max_attempts: int = Field(
+        default=12,
+        ge=1,
+        description="Failed attempts after which a stored due time is dead (listed by `aftercare "
+        "dead-due-times list`, replayed with `aftercare dead-due-times replay`) instead of retried.",
+    )
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> Self:
