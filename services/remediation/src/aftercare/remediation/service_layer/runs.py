@@ -492,9 +492,19 @@ class RunEngine:
 
     async def _escalate(self, run: Run, rev: int, move: machine.Escalate) -> None:
         now = self._clock()
+        # Claim the run first (a lease at the rev we read): another instance may have read the same
+        # run, and only the one whose claim lands may page people and free the run's slot. Without
+        # it, an instance holding a stale state (a run it thought interrupted, which the other
+        # instance had just finished) paged the on-call and freed a slot still in use.
+        claimed = await self._store.set_next_at(
+            run.incident.incident_id, rev, now + timedelta(seconds=self._lease_margin_s)
+        )
+        if claimed is None:
+            return
+        rev = claimed
         ended = machine.escalated(run, move, now)
-        # The escalation first: if we die before the run is saved, the run escalates again on
-        # resume and the escalation, keyed by incident and purpose, is not duplicated.
+        # The escalation before the run's end: if we die before the run is saved, the run escalates
+        # again on resume and the escalation, keyed by incident and purpose, is not duplicated.
         await self._escalations.escalate("run", ended.incident, move.reason, ended)
         failed_step = move.interrupted.name if move.interrupted else None
         event = self._event(
