@@ -47,6 +47,10 @@ run: export AFTERCARE_INTAKE_ADMIN_TOKEN ?= demo-admin-token
 # Remediation's demo: runbooks from infra/seed/runbooks and a demo key
 # for the tenants' system credentials (make your own for anything real: see the remediation notes).
 run: export AFTERCARE_REMEDIATION_RUNBOOK_SEED_DIR ?= infra/seed/runbooks
+# ... acme's escalation policy (make demo-break-hard pages its first line) and the demo system's
+# admin credential (the Procfile starts the demo customer system with the same token).
+run: export AFTERCARE_REMEDIATION_ESCALATION_POLICY_SEED_DIR ?= infra/seed/escalation-policies
+run: export AFTERCARE_REMEDIATION_CREDENTIAL_SEED_FILE ?= infra/seed/system-credentials.json
 # The demo shows every step of one incident within a minute ("we noticed", "we are fixing",
 # "resolved"); a real deployment keeps the default spacing of progress updates (15 minutes).
 run: export AFTERCARE_NOTIFIER_THROTTLE_MINUTES ?= 0

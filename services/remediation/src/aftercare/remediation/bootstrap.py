@@ -12,9 +12,9 @@ from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
 from aftercare.events.web import BodySizeLimit, install_problem_handlers
-from aftercare.remediation.components import RemediationComponents
+from aftercare.remediation.components import RemediationComponents, utc_now
 from aftercare.remediation.entrypoints import api, consumer, scheduled
-from aftercare.remediation.service_layer import escalations
+from aftercare.remediation.service_layer import escalations, tenant_seeds
 from aftercare.remediation.settings import RemediationSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -37,6 +37,10 @@ def build_app(settings: RemediationSettings | None = None) -> FastAPI:
         await parts.store.ensure_indexes()
         if settings.runbook_seed_dir:
             await parts.runbooks.seed(Path(settings.runbook_seed_dir))
+        if settings.escalation_policy_seed_dir:
+            await tenant_seeds.seed_escalation_policies(parts.store, Path(settings.escalation_policy_seed_dir), utc_now)
+        if settings.credential_seed_file:
+            await tenant_seeds.seed_credentials(parts.vault, Path(settings.credential_seed_file), utc_now)
         runtime.spawn(
             parts.relay.sweep_forever([parts.store.runs, parts.store.escalations], OUTBOX_SWEEP_SECONDS),
             "outbox-sweep",

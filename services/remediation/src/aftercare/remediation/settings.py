@@ -25,6 +25,15 @@ class RemediationSettings(ServiceSettings):
     runbook_seed_dir: str | None = Field(
         default=None, description="Runbook files stored at start-up (new versions only)."
     )
+    escalation_policy_seed_dir: str | None = Field(
+        default=None,
+        description="Escalation policies stored at start-up for tenants that have none: <tenant_id>.yaml|.json.",
+    )
+    credential_seed_file: str | None = Field(
+        default=None,
+        description="Systems' credentials (JSON list of tenant_id, system, bearer_token) stored at start-up "
+        "where none is stored; for the demo only (a real deployment stores them through the API).",
+    )
     poll_interval_seconds: float = Field(
         default=0.5, gt=0, description="How often due runs and escalations are looked for."
     )

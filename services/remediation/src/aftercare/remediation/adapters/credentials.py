@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 
 class CredentialKeyMissing(RuntimeError):
@@ -46,6 +47,24 @@ class CredentialVault:
             {"$set": {"tenant_id": tenant_id, "system": system, "ciphertext": ciphertext, "set_by": by, "set_at": now}},
             upsert=True,
         )
+
+    async def store_if_none(self, tenant_id: str, system: str, bearer_token: str, by: str, now: datetime) -> bool:
+        """Store the credential unless one is stored already (a seed never overwrites an admin's)."""
+        ciphertext = self._cipher().encrypt(bearer_token.encode()).decode()
+        try:
+            await self._credentials.insert_one(
+                {
+                    "_id": self._id(tenant_id, system),
+                    "tenant_id": tenant_id,
+                    "system": system,
+                    "ciphertext": ciphertext,
+                    "set_by": by,
+                    "set_at": now,
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
 
     async def remove(self, tenant_id: str, system: str) -> bool:
         result = await self._credentials.delete_one({"_id": self._id(tenant_id, system)})

@@ -235,6 +235,16 @@ class RemediationStore:
         document = await self.policies.find_one({"_id": tenant_id})
         return EscalationPolicy.model_validate(document["policy"]) if document else None
 
+    async def add_policy_if_none(self, tenant_id: str, policy: EscalationPolicy, by: str, now: datetime) -> bool:
+        """Store ``policy`` unless the tenant has one already (a seed never overwrites a person's)."""
+        try:
+            await self.policies.insert_one(
+                {"_id": tenant_id, "policy": policy.model_dump(mode="json"), "by": by, "at": now}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
     async def save_policy(self, tenant_id: str, policy: EscalationPolicy, by: str, now: datetime) -> None:
         await self.policies.update_one(
             {"_id": tenant_id},
