@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -87,3 +88,20 @@ async def test_reset_zeroes_the_counters_and_heals(client: httpx.AsyncClient) ->
 async def test_an_unknown_break_mode_is_refused(client: httpx.AsyncClient) -> None:
     answer = await client.post("/admin/break", params={"mode": "melted"})
     assert answer.status_code == 422
+
+
+async def test_the_callers_of_fixes_in_flight_are_listed_by_user_agent() -> None:
+    app = create_app(CustomerSystem(token="s3cret"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://system") as http:
+        await http.post("/admin/break", params={"mode": "soft", "fix_seconds": 0.5})
+        fixing = asyncio.create_task(
+            http.post("/admin/restart-service", headers=AUTH | {"User-Agent": "remediation pid 42"})
+        )
+        for _ in range(100):
+            calls = (await http.get("/admin/calls")).json()
+            if calls["fixes_in_flight"]:
+                break
+            await asyncio.sleep(0.01)
+        assert calls["callers_in_flight"] == ["remediation pid 42"]
+        await fixing
+        assert (await http.get("/admin/calls")).json()["callers_in_flight"] == []

@@ -67,6 +67,9 @@ class CustomerSystem:
     calls: Counter[str] = field(default_factory=Counter)
     fixes_in_flight: int = 0
     max_fixes_in_flight: int = 0
+    # Who is fixing right now (the callers' User-Agent): which of several automation instances
+    # holds a fix in flight, as the system's own access log would show.
+    callers_in_flight: Counter[str] = field(default_factory=Counter)
 
     def authorised(self, request: Request) -> bool:
         if not self.token:
@@ -108,6 +111,8 @@ def create_app(system: CustomerSystem | None = None) -> FastAPI:
                 return _problem(401, "Credential missing or wrong", "Send Authorization: Bearer <the system's token>.")
             state.fixes_in_flight += 1
             state.max_fixes_in_flight = max(state.max_fixes_in_flight, state.fixes_in_flight)
+            caller = request.headers.get("user-agent", "")
+            state.callers_in_flight[caller] += 1
             try:
                 if state.fix_seconds > 0:
                     await asyncio.sleep(state.fix_seconds)
@@ -117,6 +122,9 @@ def create_app(system: CustomerSystem | None = None) -> FastAPI:
                 return JSONResponse({"action": action, "done": True, "status": state.mode.value})
             finally:
                 state.fixes_in_flight -= 1
+                state.callers_in_flight[caller] -= 1
+                if state.callers_in_flight[caller] <= 0:
+                    del state.callers_in_flight[caller]
 
         fix.__doc__ = f"Admin action '{action}': counted on arrival; repairs {sorted(_FIXES[action]) or 'nothing'}."
         app.post(f"/admin/{action}", name=action)(fix)
@@ -153,12 +161,14 @@ def create_app(system: CustomerSystem | None = None) -> FastAPI:
 
     @app.get("/admin/calls")
     async def calls() -> dict[str, Any]:
-        """Calls per endpoint since start (or the last reset), the mode, and peak concurrent fixes."""
+        """Calls per endpoint since start (or the last reset), the mode, peak concurrent fixes, and the
+        User-Agents of the callers whose fixes are in flight."""
         return {
             "calls": dict(state.calls),
             "mode": state.mode.value,
             "fixes_in_flight": state.fixes_in_flight,
             "max_fixes_in_flight": state.max_fixes_in_flight,
+            "callers_in_flight": sorted(state.callers_in_flight),
         }
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -59,7 +60,10 @@ class SystemCaller:
     """HTTP to customers' systems, with one connection pool for the service."""
 
     def __init__(self) -> None:
-        self._http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": "aftercare-remediation/1"})
+        # The instance in the User-Agent: a customer's access log (and the demo system's counters)
+        # can tell which of several remediation processes made a call.
+        agent = f"aftercare-remediation/1 (host {socket.gethostname()}; pid {os.getpid()})"
+        self._http = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": agent})
 
     async def close(self) -> None:
         await self._http.aclose()
