@@ -19,7 +19,7 @@ from aftercare.remediation.domain import run as machine
 from aftercare.remediation.domain.run import Run
 from aftercare.remediation.domain.runbook import IncidentFacts, parse_runbook
 from aftercare.remediation.service_layer.escalations import EscalationDesk
-from aftercare.remediation.service_layer.runs import RunEngine
+from aftercare.remediation.service_layer.runs import RunEngine, _Progress
 from aftercare.remediation.service_layer.turns import Turns
 
 T0 = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
@@ -90,7 +90,7 @@ async def test_an_instance_with_a_stale_run_neither_pages_people_nor_frees_the_s
     finished = machine.finish_step(started, restart, "succeeded", "HTTP 200", T0, T0 + timedelta(seconds=1))
     assert await store.save_run(finished, stale_rev, T0 + timedelta(seconds=3)) is not None
 
-    await second._escalate(stale, stale_rev, move)
+    await second._escalate(_Progress(stale, stale_rev), move)
 
     assert await store.escalations_of("i-1") == []
     assert [e.type for e in bus.published] == []

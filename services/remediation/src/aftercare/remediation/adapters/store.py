@@ -25,6 +25,9 @@ from aftercare.remediation.domain.runbook import Runbook
 
 Document = dict[str, Any]
 
+# A run in one of these still has something to do (finished runs are the great majority).
+OPEN_STATUSES = ("awaiting_approval", "queued", "active")
+
 IMMUTABLE_RUN_FIELDS = (
     "runbook",
     "incident",
@@ -60,6 +63,7 @@ class RemediationStore:
         await self.escalations.create_index("escalation_id", unique=True)
         await self.escalations.create_index("incident_id")
         await self.runs.create_index("run_id")
+        await self.runs.create_index("status")
         await self.runbook_versions.create_index([("name", ASCENDING), ("version", ASCENDING)], unique=True)
 
     # --- runbooks ------------------------------------------------------------------------
@@ -175,7 +179,9 @@ class RemediationStore:
         self, run: Run, rev: int, next_at: datetime | None, events: list[Envelope[Any]] | None = None
     ) -> int | None:
         """Write the run if it is still at ``rev``; the new rev, or None when it changed meanwhile."""
-        update = outbox.add_to_update({"$set": self.run_document(run, next_at), "$inc": {"rev": 1}}, *(events or []))
+        # What never changes after the insert (the runbook, the incident) is not sent again.
+        fields = run.model_dump(exclude=set(IMMUTABLE_RUN_FIELDS)) | {"next_at": next_at}
+        update = outbox.add_to_update({"$set": fields, "$inc": {"rev": 1}}, *(events or []))
         result = await self.runs.update_one({"_id": run.incident.incident_id, "rev": rev}, update)
         return rev + 1 if result.modified_count else None
 
@@ -193,8 +199,21 @@ class RemediationStore:
         return rev + 1 if result.modified_count else None
 
     async def due_runs(self, now: datetime, limit: int = 200) -> list[str]:
-        cursor = self.runs.find({"next_at": {"$lte": now}}, {"_id": 1}).sort("next_at", ASCENDING).limit(limit)
-        return [document["_id"] async for document in cursor]
+        # By status first: an equality the embedded store answers from the status index, so a poll
+        # reads the runs not finished, not every run ever (a range on next_at alone is a full scan).
+        cursor = self.runs.find(
+            {"status": {"$in": list(OPEN_STATUSES)}, "next_at": {"$lte": now}}, {"_id": 1, "next_at": 1}
+        )
+        due = sorted([(document["next_at"], document["_id"]) async for document in cursor])
+        return [incident_id for _, incident_id in due[:limit]]
+
+    async def queued_runs(self, tenant_id: str, system: str | None, limit: int = 1) -> list[str]:
+        """Runs of one system waiting for a slot, oldest first."""
+        cursor = self.runs.find(
+            {"status": "queued", "tenant_id": tenant_id, "system": system}, {"_id": 1, "created_at": 1}
+        )
+        waiting = sorted([(document["created_at"], document["_id"]) async for document in cursor])
+        return [str(incident_id) for _, incident_id in waiting[:limit]]
 
     async def runs_of(self, query: Document, limit: int = 500) -> list[Document]:
         cursor = self.runs.find(query, {outbox.FIELD: 0}).sort("created_at", ASCENDING).limit(limit)

@@ -375,6 +375,7 @@ async def put_kill_switch(tenant_id: str, switch: KillSwitch, operator: Admin, p
     """Pause (or resume) all automation for a tenant: runs not yet touching a system escalate instead."""
     may_see(operator, tenant_id)
     await parts.store.set_kill_switch(tenant_id, switch.paused, switch.reason, operator.operator_id, utc_now())
+    parts.engine.forget_tenant_settings(tenant_id)
     return {"tenant_id": tenant_id, "paused": switch.paused, "reason": switch.reason}
 
 

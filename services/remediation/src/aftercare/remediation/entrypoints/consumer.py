@@ -40,8 +40,8 @@ class IncidentsForRemediation:
         }
         if event.system:
             fields["reported_system"] = event.system  # triage's recognised system wins when it has one
-        await self._store.merge_incident(event.incident_id, fields)
-        await self._engine.consider(event.incident_id, caused_by=envelope)
+        merged = await self._store.merge_incident(event.incident_id, fields)
+        await self._engine.consider(event.incident_id, caused_by=envelope, document=merged)
 
     async def triaged(self, envelope: Envelope[IncidentTriaged]) -> None:
         event = envelope.data
@@ -57,8 +57,8 @@ class IncidentsForRemediation:
         }
         if event.system:
             fields["system"] = event.system
-        await self._store.merge_incident(event.incident_id, fields)
-        await self._engine.consider(event.incident_id, caused_by=envelope)
+        merged = await self._store.merge_incident(event.incident_id, fields)
+        await self._engine.consider(event.incident_id, caused_by=envelope, document=merged)
 
     async def acknowledged(self, envelope: Envelope[IncidentAcknowledged]) -> None:
         await self._escalations.acknowledge_incident(

@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -81,6 +82,16 @@ def facts_from(document: dict[str, Any]) -> IncidentFacts:
     )
 
 
+@dataclass
+class _Progress:
+    """A run being driven: its state in memory, the rev of its last write (None once another writer
+    won), and the events of the moves not yet written."""
+
+    run: Run
+    rev: int | None
+    pending: list[Envelope[Any]] = field(default_factory=list)
+
+
 class RunEngine:
     def __init__(
         self,
@@ -109,14 +120,21 @@ class RunEngine:
         self.driving: set[str] = set()
         self._again: set[str] = set()
         self._tenant_cache: dict[str, tuple[TenantUpserted, float]] = {}
+        self._paused_cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
 
-    async def consider(self, incident_id: str, caused_by: Envelope[Any] | None = None) -> str:
+    async def consider(
+        self, incident_id: str, caused_by: Envelope[Any] | None = None, document: dict[str, Any] | None = None
+    ) -> str:
         """Start the incident's run if triage named a runbook and both halves of the incident are
-        known; at most one run per incident, however often this is called. Returns what happened."""
-        document = await self._store.incident(incident_id)
+        known; at most one run per incident, however often this is called. Returns what happened.
+
+        ``document``: the incident as remediation knows it, when the caller has just written it.
+        """
+        if document is None:
+            document = await self._store.incident(incident_id)
         if not document or not document.get("reported") or not document.get("triaged"):
             return "waiting for the incident's other half"
         name = document.get("runbook")
@@ -149,7 +167,9 @@ class RunEngine:
             queued_at=now,
         )
         events: list[Envelope[Any]] = []
-        next_at = now
+        # Driven by this process at once (below): the due time is its lease, so another instance's
+        # poller leaves the run alone unless this process dies first.
+        next_at = now + timedelta(seconds=self._lease_margin_s)
         if runbook.approval.required:
             run = machine.request_approval(run, str(uuid.uuid4()), now)
             assert run.approval is not None
@@ -178,7 +198,7 @@ class RunEngine:
         log.info("run created", incident_id=incident_id, runbook=runbook.name, status=run.status)
         if run.status == "queued":
             # Driven in the background: a handler never waits for a customer's system.
-            self.spawn_drive(incident_id)
+            self.spawn_drive(incident_id, now=True)
         return "run started" if run.status != "awaiting_approval" else "awaiting approval"
 
     def _event(self, run: Run, data: Any, caused_by: Envelope[Any] | None = None) -> Envelope[Any]:
@@ -237,88 +257,127 @@ class RunEngine:
         # No separate claim write: every write below names the rev it read, and the first one
         # before any outside effect (the 'started' record of an HTTP call) also moves next_at to
         # a lease, so a second instance that loaded the same run can only lose its writes.
-        current: int | None = rev
-        while current is not None:
+        #
+        # Moves without an effect outside our store (admission's run change, notes, waits'
+        # ends, pages, probes) are not stored one by one: they ride, with their events, in the
+        # run's next write, which comes before any HTTP call to the customer's system, when the
+        # run sleeps, and when it ends. A crash before that write only repeats those moves
+        # (their events were never published), never an outside effect.
+        progress = _Progress(run, rev)
+        while progress.rev is not None:
             now = self._clock()
-            move = machine.decide(run, now)
+            move = machine.decide(progress.run, now)
             if isinstance(move, machine.Done):
                 return
             if isinstance(move, machine.Sleep):
-                await self._store.save_run(run, current, move.until)
+                await self._store_progress(progress, move.until)
                 return
             if isinstance(move, machine.Admit):
-                run, current, go_on = await self._admit(run, current, now)
-                if not go_on:
+                if not await self._admit(progress, now):
                     return
                 continue
             if isinstance(move, machine.Escalate):
-                await self._escalate(run, current, move)
+                await self._escalate(progress, move)
                 return
             if isinstance(move, machine.Probe):
-                run, current = await self._probe(run, current, move)
+                await self._probe(progress, move)
                 continue
             if isinstance(move, machine.Execute):
                 if move.phase == "fix":
-                    paused = await self._store.automation_paused(run.tenant_id)
+                    paused = await self._automation_paused(progress.run.tenant_id)
                     if paused:
                         await self._escalate(
-                            run,
-                            current,
+                            progress,
                             machine.Escalate(
                                 f"automation is paused for this tenant ({paused.get('reason') or 'kill switch'}); "
                                 f"step '{move.step.name}' was not run"
                             ),
                         )
                         return
-                run, current = await self._execute(run, current, move)
+                await self._execute(progress, move)
                 continue
             raise AssertionError(f"unknown move {move!r}")
 
-    async def _admit(self, run: Run, rev: int, now: datetime) -> tuple[Run, int | None, bool]:
-        paused = await self._store.automation_paused(run.tenant_id)
+    async def _store_progress(self, progress: _Progress, next_at: datetime | None) -> bool:
+        """Write the run as it is now, with the events of the moves since its last write; then
+        publish them. False when another writer changed the run meanwhile (this drive stops)."""
+        assert progress.rev is not None
+        events, progress.pending = progress.pending, []
+        progress.rev = await self._store.save_run(progress.run, progress.rev, next_at, events)
+        if progress.rev is None:
+            return False
+        if events:
+            await self._relay.flush(self._store.runs, progress.run.incident.incident_id)
+        return True
+
+    async def _automation_paused(self, tenant_id: str) -> dict[str, Any] | None:
+        # Read at most once a second per tenant (every fix step asks); a switch set through this
+        # process's API is seen at once (forget_tenant_settings).
+        now = time.monotonic()
+        cached = self._paused_cache.get(tenant_id)
+        if cached is not None and now - cached[1] < TENANT_CACHE_S:
+            return cached[0]
+        paused = await self._store.automation_paused(tenant_id)
+        self._paused_cache[tenant_id] = (paused, now)
+        return paused
+
+    def forget_tenant_settings(self, tenant_id: str) -> None:
+        self._paused_cache.pop(tenant_id, None)
+
+    async def _admit(self, progress: _Progress, now: datetime) -> bool:
+        """Ask the system's blast-radius limits for a slot; True when the run may go on."""
+        run = progress.run
+        assert progress.rev is not None
+        paused = await self._automation_paused(run.tenant_id)
         if paused:
             await self._escalate(
-                run,
-                rev,
+                progress,
                 machine.Escalate(f"automation is paused for this tenant ({paused.get('reason') or 'kill switch'})"),
             )
-            return run, None, False
+            return False
         if await self._tenant(run.tenant_id) is None:
             # Tenants come on their own topic and may arrive after the incident: wait for it (the
             # queue timeout escalates if it never comes).
-            await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=TENANT_RECHECK_S))
-            return run, None, False
+            await self._store.set_next_at(
+                run.incident.incident_id, progress.rev, now + timedelta(seconds=TENANT_RECHECK_S)
+            )
+            return False
         system = run.system or "(no system)"
         for _ in range(10):
             slots = await self._store.load_slots(run.tenant_id, system)
             decision = blast_radius.admission(slots, run.run_id, run.runbook.blast_radius, system, now)
             if isinstance(decision, blast_radius.Refuse):
-                await self._escalate(run, rev, machine.Escalate(decision.reason))
-                return run, None, False
+                await self._escalate(progress, machine.Escalate(decision.reason))
+                return False
             if isinstance(decision, blast_radius.Hold):
-                await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=QUEUE_RECHECK_S))
-                return run, None, False
+                await self._store.set_next_at(
+                    run.incident.incident_id, progress.rev, now + timedelta(seconds=QUEUE_RECHECK_S)
+                )
+                return False
             if decision.slots is slots or await self._store.save_slots(run.tenant_id, system, slots, decision.slots):
                 break
         else:
-            await self._store.set_next_at(run.incident.incident_id, rev, now + timedelta(seconds=TENANT_RECHECK_S))
-            return run, None, False
-        run = machine.admit(run, now)
-        started = self._event(
-            run,
-            RemediationStarted(
-                incident_id=run.incident.incident_id,
-                run_id=run.run_id,
-                runbook=run.runbook.name,
-                steps=[step.name for step in run.runbook.steps],
-                runbook_version=run.runbook_version,
-                system=run.system,
-            ),
+            await self._store.set_next_at(
+                run.incident.incident_id, progress.rev, now + timedelta(seconds=TENANT_RECHECK_S)
+            )
+            return False
+        # The slot is the system's (stored); the run's change rides in its next write. A crash
+        # before it finds the slot held by this run and is admitted again.
+        progress.run = run = machine.admit(run, now)
+        progress.pending.append(
+            self._event(
+                run,
+                RemediationStarted(
+                    incident_id=run.incident.incident_id,
+                    run_id=run.run_id,
+                    runbook=run.runbook.name,
+                    steps=[step.name for step in run.runbook.steps],
+                    runbook_version=run.runbook_version,
+                    system=run.system,
+                ),
+            )
         )
-        current = await self._store.save_run(run, rev, now + timedelta(seconds=self._lease_margin_s), [started])
-        if current is not None:
-            await self._relay.flush(self._store.runs, run.incident.incident_id)
-        return run, current, current is not None
+        return True
 
     async def _tenant(self, tenant_id: str) -> TenantUpserted | None:
         # Read at most once a second per tenant: every step of every run needs it.
@@ -337,7 +396,8 @@ class RunEngine:
             return None, None
         return tenant, next((system for system in tenant.systems if system.name == run.system), None)
 
-    async def _execute(self, run: Run, rev: int, move: machine.Execute) -> tuple[Run, int | None]:
+    async def _execute(self, progress: _Progress, move: machine.Execute) -> None:
+        run = progress.run
         step = move.step
         started = self._clock()
         wall_started = time.perf_counter()
@@ -345,7 +405,7 @@ class RunEngine:
         params: dict[str, str | int | float] = {}
         target: str | None = None
         events: list[Envelope[Any]] = []
-        current: int | None = rev
+        outside_effect = False
         try:
             params = filled_params(step, run.incident)
         except ParameterRefused as error:
@@ -358,12 +418,13 @@ class RunEngine:
                     outcome, output = "failed", f"not run: system {run.system!r} has no registered admin endpoint"
                 else:
                     target = admin_url(system.admin_endpoint, str(step.params["path"]))
-                    # Recorded before the call: a crash during it must not lead to a second call.
-                    run = machine.start_step(run, move, params, target, started)
+                    # Recorded before the call (with whatever rode along so far): a crash during
+                    # it must not lead to a second call, nor may a second instance's.
+                    progress.run = run = machine.start_step(run, move, params, target, started)
                     lease = started + timedelta(seconds=step.timeout_seconds + self._lease_margin_s)
-                    current = await self._store.save_run(run, rev, lease)
-                    if current is None:
-                        return run, None
+                    if not await self._store_progress(progress, lease):
+                        return
+                    outside_effect = True
                     try:
                         token = await self._vault.bearer_token(run.tenant_id, system.name)
                     except CredentialKeyMissing as error:
@@ -407,10 +468,8 @@ class RunEngine:
                 outcome, output = "succeeded", f"paged the on-call: {reason}"
             else:  # pragma: no cover - the runbook model allows no other action
                 outcome, output = "failed", f"unknown action {step.action}"
-        if current is None:
-            return run, None
         now = self._clock()
-        run = machine.finish_step(run, move, outcome, output, started, now, params, target)  # type: ignore[arg-type]
+        progress.run = run = machine.finish_step(run, move, outcome, output, started, now, params, target)  # type: ignore[arg-type]
         events.insert(
             0,
             self._event(
@@ -429,14 +488,14 @@ class RunEngine:
                 ),
             ),
         )
-        next_at = run.resume_at or now + timedelta(seconds=self._lease_margin_s)
-        current = await self._store.save_run(run, current, next_at, events)
-        if current is not None:
-            await self._relay.flush(self._store.runs, run.incident.incident_id)
+        progress.pending += events
+        if outside_effect:
+            # What the customer's system answered is stored at once: it decides what may follow.
+            await self._store_progress(progress, run.resume_at or now + timedelta(seconds=self._lease_margin_s))
         STEP_OVERHEAD.observe(max(0.0, time.perf_counter() - wall_started - action_seconds))
-        return run, current
 
-    async def _probe(self, run: Run, rev: int, move: machine.Probe) -> tuple[Run, int | None]:
+    async def _probe(self, progress: _Progress, move: machine.Probe) -> None:
+        run = progress.run
         started = self._clock()
         tenant, system = await self._system(run)
         probe = system.diagnostic_target if system else None
@@ -449,8 +508,8 @@ class RunEngine:
             )
             healthy, output = judge(criteria, answer)
         now = self._clock()
-        run = machine.finish_probe(run, move.attempt, healthy, output, started, now)
-        events: list[Envelope[Any]] = [
+        progress.run = run = machine.finish_probe(run, move.attempt, healthy, output, started, now)
+        progress.pending.append(
             self._event(
                 run,
                 RemediationStepCompleted(
@@ -466,59 +525,53 @@ class RunEngine:
                     attempts=move.attempt,
                 ),
             )
-        ]
-        if run.status == "succeeded":
-            events.append(
-                self._event(
-                    run,
-                    RemediationSucceeded(
-                        incident_id=run.incident.incident_id,
-                        run_id=run.run_id,
-                        runbook=run.runbook.name,
-                        verification=output,
-                    ),
-                )
-            )
-            next_at = None
-        else:
-            next_at = run.resume_at or now + timedelta(seconds=self._lease_margin_s)
-        current = await self._store.save_run(run, rev, next_at, events)
-        if current is not None:
-            await self._relay.flush(self._store.runs, run.incident.incident_id)
-            if run.status == "succeeded":
-                log.info("run verified", incident_id=run.incident.incident_id, runbook=run.runbook.name)
-                await self._release(run)
-        return run, current
-
-    async def _escalate(self, run: Run, rev: int, move: machine.Escalate) -> None:
-        now = self._clock()
-        # Claim the run first (a lease at the rev we read): another instance may have read the same
-        # run, and only the one whose claim lands may page people and free the run's slot. Without
-        # it, an instance holding a stale state (a run it thought interrupted, which the other
-        # instance had just finished) paged the on-call and freed a slot still in use.
-        claimed = await self._store.set_next_at(
-            run.incident.incident_id, rev, now + timedelta(seconds=self._lease_margin_s)
         )
-        if claimed is None:
+        if run.status != "succeeded":
+            return  # a retry sleeps (stored then), a failed verification goes on to the rollback
+        progress.pending.append(
+            self._event(
+                run,
+                RemediationSucceeded(
+                    incident_id=run.incident.incident_id,
+                    run_id=run.run_id,
+                    runbook=run.runbook.name,
+                    verification=output,
+                ),
+            )
+        )
+        if await self._store_progress(progress, None):
+            log.info("run verified", incident_id=run.incident.incident_id, runbook=run.runbook.name)
+            await self._release(run)
+
+    async def _escalate(self, progress: _Progress, move: machine.Escalate) -> None:
+        now = self._clock()
+        # Claim the run first (its state so far, at the rev we read, with a lease): another instance
+        # may have read the same run, and only the one whose claim lands may page people and free
+        # the run's slot. Without it, an instance holding a stale state (a run it thought
+        # interrupted, which the other instance had just finished) paged the on-call and freed a
+        # slot still in use.
+        if not await self._store_progress(progress, now + timedelta(seconds=self._lease_margin_s)):
             return
-        rev = claimed
+        run = progress.run
         ended = machine.escalated(run, move, now)
         # The escalation before the run's end: if we die before the run is saved, the run escalates
         # again on resume and the escalation, keyed by incident and purpose, is not duplicated.
         await self._escalations.escalate("run", ended.incident, move.reason, ended)
         failed_step = move.interrupted.name if move.interrupted else None
-        event = self._event(
-            ended,
-            RemediationFailed(
-                incident_id=run.incident.incident_id,
-                run_id=run.run_id,
-                runbook=run.runbook.name,
-                failed_step=failed_step,
-                error=move.reason[:2000],
-            ),
+        progress.run = ended
+        progress.pending.append(
+            self._event(
+                ended,
+                RemediationFailed(
+                    incident_id=run.incident.incident_id,
+                    run_id=run.run_id,
+                    runbook=run.runbook.name,
+                    failed_step=failed_step,
+                    error=move.reason[:2000],
+                ),
+            )
         )
-        if await self._store.save_run(ended, rev, None, [event]) is not None:
-            await self._relay.flush(self._store.runs, run.incident.incident_id)
+        if await self._store_progress(progress, None):
             log.warning("run escalated", incident_id=run.incident.incident_id, reason=move.reason)
         await self._release(run)
 
@@ -527,14 +580,13 @@ class RunEngine:
         for _ in range(10):
             slots = await self._store.load_slots(run.tenant_id, system)
             freed = blast_radius.release(slots, run.run_id)
-            if freed is None or await self._store.save_slots(run.tenant_id, system, slots, freed):
+            if freed is None:
+                return  # it held none (never admitted, or released already): nobody to wake
+            if await self._store.save_slots(run.tenant_id, system, slots, freed):
                 break
         # Let the next queued run of this system go now rather than at its next re-check.
-        waiting = await self._store.runs_of(
-            {"tenant_id": run.tenant_id, "system": run.system, "status": "queued"}, limit=1
-        )
-        for document in waiting:
-            self.spawn_drive(str(document["_id"]), now=True)
+        for incident_id in await self._store.queued_runs(run.tenant_id, run.system, limit=1):
+            self.spawn_drive(incident_id, now=True)
 
     # --- people --------------------------------------------------------------------------
 
