@@ -36,7 +36,7 @@ from aftercare.events.operators import (
     new_operator_token,
     token_digest,
 )
-from aftercare.events.producer import EventProducer
+from aftercare.events.producer import EventProducer, PublishFailed
 from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
 from aftercare.events.topics import topic_specs
@@ -64,6 +64,38 @@ class RemediationUnderTest:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
+def remediation_env(
+    infrastructure: Infrastructure, *, database: str | None = None, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of one remediation deployment (its own database and consumer group); start a
+    second instance of the same deployment with this env and another port (``another_instance``)."""
+    database = database or unique_name("remediation").replace("-", "_")
+    port = free_port()
+    return {
+        "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
+        "AFTERCARE_MONGO_URL": infrastructure.mongo_url,
+        "AFTERCARE_REMEDIATION_DATABASE": database,
+        # Each test deployment is its own consumer group (see intake's conftest).
+        "AFTERCARE_REMEDIATION_CONSUMER_GROUP_PREFIX": f"{database}-",
+        "AFTERCARE_REMEDIATION_HTTP_PORT": str(port),
+        "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "AFTERCARE_REMEDIATION_CREDENTIAL_KEY": Fernet.generate_key().decode(),
+        "AFTERCARE_REMEDIATION_POLL_INTERVAL_SECONDS": "0.5",
+        "AFTERCARE_REMEDIATION_DUE_POLL_SECONDS": "0.3",
+        "AFTERCARE_REMEDIATION_LEASE_MARGIN_SECONDS": "2",
+        "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "60",
+    } | (extra_env or {})
+
+
+def another_instance(env: dict[str, str]) -> dict[str, str]:
+    """The same deployment (database, consumer group, keys) on another HTTP port."""
+    port = free_port()
+    return env | {
+        "AFTERCARE_REMEDIATION_HTTP_PORT": str(port),
+        "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+
+
 def start_remediation(
     infrastructure: Infrastructure,
     workdir: Path,
@@ -78,22 +110,7 @@ def start_remediation(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if env is None:
-        database = database or unique_name("remediation").replace("-", "_")
-        port = free_port()
-        env = {
-            "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
-            "AFTERCARE_MONGO_URL": infrastructure.mongo_url,
-            "AFTERCARE_REMEDIATION_DATABASE": database,
-            # Each test deployment is its own consumer group (see intake's conftest).
-            "AFTERCARE_REMEDIATION_CONSUMER_GROUP_PREFIX": f"{database}-",
-            "AFTERCARE_REMEDIATION_HTTP_PORT": str(port),
-            "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "AFTERCARE_REMEDIATION_CREDENTIAL_KEY": Fernet.generate_key().decode(),
-            "AFTERCARE_REMEDIATION_POLL_INTERVAL_SECONDS": "0.5",
-            "AFTERCARE_REMEDIATION_DUE_POLL_SECONDS": "0.3",
-            "AFTERCARE_REMEDIATION_LEASE_MARGIN_SECONDS": "2",
-            "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "60",
-        } | (extra_env or {})
+        env = remediation_env(infrastructure, database=database, extra_env=extra_env)
     log_file = workdir / "remediation.log"
     with log_file.open("ab") as out:
         process = subprocess.Popen(
@@ -110,7 +127,8 @@ def start_remediation(
         env=env,
         process=process,
     )
-    deadline = time.monotonic() + 120
+    # Generous: on this shared 2-core machine at a load of 30+, importing and connecting took minutes.
+    deadline = time.monotonic() + 300
     last = "no answer"
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -147,7 +165,8 @@ async def publish_operators(bootstrap_servers: str) -> None:
     await producer.start()
     try:
         for role, token in OPERATOR_TOKENS.items():
-            await producer.publish(
+            await publish_patiently(
+                producer,
                 envelope_for(
                     OperatorUpserted(
                         operator_id=f"op-{role}",
@@ -158,10 +177,23 @@ async def publish_operators(bootstrap_servers: str) -> None:
                     ),
                     source="intake",
                     tenant_id=OPERATOR_EVENTS_TENANT,
-                )
+                ),
             )
     finally:
         await producer.stop()
+
+
+async def publish_patiently(producer: EventProducer, envelope: Envelope[Any], attempts: int = 6) -> None:
+    """Publish, retrying a bounded number of times: on a broker started moments ago the topics'
+    partitions may have no leader yet, and the producer gives up after its publish deadline."""
+    for attempt in range(attempts):
+        try:
+            await producer.publish(envelope)
+            return
+        except PublishFailed:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(2)
 
 
 def wait_for_operators(service: RemediationUnderTest, timeout_s: float = 300.0) -> None:

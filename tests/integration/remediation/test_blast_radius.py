@@ -1,4 +1,8 @@
-"""The concurrency limit holds under a burst of 50 incidents for one system."""
+"""The concurrency limit holds under a burst of incidents for one system.
+
+A burst of 16 with a limit of 2 proves it as well as 50 did (every run but the first two has to
+queue, and each slot is handed on 14 times), in a fraction of the time on a loaded machine (50
+took 382 s at a load of 22). Two processes sharing the limits: test_two_processes.py."""
 
 from __future__ import annotations
 
@@ -11,18 +15,18 @@ from kafka_helpers import unique_name, wait_until
 
 pytestmark = pytest.mark.integration
 
-BURST = 50
+BURST = 16
 LIMIT = 2
 
 
-@pytest.mark.timeout(1200)
-async def test_a_burst_of_50_incidents_never_has_more_than_the_limit_working_on_the_system(scenario: Scenario) -> None:
-    runbook = await scenario.put_runbook(
-        restart_runbook(
-            unique_name("burst"),
-            blast_radius={"max_concurrent_per_system": LIMIT, "max_runs_per_system_per_hour": 1000},
-        )
+@pytest.mark.timeout(600)
+async def test_a_burst_of_incidents_never_has_more_than_the_limit_working_on_the_system(scenario: Scenario) -> None:
+    document = restart_runbook(
+        unique_name("burst"),
+        blast_radius={"max_concurrent_per_system": LIMIT, "max_runs_per_system_per_hour": 1000},
     )
+    document["steps"] = document["steps"][1:]  # the restart alone: the note adds nothing to the point
+    runbook = await scenario.put_runbook(document)
     scenario.customer.break_it("soft", fix_seconds=0.2)
 
     incident_ids = [await scenario.incident(runbook) for _ in range(BURST)]
@@ -33,8 +37,8 @@ async def test_a_burst_of_50_incidents_never_has_more_than_the_limit_working_on_
         done = [run for run in runs if run["status"] in ("succeeded", "escalated", "rejected")]
         return runs if len(done) == BURST else None
 
-    # Generous: on a loaded machine the store takes ~0.1 s per write and a run makes about 20.
-    runs = await wait_until(all_ended, timeout=700, interval=2.0, message="all 50 runs end")
+    # Generous: on a loaded machine the store takes ~0.1 s per write.
+    runs = await wait_until(all_ended, timeout=400, interval=1.0, message=f"all {BURST} runs end")
 
     assert sorted(run["incident_id"] for run in runs) == sorted(incident_ids)
     assert all(run["status"] == "succeeded" for run in runs), [r["outcome"] for r in runs if r["status"] != "succeeded"]
