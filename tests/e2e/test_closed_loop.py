@@ -20,7 +20,8 @@ from aftercare.events import topics
 from .conftest import DemoStack, Operator
 from kafka_helpers import Infrastructure, read_all, wait_until
 
-pytestmark = pytest.mark.e2e
+# The first e2e test also waits for the session's broker and store and for the stack (see conftest).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SYSTEM = "billing-api"
 ON_CALL = "sam.oncall@support.example"
@@ -183,8 +184,10 @@ async def test_a_broken_system_is_noticed_fixed_verified_resolved_and_explained_
     firsts = [kinds.index(kind) for kind in ("reported", "triaged", "remediating", "resolved")]
     assert firsts == sorted(firsts), kinds
     assert resolved["timeline"][0]["channel"] == "diagnostic"
-    fixed = next(entry for entry in resolved["timeline"] if entry["kind"] == "resolved")
-    assert fixed["by"] == "remediation", resolved["timeline"]
+    # Resolved by remediation's verification or, when two good probes (2 s apart here) come first,
+    # by regular diagnostics clearing the problem: either way after the one restart above.
+    resolutions = [entry["by"] for entry in resolved["timeline"] if entry["kind"] == "resolved"]
+    assert resolutions and set(resolutions) <= {"remediation", "triage"}, resolved["timeline"]
 
 
 async def ensure_escalation_policy(stack: DemoStack, operator: Operator) -> None:
@@ -259,6 +262,8 @@ async def test_a_fault_the_runbook_cannot_fix_is_rolled_back_escalated_and_ackno
         (escalation,) = audit.json()["escalations"]
         assert (escalation["status"], escalation["acknowledged_via"]) == ("acknowledged", "link")
         assert escalation["rollback_outcome"] == "succeeded"
+        # The customer's API shows the incident taken by a person.
+        await wait_for_status(stack, incident_id, "acknowledged", timeout=60)
 
         # The customer heard that people took over, in the incident's thread.
         await wait_until(

@@ -24,7 +24,8 @@ from aftercare.events import topics
 from .conftest import DemoStack
 from kafka_helpers import Infrastructure, read_all, wait_until
 
-pytestmark = pytest.mark.e2e
+# The first e2e test also waits for the session's broker and store and for the stack (see conftest).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 VOICE = "/v1/phone/twilio/voice"
 WORDS = "Hello, this is Dana from ACME. The billing database is down, nobody can send invoices."
@@ -170,6 +171,7 @@ async def test_a_phone_call_and_a_monitoring_alert_about_one_outage_end_on_one_i
     assert alert_triaged["system"] == "billing-db" and alert_triaged["duplicate_of"] is None
 
     # The customer's API shows the link on the call's incident.
+    assert call["duplicate_of"] == alert["incident_id"]
     (link,) = [entry for entry in call["timeline"] if entry["kind"] == "grouped"]
     assert link["summary"].startswith(f"Same problem as {alert['number']}")
 

@@ -15,7 +15,8 @@ from aftercare.events import parse_envelope, topics
 from .conftest import SERVICES, DemoStack
 from kafka_helpers import Infrastructure, read_all, wait_until
 
-pytestmark = pytest.mark.e2e
+# The first e2e test also waits for the session's broker and store and for the stack (see conftest).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def _ready(stack: DemoStack, service: str) -> bool:
