@@ -337,6 +337,14 @@ class Scenario:
                 found.append(event)
         return found
 
+    def about_this_incident(self, events: list[dict[str, Any]], incident_id: str) -> list[dict[str, Any]]:
+        """``events``, once checked to name this tenant and incident in their envelope and data: what
+        intake needs to put them on the incident's timeline."""
+        for event in events:
+            assert event["tenant_id"] == self.tenant_id, event
+            assert event["incident_id"] == event["data"]["incident_id"] == incident_id, event
+        return events
+
     async def events_until(self, incident_id: str, event_type: str, timeout: float = 30.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
         """The incident's events once one of ``event_type`` is among them (outboxes flush just after
         the state is stored, so the API can show an end a moment before Kafka has its event)."""

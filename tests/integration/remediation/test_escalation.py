@@ -79,9 +79,10 @@ async def test_an_unacknowledged_escalation_reaches_level_2_and_stops_when_ackno
     assert stored["acknowledged_via"] == "link"
     # Level 2's deadline passes: nobody else is paged.
     await asyncio.sleep(4)
-    events = await scenario.events(incident_id)
+    events = scenario.about_this_incident(await scenario.events(incident_id), incident_id)
     assert sorted(page["data"]["level"] for page in of_type(events, "incident.escalated")) == [1, 2]
-    assert len(of_type(events, "escalation.acknowledged")) == 1
+    [acknowledged_event] = of_type(events, "escalation.acknowledged")
+    assert acknowledged_event["data"]["via"] == "link" and acknowledged_event["data"]["level"] == 2
 
 
 async def test_acknowledging_the_incident_in_intake_stops_the_escalation(scenario: Scenario) -> None:

@@ -26,13 +26,15 @@ async def test_a_fix_that_works_is_verified_and_announced_once_per_incident(scen
     await scenario.triage(incident_id, runbook)
     events = await scenario.events_until(incident_id, "remediation.succeeded")
     assert [e["data"]["run_id"] for e in of_type(events, "remediation.started")] == [run["run_id"]]
-    steps = of_type(await scenario.events(incident_id), "remediation.step_completed")
+    timeline = scenario.about_this_incident(await scenario.events(incident_id), incident_id)
+    steps = of_type(timeline, "remediation.step_completed")
     assert [(s["data"]["phase"], s["data"]["step"], s["data"]["outcome"]) for s in steps] == [
         ("fix", "note", "succeeded"),
         ("fix", "restart the service", "succeeded"),
         ("verification", "verify", "succeeded"),
     ]
-    assert len(of_type(events, "remediation.note_added")) == 1
+    [note] = of_type(timeline, "remediation.note_added")
+    assert note["data"]["note"] == f"restarting for INC-{incident_id[-6:]}"
     succeeded = of_type(await scenario.events(incident_id), "remediation.succeeded")
     assert len(succeeded) == 1 and "HTTP 200" in succeeded[0]["data"]["verification"]
     assert scenario.customer.count("restart-service") == 1
@@ -111,10 +113,13 @@ async def test_approval_granted_runs_the_fix_and_records_who_and_when(scenario: 
     assert ended["approval"]["decision"] == "approved" and ended["approval"]["decided_by"] == "op-responder"
     assert ended["approval"]["decided_at"] is not None
     assert scenario.customer.count("restart-service") == 1
-    events = await scenario.events_until(incident_id, "remediation.succeeded")
-    assert len(of_type(events, "remediation.approval_requested")) == 1
+    events = scenario.about_this_incident(
+        await scenario.events_until(incident_id, "remediation.succeeded"), incident_id
+    )
+    [requested] = of_type(events, "remediation.approval_requested")
+    assert requested["data"]["run_id"] == run["run_id"] and requested["data"]["runbook"] == runbook
     [granted] = of_type(events, "remediation.approval_granted")
-    assert granted["data"]["by"] == "op-responder"
+    assert granted["data"]["by"] == "op-responder" and granted["data"]["note"] == "go ahead"
 
 
 async def test_approval_rejected_never_touches_the_system(scenario: Scenario) -> None:
@@ -131,8 +136,12 @@ async def test_approval_rejected_never_touches_the_system(scenario: Scenario) ->
     ended = await scenario.run_ends(incident_id)
     assert ended["status"] == "rejected" and "customer freeze" in ended["outcome"]
     assert scenario.customer.count("restart-service") == 0
-    events = await scenario.events_until(incident_id, "remediation.approval_rejected")
-    assert len(of_type(events, "remediation.approval_rejected")) == 1
+    events = scenario.about_this_incident(
+        await scenario.events_until(incident_id, "remediation.approval_rejected"), incident_id
+    )
+    [rejected] = of_type(events, "remediation.approval_rejected")
+    assert rejected["data"]["by"] == "op-responder" and rejected["data"]["reason"] == "customer freeze"
+    assert len(of_type(events, "remediation.approval_requested")) == 1
 
 
 async def test_approval_not_given_in_time_escalates(scenario: Scenario) -> None:
