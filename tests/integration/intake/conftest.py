@@ -93,6 +93,7 @@ def start_intake(
     database: str | None = None,
     seed: list[dict[str, object]] | None = None,
     tls: tuple[Path, Path, Path] | None = None,
+    ready_timeout: float = 90.0,
 ) -> IntakeUnderTest:
     """Start ``python -m aftercare.intake`` and wait for /readyz; the caller stops it.
 
@@ -156,7 +157,7 @@ def start_intake(
         verify=verify,
     )
     try:
-        wait_ready(service)
+        wait_ready(service, ready_timeout)
     except BaseException:
         stop_intake(service, kill=True)  # never leave a process behind a failed start
         raise

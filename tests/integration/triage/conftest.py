@@ -46,7 +46,7 @@ def start_triage(
     *,
     extra_env: dict[str, str] | None = None,
     database: str | None = None,
-    ready_timeout: float = 90,
+    ready_timeout: float = 180,
 ) -> TriageUnderTest:
     """Start ``python -m aftercare.triage`` and wait for /readyz; the caller stops it."""
     workdir.mkdir(parents=True, exist_ok=True)
