@@ -14,32 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from aftercare.events import topics
 
-from .conftest import DemoStack, Operator
+from .conftest import DEMO_TENANT, ROOT, DemoStack, Operator
 from kafka_helpers import Infrastructure, read_all, wait_until
 
 # The first e2e test also waits for the session's broker and store and for the stack (see conftest).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SYSTEM = "billing-api"
-ON_CALL = "sam.oncall@support.example"
-# What the README tells a newcomer to PUT (until remediation seeds a policy for the demo tenant).
-ESCALATION_POLICY = {
-    "levels": [
-        {
-            "name": "first line",
-            "contacts": [{"name": "Sam On-Call", "email": ON_CALL}],
-            "ack_timeout_seconds": 120,
-        },
-        {
-            "name": "duty manager",
-            "contacts": [{"name": "Maria Manager", "email": "maria@support.example"}],
-            "ack_timeout_seconds": 600,
-        },
-    ]
-}
+# infra/seed/escalation-policies/acme.yaml, which make run stores for the demo tenant.
+POLICY_SEED = ROOT / "infra/seed/escalation-policies" / f"{DEMO_TENANT}.yaml"
 
 
 async def events(infrastructure: Infrastructure, topic: str, incident_id: str | None = None) -> list[dict[str, Any]]:
@@ -190,16 +177,15 @@ async def test_a_broken_system_is_noticed_fixed_verified_resolved_and_explained_
     assert resolutions and set(resolutions) <= {"remediation", "triage"}, resolved["timeline"]
 
 
-async def ensure_escalation_policy(stack: DemoStack, operator: Operator) -> None:
-    """Remediation knows operators from intake's events: retry while it does not know Olga yet."""
-    url = stack.url("remediation", f"/v1/tenants/{stack.tenant['tenant_id']}/escalation-policy")
-
-    def stored() -> bool:
-        answer = httpx.put(url, headers=operator.auth(), json=ESCALATION_POLICY, timeout=10)
-        assert answer.status_code in (200, 401), answer.text
-        return answer.status_code == 200
-
-    await wait_until(stored, timeout=60, interval=1, message="remediation accepts the admin operator's policy")
+async def seeded_escalation_policy(stack: DemoStack, operator: Operator) -> dict[str, Any]:
+    """The demo tenant's policy as remediation stored it from the seed (no API call sets it)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.get(
+            stack.url("remediation", f"/v1/tenants/{DEMO_TENANT}/escalation-policy"), headers=operator.auth()
+        )
+    assert answer.status_code == 200, answer.text
+    policy: dict[str, Any] = answer.json()["policy"]
+    return policy
 
 
 async def test_a_fault_the_runbook_cannot_fix_is_rolled_back_escalated_and_acknowledged_from_the_page(
@@ -207,7 +193,10 @@ async def test_a_fault_the_runbook_cannot_fix_is_rolled_back_escalated_and_ackno
 ) -> None:
     stack = demo_stack
     system = stack.customer_system
-    await ensure_escalation_policy(stack, demo_operator)
+    policy = await seeded_escalation_policy(stack, demo_operator)
+    seeded = yaml.safe_load(POLICY_SEED.read_text())
+    on_call = seeded["levels"][0]["contacts"][0]["email"]
+    assert [level["name"] for level in policy["levels"]] == [level["name"] for level in seeded["levels"]]
     await no_problem_open(stack, infrastructure)
     restarts, restores = system.count("restart-service"), system.count("restore-backup")
     client = httpx.AsyncClient(timeout=10)
@@ -228,13 +217,13 @@ async def test_a_fault_the_runbook_cannot_fix_is_rolled_back_escalated_and_ackno
         assert ("verification", "failed") in steps and ("rollback", "succeeded") in steps, steps
         (announced,) = [e["data"] for e in on_remediation if e["type"] == "incident.escalated"]
         assert announced["level"] == 1
-        assert [contact["email"] for contact in announced["contacts"]] == [ON_CALL]
+        assert [contact["email"] for contact in announced["contacts"]] == [on_call]
         assert [entry["kind"] for entry in escalated["timeline"]].count("escalated") == 1
 
         # The page reaches the on-call person at Mailpit with the acknowledge link.
         page = (
             await wait_until(
-                lambda: stack.mailbox.to(ON_CALL, f"[{number}] PAGE level 1"),
+                lambda: stack.mailbox.to(on_call, f"[{number}] PAGE level 1"),
                 timeout=60,
                 interval=1,
                 message=f"the page for {number} at Mailpit",
