@@ -89,6 +89,7 @@ async def test_a_firing_alert_opens_an_incident_readable_through_the_api_and_ann
         "received": 1,
         "opened": 1,
         "updated": 0,
+        "repeated": 0,
         "resolved": 0,
         "ignored": 0,
         "truncated_alerts": 0,
@@ -128,7 +129,9 @@ async def test_the_same_fingerprint_firing_again_updates_the_open_incident(
     fingerprint = uuid.uuid4().hex[:16]
     first = await client.post(WEBHOOK, json=message(alert(fingerprint)), headers=token_of(intake, "tenant-a"))
 
-    again = await client.post(WEBHOOK, json=message(alert(fingerprint)), headers=token_of(intake, "tenant-a"))
+    # Fired again (a new start) while the incident is still open: another occurrence.
+    refired = alert(fingerprint, startsAt="2024-05-01T10:30:00Z")
+    again = await client.post(WEBHOOK, json=message(refired), headers=token_of(intake, "tenant-a"))
 
     assert again.status_code == 200, again.text
     (opened,), (updated,) = first.json()["alerts"], again.json()["alerts"]
@@ -141,6 +144,30 @@ async def test_the_same_fingerprint_firing_again_updates_the_open_incident(
     events = await incident_events(intake, opened["incident_id"])
     assert [event["type"] for event in events] == ["incident.reported", "incident.updated"]
     assert events[1]["data"]["kind"] == "occurrence" and events[1]["data"]["occurrence_count"] == 2
+
+
+async def test_the_same_firing_sent_again_is_not_another_occurrence(
+    intake: IntakeUnderTest, client: httpx.AsyncClient
+) -> None:
+    """Alertmanager repeats a group's firing alerts in every notification, and an HA pair sends
+    each notification twice: same fingerprint and startsAt is the same firing, counted once."""
+    fingerprint = uuid.uuid4().hex[:16]
+    first = await client.post(WEBHOOK, json=message(alert(fingerprint)), headers=token_of(intake, "tenant-a"))
+    assert first.status_code == 200, first.text
+
+    # The HA pair's copy and a repeat notification, one with the alert twice in it.
+    again = await client.post(WEBHOOK, json=message(alert(fingerprint)), headers=token_of(intake, "tenant-a"))
+    twice = await client.post(
+        WEBHOOK, json=message(alert(fingerprint), alert(fingerprint)), headers=token_of(intake, "tenant-a")
+    )
+
+    assert again.status_code == 200 and twice.status_code == 200, (again.text, twice.text)
+    assert [a["outcome"] for a in again.json()["alerts"] + twice.json()["alerts"]] == ["repeated"] * 3
+    assert again.json()["repeated"] == 1 and again.json()["updated"] == 0
+    (opened,) = first.json()["alerts"]
+    incident = (await client.get(f"/v1/incidents/{opened['incident_id']}", headers=intake.auth("tenant-a"))).json()
+    assert incident["occurrence_count"] == 1
+    assert [event["type"] for event in await incident_events(intake, opened["incident_id"])] == ["incident.reported"]
 
 
 async def test_a_resolved_alert_resolves_its_incident(intake: IntakeUnderTest, client: httpx.AsyncClient) -> None:
@@ -179,7 +206,11 @@ async def test_one_message_handles_each_alert_on_its_own(intake: IntakeUnderTest
     answer = await client.post(
         WEBHOOK,
         headers=token_of(intake, "tenant-a"),
-        json=message(alert(new, alertname="HighLoad"), alert(known), alert(unknown, status="resolved")),
+        json=message(
+            alert(new, alertname="HighLoad"),
+            alert(known, startsAt="2024-05-01T10:30:00Z"),  # fired again: a new start
+            alert(unknown, status="resolved"),
+        ),
     )
 
     assert answer.status_code == 200, answer.text
@@ -332,3 +363,50 @@ async def test_over_the_rate_limit_messages_get_429_with_retry_after_and_are_not
     assert int(refused.headers["Retry-After"]) >= 1
     assert f"{RATE_LIMIT} requests a minute" in problem["detail"]
     assert await topic_mentions(limited_intake, fingerprint) == []
+
+
+async def test_a_group_of_over_1000_alerts_and_over_1_mib_is_taken_whole(
+    intake: IntakeUnderTest, client: httpx.AsyncClient
+) -> None:
+    """A mass outage's group (Alertmanager retries only 5xx, so a 4xx would drop it): 1,001 alerts
+    and more than 1 MiB (the other endpoints' body limit) are applied, every alert accounted for."""
+    padding = "x" * 1200  # annotations are prose; only what is kept is cut
+    resolved = [
+        alert(uuid.uuid4().hex[:16], status="resolved", annotations={"description": padding}) for _ in range(1000)
+    ]
+    firing = alert(uuid.uuid4().hex[:16], alertname="MassOutage")
+    body = json.dumps(message(firing, *resolved)).encode()
+    assert len(body) > 1024 * 1024 and len(resolved) + 1 > 1000
+
+    answer = await client.post(
+        WEBHOOK,
+        content=body,
+        headers=token_of(intake, "tenant-a") | {"Content-Type": "application/json"},
+        timeout=300.0,
+    )
+
+    assert answer.status_code == 200, answer.text[:2000]
+    receipt = answer.json()
+    assert [receipt[count] for count in ("received", "opened", "ignored")] == [1001, 1, 1000]
+    assert receipt["alerts"][0]["outcome"] == "opened" and receipt["alerts"][0]["alertname"] == "MassOutage"
+
+
+async def test_an_alert_with_a_label_over_the_limit_is_refused_alone_with_422_naming_it(
+    intake: IntakeUnderTest, client: httpx.AsyncClient
+) -> None:
+    good, bad = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    oversized = alert(bad)
+    oversized["labels"] = oversized["labels"] | {"pod": "p" * 5000}
+
+    answer = await client.post(WEBHOOK, json=message(alert(good), oversized), headers=token_of(intake, "tenant-a"))
+
+    problem = assert_problem(answer, 422)
+    assert problem["errors"] == [
+        {
+            "field": "alerts[1].labels.pod",
+            "message": "'alerts[1].labels.pod' is 5,000 characters long; at most 1,024 are accepted",
+        }
+    ]
+    # The other alert of the group was applied, and says so.
+    assert [(a["fingerprint"], a["outcome"]) for a in problem["alerts"]] == [(good, "opened"), (bad, "refused")]
+    assert await topic_mentions(intake, f"alertmanager:{bad}") == []

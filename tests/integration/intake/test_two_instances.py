@@ -24,6 +24,7 @@ from pymongo import AsyncMongoClient
 from aftercare.events import parse_envelope, topics
 
 from .conftest import IntakeUnderTest, _tenant_seed, start_intake, stop_intake
+from .test_admin_api import PROFILE
 from kafka_helpers import Infrastructure, read_all, unique_name, wait_until
 
 # Two intake processes and 400 requests on a shared two-core test machine take a while to start
@@ -46,7 +47,11 @@ def two_intakes(
     second_key = "ak_second_" + unique_name("key").replace("-", "_")
     numbers["api_keys"] = [*numbers["api_keys"], {"name": "second", "key": second_key}]
     database = unique_name("intake_two").replace("-", "_")
-    env = {"AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT)}
+    env = {
+        "AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
+        # Cached credentials must be forgotten through the tenants topic, not by expiring.
+        "AFTERCARE_INTAKE_CREDENTIAL_CACHE_SECONDS": "3600",
+    }
     started: list[IntakeUnderTest] = []
     try:
         for name in ("a", "b"):
@@ -180,3 +185,53 @@ async def test_reports_through_two_instances_get_distinct_numbers_without_retrie
     assert numbers == list(range(numbers[0], numbers[0] + 2 * PER_INSTANCE))
     logs = "".join(service.log_file.read_text(errors="replace") for service in instances)
     assert "incident number already taken" not in logs
+
+
+async def test_a_deactivated_tenants_key_is_refused_by_every_instance_after_their_caches_were_warm(
+    two_intakes: tuple[list[IntakeUnderTest], dict[str, str]],
+) -> None:
+    """API key lookups are cached per instance (an hour here); deactivating the tenant through one
+    instance makes the other refuse the key too, told by the TenantUpserted on the tenants topic."""
+    (first, second), _ = two_intakes
+    tenant_id = unique_name("cached")
+    admin = first.admin()
+    async with httpx.AsyncClient(timeout=120.0) as http:
+        base = f"{first.base_url}/admin/tenants/{tenant_id}"
+        assert (await http.put(base, headers=admin, json=PROFILE)).status_code == 201
+        issued = await http.post(f"{base}/api-keys", headers=admin, json={"name": "cache"})
+        key = {"Authorization": f"Bearer {issued.json()['secret']}"}
+
+        async def status_at(service: IntakeUnderTest) -> int:
+            return (await http.get(f"{service.base_url}/v1/incidents", headers=key)).status_code
+
+        async def answered_from_cache(service: IntakeUnderTest) -> bool:
+            before = await _cache_hits(http, service)
+            assert await status_at(service) == 200
+            return await _cache_hits(http, service) > before
+
+        # Warm: each instance answers the key from its cache (once it hears tenant changes, it keeps them).
+        for service in (first, second):
+            assert await wait_until(lambda service=service: answered_from_cache(service), timeout=60.0, interval=0.5)
+        assert (await http.put(base, headers=admin, json=PROFILE | {"active": False})).status_code == 200
+
+        assert await status_at(first) == 403
+        assert await wait_until(
+            lambda: _is(status_at(second), 403), timeout=120.0, message="the second instance refuses the key"
+        )
+
+
+async def _cache_hits(http: httpx.AsyncClient, service: IntakeUnderTest) -> float:
+    metrics = (await http.get(f"{service.base_url}/metrics")).text
+    line = next(
+        (
+            line
+            for line in metrics.splitlines()
+            if line.startswith('aftercare_intake_credential_lookups_total{answered_by="cache"}')
+        ),
+        None,
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def _is(status: Any, expected: int) -> bool:
+    return bool(await status == expected)

@@ -198,3 +198,60 @@ async def test_a_form_token_used_for_another_report_is_refused_not_merged(store:
     with pytest.raises(FormAlreadyUsed) as used:
         await submit_web_form(store, "acme", token, form.model_copy(update={"title": "Scanner broken"}))
     assert used.value.incident.number == first.incident.number
+
+
+async def test_alertmanager_groups_are_applied_in_bulk_and_a_repeated_firing_is_counted_once(
+    store: IncidentStore, bus: MemoryBus
+) -> None:
+    from aftercare.intake.domain.alertmanager import WebhookMessage
+    from aftercare.intake.service_layer.receive_alerts import receive_alerts
+
+    def firing(fingerprint: str, starts_at: str = "2026-11-30T10:00:00Z", **labels: str) -> dict[str, Any]:
+        return {
+            "status": "firing",
+            "labels": {"alertname": "Down"} | labels,
+            "startsAt": starts_at,
+            "fingerprint": fingerprint,
+        }
+
+    def message(*alerts: dict[str, Any]) -> WebhookMessage:
+        return WebhookMessage.model_validate({"version": "4", "status": "firing", "alerts": list(alerts)})
+
+    first = await receive_alerts(store, "acme", message(*(firing(f"fp{i}") for i in range(50)), firing("fp0")))
+    assert [r.outcome for r in first] == ["opened"] * 50 + ["repeated"]
+
+    # The HA pair's copy; then fp1 fired again (new start); a label over its limit is refused alone.
+    again = await receive_alerts(
+        store,
+        "acme",
+        message(firing("fp0"), firing("fp1", "2026-11-30T11:00:00Z"), firing("fp2", pod="p" * 5000)),
+    )
+    assert [r.outcome for r in again] == ["repeated", "updated", "refused"]
+    assert [p.field for p in again[2].problems] == ["alerts[2].labels.pod"]
+    counts = {r.fingerprint: (await store.get("acme", r.incident_id or "")).occurrence_count for r in first[:2]}
+    assert counts == {"fp0": 1, "fp1": 2}
+    assert bus.published_types().count("incident.reported") == 50
+    assert bus.published_types().count("incident.updated") == 1
+
+
+async def test_a_change_is_noted_on_the_open_incidents_of_its_source_and_kept(
+    store: IncidentStore, database: MemoryDatabase
+) -> None:
+    from aftercare.intake.adapters.change_log import ChangeLog
+    from aftercare.intake.domain import pagerduty
+    from aftercare.intake.service_layer.record_change import record_change
+
+    opened = await report(store, "acme", alert(source="db-1"))
+    await report(store, "acme", alert(source="db-2", dedup_key="other"))
+    event = pagerduty.read_change_event(
+        {"routing_key": "R" * 32, "payload": {"summary": "Upgraded postgres", "source": "db-1"}},
+        routing_key_registered=True,
+    )
+
+    recorded = await record_change(store, ChangeLog(database), "acme", event, routing_key_id="k1")  # type: ignore[arg-type]
+
+    assert recorded.incident_ids == [opened.incident.incident_id]
+    timeline = (await store.get("acme", opened.incident.incident_id)).timeline
+    assert timeline[-1].kind == "change" and "Upgraded postgres" in timeline[-1].summary
+    kept = await ChangeLog(database).recent("acme", limit=5)  # type: ignore[arg-type]
+    assert [change["summary"] for change in kept] == ["Upgraded postgres"]

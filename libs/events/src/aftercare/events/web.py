@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -347,25 +348,57 @@ class _BodyTooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """How a path answers a body over its limit, when not with the 413 problem (a foreign
+    protocol's own error format): status, media type and body."""
+
+    status: int
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PathLimit:
+    """A body limit for the paths under ``prefix`` instead of the service's ``max_bytes``
+    (a webhook whose sender sends big batches), and optionally its own ``refusal(max_bytes)``."""
+
+    prefix: str
+    max_bytes: int
+    refusal: Callable[[int], Refusal] | None = None
+
+
 class BodySizeLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with a 413 problem, before they
     are read into memory (by the declared Content-Length, or while a chunked body streams in).
 
     ``advice`` ends the problem's detail: what the caller (or operator) can do instead.
+    ``paths``: other limits (and answers) for some path prefixes; the longest matching prefix wins.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, advice: str = "Send less.") -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, advice: str = "Send less.", paths: Sequence[PathLimit] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.advice = advice
+        self.paths = sorted(paths, key=lambda limit: len(limit.prefix), reverse=True)
+
+    def _limit_for(self, path: str) -> PathLimit:
+        for limit in self.paths:
+            if path.startswith(limit.prefix):
+                return limit
+        return PathLimit("", self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit_for(scope.get("path", ""))
+        max_bytes = limit.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(scope, send, limit)
             return
         received = 0
         response_started = False
@@ -376,7 +409,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise _BodyTooLarge()
             return message
@@ -389,7 +422,7 @@ class BodySizeLimit:
                 # Content-Length: whatever the app answers then, the caller gets the 413.
                 if not response_started:
                     response_started = True
-                    await self._refuse(scope, send)
+                    await self._refuse(scope, send, limit)
                 return
             if message["type"] == "http.response.start":
                 response_started = True
@@ -399,23 +432,33 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, limit)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": TYPE_BASE + "request-too-large",
-                "title": "Request too large",
-                "status": 413,
-                "detail": f"The request body is over {self.max_bytes} bytes. {self.advice}",
-                "instance": scope.get("path"),
-            }
-        ).encode()
+    async def _refuse(self, scope: Scope, send: Send, limit: PathLimit) -> None:
+        if limit.refusal is not None:
+            refusal = limit.refusal(limit.max_bytes)
+        else:
+            refusal = Refusal(
+                413,
+                PROBLEM_JSON,
+                json.dumps(
+                    {
+                        "type": TYPE_BASE + "request-too-large",
+                        "title": "Request too large",
+                        "status": 413,
+                        "detail": f"The request body is over {limit.max_bytes} bytes. {self.advice}",
+                        "instance": scope.get("path"),
+                    }
+                ).encode(),
+            )
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+                "status": refusal.status,
+                "headers": [
+                    (b"content-type", refusal.media_type.encode()),
+                    (b"content-length", str(len(refusal.body)).encode()),
+                ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": refusal.body})

@@ -9,8 +9,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aftercare.events.runtime import ConsumerSpec, ServiceRuntime, retry_until_ready
-from aftercare.events.web import BodySizeLimit, install_problem_handlers
+from aftercare.events.web import BodySizeLimit, PathLimit, install_problem_handlers
 from aftercare.intake import housekeeping
+from aftercare.intake.adapters.tenant_changes import follow_tenant_changes
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints import (
     admin_api,
@@ -56,6 +57,11 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
             ),
             "outbox-sweep",
         )
+        # Every instance forgets cached credentials of a tenant that changed (e.g. deactivated).
+        runtime.spawn(
+            follow_tenant_changes(settings.kafka_bootstrap_servers, intake.tenants.cache),
+            "tenant-changes",
+        )
         runtime.every("housekeeping", settings.housekeeping_interval_seconds, lambda: housekeeping.run_once(intake))
         app.state.intake = intake
         await operators_api.start(app, runtime)
@@ -91,6 +97,11 @@ def build_app(settings: IntakeSettings | None = None) -> FastAPI:
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         advice="Send less (attachments go by email) or ask the operator to raise AFTERCARE_INTAKE_MAX_BODY_BYTES.",
+        paths=[
+            PathLimit(alertmanager_api.router.prefix, settings.max_alertmanager_body_bytes),
+            # PagerDuty's clients parse PagerDuty's error format, also for a body that is too large.
+            PathLimit("/v2/", settings.max_body_bytes, refusal=pagerduty_api.body_too_large),
+        ],
     )
     app.include_router(runtime.operations_router())
     app.include_router(incidents_api.router)

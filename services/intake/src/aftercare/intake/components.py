@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aftercare.events.runtime import ServiceRuntime
+from aftercare.intake.adapters.change_log import ChangeLog
 from aftercare.intake.adapters.idempotency_keys import IdempotencyKeys
 from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.adapters.phone_calls import PhoneCalls
@@ -27,6 +28,10 @@ class IntakeComponents:
         return IdempotencyKeys(self.incidents.database)
 
     @property
+    def changes(self) -> ChangeLog:
+        return ChangeLog(self.incidents.database)
+
+    @property
     def phone_calls(self) -> PhoneCalls:
         return PhoneCalls(self.incidents.database["phone_calls"])
 
@@ -36,7 +41,7 @@ class IntakeComponents:
         return cls(
             settings=settings,
             incidents=IncidentStore(runtime.db, producer),
-            tenants=TenantRegistry(runtime.db, producer),
+            tenants=TenantRegistry(runtime.db, producer, cache_seconds=settings.credential_cache_seconds),
             limiter=RateLimiter(runtime.db, settings.rate_limit_per_minute),
             attachments=AttachmentStore(runtime.db, settings.max_attachment_bytes),
         )
@@ -46,3 +51,4 @@ class IntakeComponents:
         await self.tenants.ensure_indexes()
         await self.limiter.ensure_indexes()
         await self.attachments.ensure_indexes()
+        await self.changes.ensure_indexes()

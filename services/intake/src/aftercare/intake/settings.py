@@ -24,6 +24,18 @@ class IntakeSettings(ServiceSettings):
     admin_token: str | None = Field(default=None, description="Bearer token for /admin; admin API is off if unset.")
     seed_file: Path | None = Field(default=None, description="JSON tenants to register at start (demo, tests).")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest HTTP request body accepted.")
+    max_alertmanager_body_bytes: int = Field(
+        default=33_554_432,
+        ge=1024,
+        description="Largest Alertmanager notification accepted: a mass outage's group is taken whole "
+        "(Alertmanager retries only 5xx, so a refused group is lost).",
+    )
+    credential_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a credential lookup is reused at most; a tenant's change (deactivation, a "
+        "revoked key) makes every instance forget it at once through the tenants topic.",
+    )
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per minute per integration key.")
 
     auto_close_after_hours: float = Field(

@@ -5,18 +5,28 @@ Collections (intake's own database):
 * ``credentials``: one document per secret or address a channel presents, ``_id`` is
   ``<kind>|<digest or address>`` so a lookup is one read by ``_id`` and a secret can belong to
   one tenant only.
+
+Lookups are cached in this process (``CredentialCache``, keyed by that ``_id``: secrets only
+as their digest), because every request of every channel makes one. A cached credential is
+forgotten when its tenant changes: at once in the instance that made the change, and in every
+other instance when the tenant's ``TenantUpserted`` arrives on the tenants topic
+(``adapters/tenant_changes.py``); every change of a tenant or its credentials announces the
+tenant again. ``CACHE_SECONDS`` bounds how long an entry can outlive a change whose event is
+late (the tenants topic unreachable).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -67,11 +77,72 @@ class Credential:
     active: bool = True
 
 
+# The longest a cached credential is used without looking again (see the module doc).
+CACHE_SECONDS = 30.0
+CACHE_ENTRIES = 10_000
+CREDENTIAL_LOOKUPS = Counter(
+    "aftercare_intake_credential_lookups_total",
+    "Credential lookups of the channels, by whether the cache answered (hit) or the store (miss).",
+    ["answered_by"],
+)
+
+
+class CredentialCache:
+    """Credential lookups (by credential ``_id``) remembered for ``CACHE_SECONDS``, forgotten per tenant.
+
+    Only found credentials are kept: an unknown key always reads the store (a key issued a
+    moment ago works at once). A lookup that was under way while its tenant changed is not
+    kept (``generation``), so a slow read cannot put back what an invalidation removed.
+    """
+
+    def __init__(self, seconds: float = CACHE_SECONDS, entries: int = CACHE_ENTRIES) -> None:
+        self._seconds = seconds
+        self._entries = entries
+        self._found: dict[str, tuple[Credential, float]] = {}
+        self.generation = 0
+        # Set while this instance hears tenant changes (adapters/tenant_changes.py); nothing is
+        # kept otherwise, since a change could not make it forget.
+        self.following = False
+
+    def get(self, credential_key: str) -> Credential | None:
+        found = self._found.get(credential_key)
+        if found is None:
+            return None
+        credential, until = found
+        if time.monotonic() >= until:
+            del self._found[credential_key]
+            return None
+        return credential
+
+    def put(self, credential_key: str, credential: Credential, generation: int) -> None:
+        if not self.following or generation != self.generation:
+            return  # deaf to tenant changes, or a tenant changed while this lookup read the store
+        if len(self._found) >= self._entries:
+            self._found.clear()  # crude, and rare: a full cache is refilled by the next lookups
+        self._found[credential_key] = (credential, time.monotonic() + self._seconds)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._found.clear()
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        self.generation += 1
+        for key in [key for key, (credential, _) in self._found.items() if credential.tenant_id == tenant_id]:
+            del self._found[key]
+
+
 class TenantRegistry:
-    def __init__(self, database: AsyncDatabase[dict[str, Any]], producer: EventProducer) -> None:
+    def __init__(
+        self,
+        database: AsyncDatabase[dict[str, Any]],
+        producer: EventProducer,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
+    ) -> None:
         self.tenants = database["tenants"]
         self._credentials = database["credentials"]
         self._relay = OutboxRelay(producer)
+        self.cache = CredentialCache(cache_seconds)
 
     async def ensure_indexes(self) -> None:
         await self._credentials.create_index("tenant_id")
@@ -118,6 +189,7 @@ class TenantRegistry:
         fields = tenant.model_dump(mode="json") | {"updated_at": now}
         update = outbox.add_to_update({"$set": fields, "$setOnInsert": {"created_at": now}}, event)
         await self.tenants.update_one({"_id": tenant_id}, update, upsert=True)
+        self.cache.forget_tenant(tenant_id)
         await self._relay.flush(self.tenants, tenant_id)
         return tenant, current is None
 
@@ -142,7 +214,17 @@ class TenantRegistry:
 
     async def revoke_api_key(self, tenant_id: str, key_id: str) -> bool:
         result = await self._credentials.delete_one({"kind": API_KEY, "tenant_id": tenant_id, "credential_id": key_id})
-        return result.deleted_count == 1
+        if result.deleted_count != 1:
+            return False
+        # Announce the tenant again: every instance forgets the tenant's cached credentials.
+        await self._announce_again(tenant_id)
+        return True
+
+    async def _announce_again(self, tenant_id: str) -> None:
+        current = await self.get(tenant_id)
+        await self.upsert(
+            tenant_id, TenantProfile.model_validate(current.model_dump(include=set(TenantProfile.model_fields)))
+        )
 
     async def issue_routing_key(self, tenant_id: str, name: str, key: str | None = None) -> tuple[str, str]:
         await self.get(tenant_id)
@@ -156,6 +238,7 @@ class TenantRegistry:
         token = token or new_bearer_token()
         await self._credentials.delete_many({"kind": ALERTMANAGER, "tenant_id": tenant_id})
         await self._register(ALERTMANAGER, digest(token), tenant_id, name="alertmanager")
+        await self._announce_again(tenant_id)  # every instance forgets the old token
         return token
 
     async def set_inbound_emails(self, tenant_id: str, emails: InboundEmails) -> list[str]:
@@ -166,16 +249,15 @@ class TenantRegistry:
             {"kind": EMAIL, "tenant_id": tenant_id, "value": {"$nin": emails.addresses}}
         )
         # Announce the tenant again: other services learn its inbound addresses from the event.
-        current = await self.get(tenant_id)
-        await self.upsert(
-            tenant_id, TenantProfile.model_validate(current.model_dump(include=set(TenantProfile.model_fields)))
-        )
+        await self._announce_again(tenant_id)
         return emails.addresses
 
     async def set_phone_line(self, tenant_id: str, line: PhoneLine) -> None:
         await self.get(tenant_id)
         await self._credentials.delete_many({"kind": PHONE, "tenant_id": tenant_id, "value": {"$ne": line.number}})
         await self._register(PHONE, line.number, tenant_id, name=line.number, secret=line.auth_token, replace=True)
+        # A replaced line or auth token: every instance forgets the old one.
+        await self._announce_again(tenant_id)
 
     async def list_credentials(self, tenant_id: str) -> list[Credential]:
         cursor = self._credentials.find({"tenant_id": tenant_id}).sort([("kind", 1), ("credential_id", 1)])
@@ -205,10 +287,17 @@ class TenantRegistry:
         return await self._lookup(PORTAL, slug)
 
     async def _lookup(self, kind: str, value: str) -> Credential | None:
-        document = await self._credentials.find_one({"_id": f"{kind}|{value}"})
+        credential_key = f"{kind}|{value}"
+        cached = self.cache.get(credential_key)
+        if cached is not None:
+            CREDENTIAL_LOOKUPS.labels("cache").inc()
+            return cached
+        CREDENTIAL_LOOKUPS.labels("store").inc()
+        generation = self.cache.generation
+        document = await self._credentials.find_one({"_id": credential_key})
         if document is None:
             return None
-        return Credential(
+        credential = Credential(
             tenant_id=document["tenant_id"],
             kind=kind,
             credential_id=document["credential_id"],
@@ -216,6 +305,8 @@ class TenantRegistry:
             secret=document.get("secret"),
             active=document.get("active", True),
         )
+        self.cache.put(credential_key, credential, generation)
+        return credential
 
     async def _register(
         self,

@@ -206,6 +206,18 @@ class IncidentStore:
         )
         return [Incident.model_validate(document) async for document in cursor], total
 
+    async def open_with_source(self, tenant_id: str, source: str, *, limit: int) -> list[str]:
+        """Ids of the tenant's open incidents about ``source`` (the host or system with the problem)."""
+        cursor = self.collection.find(
+            {
+                "tenant_id": tenant_id,
+                "source": source,
+                "status": {"$in": sorted(status.value for status in lifecycle.OPEN_STATUSES)},
+            },
+            {"_id": 1},
+        ).limit(limit)
+        return [document["_id"] async for document in cursor]
+
     async def resolved_before(self, cutoff: datetime, *, limit: int) -> list[tuple[str, str]]:
         """(tenant, incident id) of incidents resolved before ``cutoff``."""
         cursor = self.collection.find(

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aftercare.events.incidents import Channel, Reporter, Severity
+from aftercare.intake.domain import field_limits as limits
+from aftercare.intake.domain.field_limits import FieldTooLong
 from aftercare.intake.domain.incident import IncidentReport
 from aftercare.intake.domain.moments import in_utc
 from aftercare.intake.domain.pagerduty import clean_text, storable, storable_key
@@ -23,9 +25,13 @@ from aftercare.intake.domain.pagerduty import clean_text, storable, storable_key
 SUPPORTED_VERSION = "4"
 DEDUP_PREFIX = "alertmanager:"
 ACTOR = "alertmanager"
-MAX_ALERTS = 1000
-MAX_TITLE_CHARS = 1024
-MAX_DESCRIPTION_CHARS = 20_000
+# Alertmanager sends every alert of a group in one notification and retries only on 5xx, so a
+# mass outage's group must be taken whole: at least 10,000 alerts (its own limits decide).
+MAX_ALERTS = 50_000
+MAX_TITLE_CHARS = limits.SUMMARY_CHARS
+MAX_DESCRIPTION_CHARS = limits.DESCRIPTION_CHARS
+# A Prometheus generator URL carries the alert's whole PromQL expression; beyond this it is not one.
+MAX_GENERATOR_URL_CHARS = 16_384
 
 # Severity label values seen in the wild (Prometheus rules, kube-prometheus, Grafana) and what they
 # mean here; anything else is "error", as the issue asks: loud enough to be looked at.
@@ -103,6 +109,34 @@ def fingerprint(alert: Alert) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def field_problems(alert: Alert, index: int) -> list[FieldTooLong]:
+    """What of an alert is over the limits of ``field_limits`` (it identifies the alert, so it is
+    refused rather than cut); annotations are prose and are cut instead (see ``kept_annotations``)."""
+    prefix = f"alerts[{index}]"
+    problems = limits.label_problems(alert.labels, f"{prefix}.labels", most=limits.ALERT_LABELS)
+    url = limits.too_long(f"{prefix}.generatorURL", alert.generatorURL, MAX_GENERATOR_URL_CHARS)
+    return problems + ([url] if url else [])
+
+
+def kept_annotations(alert: Alert) -> dict[str, str]:
+    """The annotations kept with the incident: at most ``ANNOTATIONS``, each cut at ``ANNOTATION_CHARS``."""
+    kept = {
+        limits.cut(name, limits.LABEL_NAME_CHARS): limits.cut(value, limits.ANNOTATION_CHARS)
+        for name, value in list(alert.annotations.items())[: limits.ANNOTATIONS]
+    }
+    dropped = len(alert.annotations) - len(kept)
+    if dropped > 0:
+        kept["aftercare_note"] = f"{dropped} more annotations were not kept (at most {limits.ANNOTATIONS})"
+    return kept
+
+
+def sighting(alert: Alert) -> str | None:
+    """One firing of the alert: its fingerprint and start. Alertmanager repeats a firing in every
+    notification of its group (and an HA pair sends each one twice); it is one occurrence."""
+    started = real_time(alert.startsAt)
+    return f"{fingerprint(alert)}@{started.isoformat()}" if started else None
+
+
 def dedup_key(alert: Alert) -> str:
     return DEDUP_PREFIX + clean_text(fingerprint(alert))
 
@@ -156,21 +190,26 @@ def incident_report(alert: Alert, message: WebhookMessage, *, first_time: bool) 
         description=description(alert, message),
         channel=Channel.ALERTMANAGER,
         severity=severity(alert.labels),
-        reporter=Reporter(system=clean_text(f"alertmanager/{message.receiver}" if message.receiver else ACTOR)),
+        reporter=Reporter(
+            system=clean_text(
+                limits.cut(f"alertmanager/{message.receiver}", limits.NAME_CHARS) if message.receiver else ACTOR
+            )
+        ),
         source=clean_text(alert.labels["instance"]) if alert.labels.get("instance") else None,
         dedup_key=dedup_key(alert),
         labels=storable_labels(alert.labels),
         occurred_at=real_time(alert.startsAt) if first_time else None,
+        sighting=sighting(alert),
         details={
             "alertmanager": storable(
                 {
                     "fingerprint": fingerprint(alert),
-                    "annotations": alert.annotations,
+                    "annotations": kept_annotations(alert),
                     "generator_url": alert.generatorURL or None,
                     "starts_at": real_time(alert.startsAt),
-                    "group_key": message.groupKey or None,
-                    "receiver": message.receiver or None,
-                    "external_url": message.externalURL or None,
+                    "group_key": limits.cut(message.groupKey, limits.LABEL_VALUE_CHARS) or None,
+                    "receiver": limits.cut(message.receiver, limits.NAME_CHARS) or None,
+                    "external_url": limits.cut(message.externalURL, limits.URL_CHARS) or None,
                 }
             )
         },

@@ -44,6 +44,10 @@ class IncidentReport(BaseModel):
     occurred_at: datetime | None = None
     # Extra facts a channel keeps with the incident (PagerDuty links, email Message-IDs, ...).
     details: dict[str, Any] = Field(default_factory=dict)
+    # Identifies this sighting of the problem when the sender can say so (an Alertmanager alert's
+    # fingerprint and start): the same sighting sent again (an HA pair, a repeat notification)
+    # is not another occurrence.
+    sighting: str | None = None
 
 
 class Incident(BaseModel):
@@ -68,6 +72,7 @@ class Incident(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     attachments: list[AttachmentRef] = Field(default_factory=list)
     occurrence_count: int = 1
+    last_sighting: str | None = Field(default=None, description="The last sighting counted (see IncidentReport).")
     first_seen_at: datetime
     last_seen_at: datetime
     response_due_at: datetime | None = None

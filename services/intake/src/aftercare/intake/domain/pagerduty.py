@@ -25,15 +25,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from aftercare.events.incidents import Channel, Reporter, Severity
+from aftercare.intake.domain import field_limits as limits
 from aftercare.intake.domain.incident import IncidentReport
 from aftercare.intake.domain.moments import in_utc
 
 MAX_EVENT_BYTES = 512 * 1024
-MAX_SUMMARY_CHARS = 1024
-MAX_DEDUP_KEY_CHARS = 255
+MAX_SUMMARY_CHARS = limits.SUMMARY_CHARS
+MAX_DEDUP_KEY_CHARS = limits.DEDUP_KEY_CHARS
 ROUTING_KEY_CHARS = 32
 # The description is what a customer and triage read; the full custom_details stay in details.
-MAX_DESCRIPTION_CHARS = 20_000
+MAX_DESCRIPTION_CHARS = limits.DESCRIPTION_CHARS
 # Deeper custom_details are kept as JSON text: the store refuses very deep documents.
 MAX_DETAILS_DEPTH = 20
 _INT64 = 2**63
@@ -66,16 +67,16 @@ class UnrecognizedBody(ValueError):
 class Link(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    href: str = Field(min_length=1, description="URL of the link.")
-    text: str | None = Field(default=None, description="What the link is for.")
+    href: str = Field(min_length=1, max_length=limits.URL_CHARS, description="URL of the link.")
+    text: str | None = Field(default=None, max_length=limits.PAGERDUTY_FIELD_CHARS, description="What the link is for.")
 
 
 class Image(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    src: str = Field(min_length=1, description="URL of the image (PagerDuty wants HTTPS).")
-    href: str | None = Field(default=None, description="Where a click on the image leads.")
-    alt: str | None = Field(default=None, description="Alternative text.")
+    src: str = Field(min_length=1, max_length=limits.URL_CHARS, description="URL of the image (PagerDuty wants HTTPS).")
+    href: str | None = Field(default=None, max_length=limits.URL_CHARS, description="Where a click on the image leads.")
+    alt: str | None = Field(default=None, max_length=limits.PAGERDUTY_FIELD_CHARS, description="Alternative text.")
 
 
 class AlertPayload(BaseModel):
@@ -86,12 +87,26 @@ class AlertPayload(BaseModel):
     summary: str = Field(
         min_length=1, max_length=MAX_SUMMARY_CHARS, description="One line: what is wrong. Becomes the incident title."
     )
-    source: str = Field(min_length=1, description="The affected system, preferably a hostname or FQDN.")
+    source: str = Field(
+        min_length=1,
+        max_length=limits.PAGERDUTY_FIELD_CHARS,
+        description="The affected system, preferably a hostname or FQDN.",
+    )
     severity: Severity = Field(description="critical, error, warning or info.")
     timestamp: str | None = Field(default=None, description="When the problem was detected (ISO 8601).")
-    component: str | None = Field(default=None, description="Part of the source that is broken, e.g. mysql.")
-    group: str | None = Field(default=None, description="Logical group of components, e.g. app-stack.")
-    class_: str | None = Field(default=None, alias="class", description="Type of problem, e.g. disk.")
+    component: str | None = Field(
+        default=None,
+        max_length=limits.PAGERDUTY_FIELD_CHARS,
+        description="Part of the source that is broken, e.g. mysql.",
+    )
+    group: str | None = Field(
+        default=None,
+        max_length=limits.PAGERDUTY_FIELD_CHARS,
+        description="Logical group of components, e.g. app-stack.",
+    )
+    class_: str | None = Field(
+        default=None, alias="class", max_length=limits.PAGERDUTY_FIELD_CHARS, description="Type of problem, e.g. disk."
+    )
     custom_details: Any = Field(default=None, description="Free-form details (usually a JSON object).")
 
 
@@ -115,10 +130,18 @@ class _TriggerContext(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     payload: AlertPayload
-    client: str | None = Field(default=None, description="Name of the monitoring client.")
-    client_url: str | None = Field(default=None, description="URL of the monitoring client.")
-    links: list[Link] | None = Field(default=None, description="Links to show on the incident.")
-    images: list[Image] | None = Field(default=None, description="Images to show on the incident.")
+    client: str | None = Field(
+        default=None, max_length=limits.PAGERDUTY_FIELD_CHARS, description="Name of the monitoring client."
+    )
+    client_url: str | None = Field(
+        default=None, max_length=limits.URL_CHARS, description="URL of the monitoring client."
+    )
+    links: list[Link] | None = Field(
+        default=None, max_length=limits.PAGERDUTY_LINKS, description="Links to show on the incident."
+    )
+    images: list[Image] | None = Field(
+        default=None, max_length=limits.PAGERDUTY_LINKS, description="Images to show on the incident."
+    )
 
 
 class EnqueueRequest(_Routing):
@@ -249,6 +272,89 @@ def routing_key_errors(routing_key: object) -> list[str]:
 def generated_dedup_key() -> str:
     """What PagerDuty does for a trigger without a dedup_key: a random UUID, returned to the sender."""
     return uuid.uuid4().hex
+
+
+# --- change events (POST /v2/change/enqueue) ----------------------------------------------------
+
+
+class ChangePayload(BaseModel):
+    """What changed (a deploy, a configuration change): context for the incidents around it."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    summary: str = Field(min_length=1, max_length=MAX_SUMMARY_CHARS, description="One line: what changed.")
+    timestamp: str | None = Field(default=None, description="When the change happened (ISO 8601).")
+    source: str | None = Field(
+        default=None, max_length=limits.PAGERDUTY_FIELD_CHARS, description="The system that changed."
+    )
+    custom_details: Any = Field(default=None, description="Free-form details (usually a JSON object).")
+
+
+class ChangeEnqueueRequest(BaseModel):
+    """A PagerDuty Events API v2 change event, as POSTed to /v2/change/enqueue."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    routing_key: str = Field(description="The 32-character integration key (the same as for alert events).")
+    payload: ChangePayload
+    links: list[Link] | None = Field(default=None, max_length=limits.PAGERDUTY_LINKS)
+    images: list[Image] | None = Field(default=None, max_length=limits.PAGERDUTY_LINKS)
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    payload: ChangePayload
+    links: list[Link] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
+
+
+def read_change_event(document: dict[str, Any], *, routing_key_registered: bool) -> ChangeEvent:
+    """Validate a change event as PagerDuty does; ``InvalidEvent`` lists every problem at once."""
+    errors: list[str] = []
+    request: ChangeEnqueueRequest | None = None
+    try:
+        request = ChangeEnqueueRequest.model_validate(document)
+    except ValidationError as invalid:
+        errors.extend(
+            _describe(error)
+            for error in invalid.errors()
+            if not (error["loc"] == ("routing_key",) and error["type"] != "missing")
+        )
+    if "routing_key" in document and not routing_key_registered:
+        errors.extend(routing_key_errors(document["routing_key"]))
+    if errors or request is None:
+        raise InvalidEvent(errors or ["Event object is invalid"])
+    return ChangeEvent(payload=request.payload, links=request.links or [], images=request.images or [])
+
+
+def change_record(event: ChangeEvent, *, routing_key_id: str) -> dict[str, Any]:
+    """The change as the tenant's change log keeps it (storable, bounded by the 512 KB event limit)."""
+    payload = event.payload
+    record: dict[str, Any] = storable(
+        {
+            "summary": payload.summary,
+            "source": payload.source,
+            "timestamp": payload.timestamp,
+            "happened_at": event_time(payload.timestamp),
+            "custom_details": payload.custom_details,
+            "links": [link.model_dump(exclude_none=True) for link in event.links],
+            "images": [image.model_dump(exclude_none=True) for image in event.images],
+            "routing_key_id": routing_key_id,
+        }
+    )
+    return record
+
+
+def change_note(event: ChangeEvent) -> str:
+    """What an incident's timeline says about a change to its source."""
+    payload = event.payload
+    lines = [f"Change reported through PagerDuty: {payload.summary}"]
+    if payload.source:
+        lines.append(f"Source: {payload.source}")
+    if payload.timestamp:
+        lines.append(f"At: {payload.timestamp}")
+    lines += [f"{link.text}: {link.href}" if link.text else link.href for link in event.links]
+    return clean_text(limits.cut("\n".join(lines), MAX_DESCRIPTION_CHARS))
 
 
 # --- the incident a trigger opens --------------------------------------------------------------
@@ -399,6 +505,8 @@ def _describe(error: Any) -> str:
         return f"'{path}' is missing" + (f": {hint}" if hint else "")
     if kind == "string_too_long":
         return f"'{path}' is too long (maximum is {ctx.get('max_length')} characters)"
+    if kind == "too_long":
+        return f"'{path}' has too many entries (maximum is {ctx.get('max_length')})"
     if kind == "string_too_short":
         return f"'{path}' is blank" + (f": {hint}" if hint else "")
     if kind == "enum":

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aftercare.events.incidents import Channel, Reporter
+from aftercare.intake.domain import field_limits as limits
 from aftercare.intake.domain.callers import call_title, caller_key
 from aftercare.intake.domain.incident import IncidentReport
 
@@ -27,11 +28,13 @@ class TwilioCallback(BaseModel):
     called: str = Field(alias="To", min_length=1, max_length=64)
     account_sid: str | None = Field(default=None, alias="AccountSid", max_length=64)
     call_status: str | None = Field(default=None, alias="CallStatus", max_length=32)
-    caller_name: str | None = Field(default=None, alias="CallerName", max_length=200)
-    transcription_text: str | None = Field(default=None, alias="TranscriptionText", max_length=20_000)
+    caller_name: str | None = Field(default=None, alias="CallerName", max_length=limits.NAME_CHARS)
+    transcription_text: str | None = Field(default=None, alias="TranscriptionText", max_length=limits.DESCRIPTION_CHARS)
     transcription_status: str | None = Field(default=None, alias="TranscriptionStatus", max_length=32)
     transcription_sid: str | None = Field(default=None, alias="TranscriptionSid", max_length=64)
-    recording_url: str | None = Field(default=None, alias="RecordingUrl", max_length=2000, pattern=r"^https?://\S+$")
+    recording_url: str | None = Field(
+        default=None, alias="RecordingUrl", max_length=limits.URL_CHARS, pattern=r"^https?://\S+$"
+    )
     recording_sid: str | None = Field(default=None, alias="RecordingSid", max_length=64)
     recording_duration: str | None = Field(default=None, alias="RecordingDuration", max_length=16)
 

@@ -92,6 +92,7 @@ def open_incident(
         "labels": report.labels,
         "attachments": [a.model_dump(mode="json") for a in report.attachments],
         "occurrence_count": 1,
+        "last_sighting": report.sighting,
         "first_seen_at": seen,
         "last_seen_at": seen,
         "created_at": now,
@@ -102,6 +103,12 @@ def open_incident(
         "applied_events": [],
     }
     return Opening(fields, [event, *followers])
+
+
+def already_counted(incident: Incident, report: IncidentReport) -> bool:
+    """The report is the sighting the incident counted last, sent again (an Alertmanager HA pair,
+    a repeat notification of the same firing): no new occurrence, nothing changes."""
+    return report.sighting is not None and report.sighting == incident.last_sighting
 
 
 def add_occurrence(
@@ -144,7 +151,7 @@ def add_occurrence(
     return IncidentChange(
         incident.incident_id,
         incident.tenant_id,
-        set_fields={"updated_at": now},
+        set_fields={"updated_at": now} | ({"last_sighting": report.sighting} if report.sighting else {}),
         increments={"occurrence_count": 1},
         raise_to={"last_seen_at": seen},
         timeline=entry,

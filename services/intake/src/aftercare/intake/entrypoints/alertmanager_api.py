@@ -13,7 +13,7 @@ Alertmanager configuration for a tenant::
                 credentials: <the tenant's Alertmanager token>
 
 Each alert becomes or updates one incident (keyed by its fingerprint); a resolved alert resolves
-it. The answer lists what happened to each alert.
+it. The answer lists what happened to each alert. What happens is ``service_layer/receive_alerts.py``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,12 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field, ValidationError
 
-from aftercare.events.incidents import Channel, IncidentStatus
 from aftercare.events.web import Problem, validation_errors
-from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import alertmanager
-from aftercare.intake.domain.alertmanager import Alert, AlertStatus, WebhookMessage
+from aftercare.intake.domain.alertmanager import AlertStatus, WebhookMessage
 from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit, inactive_tenant
 from aftercare.intake.entrypoints.pagerduty_api import standalone_schema
-from aftercare.intake.service_layer import move_incident, report_incident
+from aftercare.intake.service_layer.receive_alerts import receive_alerts as receive_alerts_use_case
 from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.alertmanager")
@@ -63,9 +61,11 @@ class AlertOutcome(BaseModel):
     fingerprint: str
     alertname: str | None = None
     status: AlertStatus = Field(description="The alert's status in the message.")
-    outcome: Literal["opened", "updated", "resolved", "ignored"] = Field(
-        description="opened a new incident, updated (another occurrence of) the open one, resolved it, "
-        "or ignored a resolved alert with no open incident."
+    outcome: Literal["opened", "updated", "repeated", "resolved", "ignored", "refused"] = Field(
+        description="opened a new incident, updated (another occurrence of) the open one, repeated a "
+        "firing the incident has counted already (same fingerprint and startsAt: nothing changed), "
+        "resolved it, ignored a resolved alert with no open incident, or refused an alert over the "
+        "field limits (see the problem's 'errors')."
     )
     incident_id: str | None = None
     number: str | None = None
@@ -75,6 +75,7 @@ class WebhookReceipt(BaseModel):
     received: int = Field(description="Alerts in the message.")
     opened: int
     updated: int
+    repeated: int = Field(description="Firings counted already (repeat notifications, an HA pair's copy).")
     resolved: int
     ignored: int
     truncated_alerts: int = Field(description="Alerts Alertmanager left out of the message (max_alerts).")
@@ -117,8 +118,11 @@ async def receive_alerts(request: Request, intake: Components, caller: Alertmana
     """Alertmanager webhook (payload version 4): each alert opens, updates or resolves its incident.
 
     A firing alert opens an incident, or adds an occurrence to the open one with the same
-    fingerprint; a resolved alert resolves it (or is ignored when none is open). 200 means every
-    change is stored and its event is durable in Kafka.
+    fingerprint (not when it is the same firing sent again: same fingerprint and startsAt); a
+    resolved alert resolves it (or is ignored when none is open). Groups of any size Alertmanager
+    sends are taken whole (up to AFTERCARE_INTAKE_MAX_ALERTMANAGER_BODY_BYTES). 200 means every
+    change is stored and its event is durable in Kafka. An alert over the field limits is refused
+    alone: 422 naming its fields, with the other alerts applied and listed in the answer.
     """
     message = _read(await request.body())
     if message.truncatedAlerts:
@@ -126,14 +130,42 @@ async def receive_alerts(request: Request, intake: Components, caller: Alertmana
             "alertmanager left alerts out of the message",
             tenant_id=caller.tenant_id,
             truncated=message.truncatedAlerts,
-            group_key=message.groupKey,
+            group_key=message.groupKey[:200],
         )
-    outcomes = [await _apply(intake, caller.tenant_id, alert, message) for alert in message.alerts]
+    results = await receive_alerts_use_case(intake.incidents, caller.tenant_id, message)
+    outcomes = [
+        AlertOutcome(
+            fingerprint=result.fingerprint,
+            alertname=result.alertname,
+            status=result.status,
+            outcome=result.outcome,
+            incident_id=result.incident_id,
+            number=result.number,
+        )
+        for result in results
+    ]
     counts = {
-        kind: sum(1 for o in outcomes if o.outcome == kind) for kind in ("opened", "updated", "resolved", "ignored")
+        kind: sum(1 for o in outcomes if o.outcome == kind)
+        for kind in ("opened", "updated", "repeated", "resolved", "ignored")
     }
-    log.info("alertmanager message", tenant_id=caller.tenant_id, group_key=message.groupKey, **counts)
-    return WebhookReceipt(received=len(outcomes), truncated_alerts=message.truncatedAlerts, alerts=outcomes, **counts)
+    log.info("alertmanager message", tenant_id=caller.tenant_id, received=len(outcomes), **counts)
+    receipt = WebhookReceipt(
+        received=len(outcomes), truncated_alerts=message.truncatedAlerts, alerts=outcomes, **counts
+    )
+    problems = [problem for result in results for problem in result.problems]
+    if problems:
+        refused = sum(1 for result in results if result.problems)
+        raise Problem(
+            422,
+            "Alert fields over the limits",
+            f"{refused} of {len(results)} alerts have fields over the limits and were not applied; see "
+            "'errors' for each field. The other alerts were applied (see 'alerts'). Shorten these "
+            "labels or URLs in the alerting rules.",
+            kind="field-too-long",
+            errors=[{"field": problem.field, "message": problem.sentence()} for problem in problems],
+            **receipt.model_dump(mode="json"),
+        )
+    return receipt
 
 
 def _read(raw: bytes) -> WebhookMessage:
@@ -169,42 +201,6 @@ def _read(raw: bytes) -> WebhookMessage:
             kind="invalid-request",
             errors=validation_errors(invalid.errors()),
         ) from None
-
-
-async def _apply(intake: IntakeComponents, tenant_id: str, alert: Alert, message: WebhookMessage) -> AlertOutcome:
-    key = alertmanager.dedup_key(alert)
-    seen = AlertOutcome(
-        fingerprint=alertmanager.fingerprint(alert),
-        alertname=alert.labels.get("alertname"),
-        status=alert.status,
-        outcome="ignored",
-    )
-    if alert.status == AlertStatus.FIRING:
-        open_now = await intake.incidents.find_open(tenant_id, key)
-        report = alertmanager.incident_report(alert, message, first_time=open_now is None)
-        outcome = await report_incident.report(intake.incidents, tenant_id, report)
-        return seen.model_copy(
-            update={
-                "outcome": "opened" if outcome.created else "updated",
-                "incident_id": outcome.incident.incident_id,
-                "number": outcome.incident.number,
-            }
-        )
-    resolved = await move_incident.resolve_open(
-        intake.incidents,
-        tenant_id,
-        key,
-        IncidentStatus.RESOLVED,
-        by=alertmanager.ACTOR,
-        channel=Channel.ALERTMANAGER,
-        note=alertmanager.resolution(alert),
-    )
-    if resolved is None:
-        log.info("resolved alert with no open incident; nothing to do", tenant_id=tenant_id, dedup_key=key)
-        return seen
-    return seen.model_copy(
-        update={"outcome": "resolved", "incident_id": resolved.incident.incident_id, "number": resolved.incident.number}
-    )
 
 
 def _no_constants(name: str) -> Any:

@@ -10,9 +10,11 @@ What the sending mail server is told, and when:
 RCPT TO    ``250 2.1.5`` a tenant's support address; ``550 5.1.1`` any other address;
            ``451 4.7.1`` over the per-address rate limit; ``451 4.3.0`` store unreachable
 MAIL FROM  ``552 5.3.4`` when the declared SIZE is over ``max_email_bytes`` (advertised in EHLO)
-DATA       ``552 5.3.4`` message over ``max_email_bytes`` or an attachment over
-           ``max_attachment_bytes``; ``554 5.6.0`` MIME that cannot be taken apart or text in an
-           unknown charset that is not UTF-8 (the reply says which); ``451 4.3.0`` when the
+DATA       ``552 5.3.4`` message over ``max_email_bytes``, an attachment over
+           ``max_attachment_bytes``, a header over its limit (``Subject``, the sender's name;
+           see ``domain/field_limits.py``; the reply names it) or too large to record;
+           ``554 5.6.0`` MIME that cannot be taken apart or text in an unknown charset that is
+           not UTF-8 (the reply says which); ``451 4.3.0`` when the
            store or Kafka cannot take it (the sender's server retries later); ``250 2.0.0`` with
            the incident number(s) only once every incident write and its events are in Kafka
 =========  =====================================================================================
@@ -38,9 +40,12 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from opentelemetry.trace import SpanKind
 
+from aftercare.events.producer import EventTooLarge
 from aftercare.events.tracing import tracer
 from aftercare.intake.attachments import AttachmentTooLarge
 from aftercare.intake.components import IntakeComponents
+from aftercare.intake.domain import field_limits as limits
+from aftercare.intake.domain.field_limits import FieldTooLong
 from aftercare.intake.domain.inbound_email import InboundEmail, MalformedEmail, parse_inbound_email
 from aftercare.intake.service_layer.receive_email import Receipt, receive_email
 
@@ -63,6 +68,17 @@ def _reply(code: int, enhanced: str, text: str) -> str:
     # One line, ASCII, short: what every SMTP client can show to the person who sent the mail.
     line = " ".join(text.split()).encode("ascii", "replace").decode("ascii")
     return f"{code} {enhanced} {line}"[:500]
+
+
+def header_problems(email: InboundEmail) -> list[FieldTooLong]:
+    """Headers over the limits of ``domain/field_limits.py`` (the text itself is cut, not refused)."""
+    checks = [
+        limits.too_long("Subject", email.subject, limits.SUBJECT_CHARS),
+        limits.too_long("From (the sender's name)", email.sender_name, limits.NAME_CHARS),
+        limits.too_long("From (the sender's address)", email.sender_address, limits.EMAIL_ADDRESS_CHARS),
+        limits.too_long("Message-ID", email.message_id, limits.MESSAGE_ID_CHARS),
+    ]
+    return [problem for problem in checks if problem is not None]
 
 
 def _megabytes(size: int) -> str:
@@ -141,6 +157,16 @@ class SupportMailbox:
         except MalformedEmail as error:
             log.info("email refused: malformed", sender=envelope.mail_from, error=str(error))
             return _reply(554, "5.6.0", f"Message not accepted: {error}")
+        over = header_problems(email)
+        if over:
+            log.info("email refused: header over its limit", sender=envelope.mail_from, field=over[0].field)
+            return _reply(
+                552,
+                "5.3.4",
+                "Message not accepted: "
+                + "; ".join(problem.sentence() for problem in over)
+                + ". Shorten it and send the message again.",
+            )
         attachment_limit = self._intake.attachments.max_bytes
         for attachment in email.attachments:
             if attachment.size_bytes > attachment_limit:
@@ -164,6 +190,15 @@ class SupportMailbox:
                 receipts = await self._deliver_all(envelope, email)
             except AttachmentTooLarge as error:
                 return _reply(552, "5.3.4", str(error))
+            except EventTooLarge:
+                # The last line: each part is within its limit, together they are too much to record.
+                log.info("email refused: too large to record", sender=envelope.mail_from)
+                return _reply(
+                    552,
+                    "5.3.4",
+                    "Message not accepted: its text and headers together are too large to record as one "
+                    "incident. Send a shorter text (attach long logs as files) and send it again.",
+                )
             except Exception:  # store or Kafka down (or a fault of ours): never accept-then-lose
                 log.exception(
                     "email could not be stored; answered 451", sender=envelope.mail_from, message_id=email.message_id

@@ -6,12 +6,13 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from aftercare.events.incidents import Channel, IncidentStatus, Reporter, Severity
+from aftercare.events.incidents import Channel, IncidentStatus, Severity
 from aftercare.events.web import Problem
 from aftercare.intake.adapters.idempotency_keys import body_digest
 from aftercare.intake.adapters.incident_store import IncidentNotFound, IncidentStore
+from aftercare.intake.domain import field_limits as limits
 from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.domain.lifecycle import TransitionRefused
 from aftercare.intake.domain.moments import UtcDatetime
@@ -31,21 +32,45 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class NewIncident(BaseModel):
-    """A problem to report. Only ``title`` is required."""
+LabelName = Annotated[str, StringConstraints(max_length=limits.LABEL_NAME_CHARS)]
+LabelValue = Annotated[str, StringConstraints(max_length=limits.LABEL_VALUE_CHARS)]
+
+
+class ReporterFields(BaseModel):
+    """Who or what reported the problem (each field bounded; see ``domain/field_limits.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=300, description="One line: what is wrong.")
-    description: str = Field(default="", max_length=20_000)
-    severity: Severity = Severity.ERROR
-    system: str | None = Field(default=None, max_length=200, description="The affected system, as registered.")
-    source: str | None = Field(default=None, max_length=500, description="Host or component with the problem.")
-    dedup_key: str | None = Field(
-        default=None, min_length=1, max_length=255, description="Reports with the same key update the open incident."
+    name: str | None = Field(default=None, max_length=limits.NAME_CHARS)
+    email: str | None = Field(default=None, max_length=limits.EMAIL_ADDRESS_CHARS)
+    phone: str | None = Field(default=None, max_length=limits.PHONE_CHARS)
+    system: str | None = Field(
+        default=None, max_length=limits.NAME_CHARS, description="Monitoring system or integration name."
     )
-    labels: dict[str, str] = Field(default_factory=dict, max_length=50)
-    reporter: Reporter = Field(default_factory=Reporter)
+
+
+class NewIncident(BaseModel):
+    """A problem to report. Only ``title`` is required. Field limits: ``domain/field_limits.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=limits.TITLE_CHARS, description="One line: what is wrong.")
+    description: str = Field(default="", max_length=limits.DESCRIPTION_CHARS)
+    severity: Severity = Severity.ERROR
+    system: str | None = Field(
+        default=None, max_length=limits.NAME_CHARS, description="The affected system, as registered."
+    )
+    source: str | None = Field(
+        default=None, max_length=limits.SOURCE_CHARS, description="Host or component with the problem."
+    )
+    dedup_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=limits.DEDUP_KEY_CHARS,
+        description="Reports with the same key update the open incident.",
+    )
+    labels: dict[LabelName, LabelValue] = Field(default_factory=dict, max_length=limits.LABELS)
+    reporter: ReporterFields = Field(default_factory=ReporterFields)
     occurred_at: UtcDatetime | None = Field(default=None, description="When it happened (ISO 8601 with offset).")
 
     @field_validator("labels")
@@ -78,20 +103,20 @@ class IncidentPage(BaseModel):
 
 class Acknowledgement(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(min_length=1, max_length=200)
-    note: str = Field(default="", max_length=5000)
+    by: str = Field(min_length=1, max_length=limits.NAME_CHARS)
+    note: str = Field(default="", max_length=limits.NOTE_CHARS)
 
 
 class Resolution(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(min_length=1, max_length=200)
-    resolution: str = Field(default="", max_length=5000)
+    by: str = Field(min_length=1, max_length=limits.NAME_CHARS)
+    resolution: str = Field(default="", max_length=limits.NOTE_CHARS)
 
 
 class Reopening(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(min_length=1, max_length=200)
-    reason: str = Field(default="", max_length=5000)
+    by: str = Field(min_length=1, max_length=limits.NAME_CHARS)
+    reason: str = Field(default="", max_length=limits.NOTE_CHARS)
 
 
 def _accepted(request: Request, response: Response, outcome: Outcome) -> Accepted:
@@ -114,7 +139,9 @@ async def report_incident(
     response: Response,
     intake: Components,
     caller: ApiCaller,
-    idempotency_key: Annotated[str | None, Header(max_length=255, description="Retry-safe key")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=limits.DEDUP_KEY_CHARS, description="Retry-safe key")
+    ] = None,
 ) -> Accepted:
     """Report a problem. 202 means the incident is stored and its event is durable in Kafka.
 
@@ -211,8 +238,8 @@ async def reopen_incident(incident_id: str, body: Reopening, intake: Components,
 
 class Closing(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(min_length=1, max_length=200)
-    reason: str = Field(default="", max_length=5000)
+    by: str = Field(min_length=1, max_length=limits.NAME_CHARS)
+    reason: str = Field(default="", max_length=limits.NOTE_CHARS)
 
 
 @router.post("/{incident_id}/close", response_model=Incident, responses=PROBLEMS | {404: {}, 409: {}})

@@ -11,6 +11,7 @@ resolve for a key with no open incident are accepted and dropped, as PagerDuty d
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -19,10 +20,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from aftercare.events.incidents import Channel, IncidentStatus
+from aftercare.events.producer import EventTooLarge
+from aftercare.events.web import Refusal
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import pagerduty
 from aftercare.intake.entrypoints.dependencies import Components
 from aftercare.intake.service_layer import move_incident, report_incident
+from aftercare.intake.service_layer.record_change import record_change
 from aftercare.intake.service_layer.report_incident import Outcome
 from aftercare.intake.tenant_registry import Credential
 
@@ -35,6 +39,11 @@ class EnqueueAccepted(BaseModel):
     status: str = Field(examples=["success"])
     message: str = Field(examples=["Event processed"])
     dedup_key: str = Field(description="The key to acknowledge or resolve this alert with.")
+
+
+class ChangeAccepted(BaseModel):
+    status: str = Field(examples=["success"])
+    message: str = Field(examples=["Change event processed"])
 
 
 class EnqueueRefused(BaseModel):
@@ -70,6 +79,18 @@ REQUEST_BODY = {
 }
 
 
+CHANGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": standalone_schema(pagerduty.ChangeEnqueueRequest.model_json_schema(by_alias=True))
+            }
+        },
+    }
+}
+
+
 def _refused(
     errors: list[str],
     *,
@@ -79,6 +100,19 @@ def _refused(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse({"status": status, "message": message, "errors": errors}, status_code=code, headers=headers)
+
+
+def body_too_large(max_bytes: int) -> Refusal:
+    """A body over intake's limit on a PagerDuty path, refused as PagerDuty refuses a large event."""
+    body = {
+        "status": "invalid event",
+        "message": "Event object is invalid",
+        "errors": [
+            f"The request body is over {max_bytes} bytes; events are limited to "
+            f"{pagerduty.MAX_EVENT_BYTES // 1024} KB. Send less in custom_details (link to large data instead)"
+        ],
+    }
+    return Refusal(400, "application/json", json.dumps(body).encode())
 
 
 def _accepted(dedup_key: str, incident: Outcome | None = None) -> JSONResponse:
@@ -112,6 +146,100 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
     trigger without a ``dedup_key`` gets a generated one back. Invalid events get 400 with
     ``errors`` saying what to change; too many events for the routing key get 429 with Retry-After.
     """
+    document = await _read_document(request)
+    if isinstance(document, JSONResponse):
+        return document
+    credential = await _sender(intake, document)
+    if isinstance(credential, JSONResponse):
+        return credential
+    try:
+        event = pagerduty.read_event(document, routing_key_registered=credential is not None)
+    except pagerduty.InvalidEvent as invalid:
+        log.info(
+            "pagerduty event refused", errors=invalid.errors, tenant_id=credential.tenant_id if credential else None
+        )
+        return _refused(invalid.errors)
+    assert credential is not None  # read_event refuses unregistered keys
+
+    try:
+        if event.action == pagerduty.EventAction.TRIGGER:
+            return await _trigger(intake, credential, event)
+        return await _move(intake, credential, event)
+    except EventTooLarge as too_large:
+        return _too_large_for_kafka(too_large)
+
+
+@router.post(
+    "/v2/change/enqueue",
+    status_code=202,
+    response_model=ChangeAccepted,
+    openapi_extra=CHANGE_REQUEST_BODY,
+    responses={
+        400: {"model": EnqueueRefused, "description": "Invalid event, unknown routing key or not JSON"},
+        429: {"model": EnqueueRefused, "description": "Over the routing key's rate limit; see Retry-After"},
+    },
+)
+async def enqueue_change(request: Request, intake: Components) -> JSONResponse:
+    """Send a change event (a deploy, a configuration change), exactly as to PagerDuty's Events API v2.
+
+    A change opens no incident: it is noted on the timeline of the tenant's open incidents with
+    the same ``payload.source`` and kept in the tenant's change log. 202 with PagerDuty's body
+    ``{"status": "success", "message": "Change event processed"}``; errors as for ``/v2/enqueue``.
+    """
+    document = await _read_document(request)
+    if isinstance(document, JSONResponse):
+        return document
+    credential = await _sender(intake, document)
+    if isinstance(credential, JSONResponse):
+        return credential
+    try:
+        event = pagerduty.read_change_event(document, routing_key_registered=credential is not None)
+    except pagerduty.InvalidEvent as invalid:
+        log.info("pagerduty change event refused", errors=invalid.errors)
+        return _refused(invalid.errors)
+    assert credential is not None  # read_change_event refuses unregistered keys
+    try:
+        recorded = await record_change(
+            intake.incidents, intake.changes, credential.tenant_id, event, routing_key_id=credential.credential_id
+        )
+    except EventTooLarge as too_large:
+        return _too_large_for_kafka(too_large)
+    return JSONResponse(
+        {"status": "success", "message": "Change event processed"},
+        status_code=202,
+        # Not PagerDuty's, ignored by its clients: where the change went here.
+        headers={"X-Aftercare-Change-Id": recorded.change_id, "X-Aftercare-Incidents": str(len(recorded.incident_ids))},
+    )
+
+
+@router.api_route(
+    "/v2/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def unknown_path(path: str, request: Request) -> JSONResponse:
+    """Any other path under /v2/ (a typo, an API PagerDuty has and intake does not), answered in
+    PagerDuty's format, which its clients parse, instead of a problem document."""
+    known = f"/v2/{path}" in KNOWN_PATHS
+    return _refused(
+        [
+            f"{request.method} /v2/{path} is not an endpoint here"
+            + (" (only POST is)" if known else "")
+            + ". PagerDuty Events API v2: POST /v2/enqueue for alert events, POST /v2/change/enqueue "
+            "for change events"
+        ],
+        status="method not allowed" if known else "not found",
+        message="Method Not Allowed" if known else "Not Found",
+        code=405 if known else 404,
+        headers={"Allow": "POST"} if known else None,
+    )
+
+
+KNOWN_PATHS = ("/v2/enqueue", "/v2/change/enqueue")
+
+
+async def _read_document(request: Request) -> dict[str, Any] | JSONResponse:
+    """The event's JSON object, or PagerDuty's answer to a body that is not one."""
     raw = await request.body()
     if len(raw) > pagerduty.MAX_EVENT_BYTES:
         return _refused(
@@ -122,12 +250,16 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
             ]
         )
     try:
-        document = pagerduty.parse_body(raw, _charset(request.headers.get("content-type")))
+        return pagerduty.parse_body(raw, _charset(request.headers.get("content-type")))
     except pagerduty.UnrecognizedBody as unrecognized:
         return _refused(
             [str(unrecognized)], status="Unrecognized object", message="Event object format is unrecognized"
         )
 
+
+async def _sender(intake: IntakeComponents, document: dict[str, Any]) -> Credential | JSONResponse | None:
+    """The routing key's credential (None: not registered; reading the event says so), or
+    PagerDuty's answer to a deactivated account or a routing key over its rate limit."""
     routing_key = document.get("routing_key")
     credential = None
     if isinstance(routing_key, str) and routing_key.strip():
@@ -160,18 +292,15 @@ async def enqueue(request: Request, intake: Components) -> JSONResponse:
                 code=429,
                 headers={"Retry-After": str(verdict.retry_after_s)},
             )
-    try:
-        event = pagerduty.read_event(document, routing_key_registered=credential is not None)
-    except pagerduty.InvalidEvent as invalid:
-        log.info(
-            "pagerduty event refused", errors=invalid.errors, tenant_id=credential.tenant_id if credential else None
-        )
-        return _refused(invalid.errors)
-    assert credential is not None  # read_event refuses unregistered keys
+    return credential
 
-    if event.action == pagerduty.EventAction.TRIGGER:
-        return await _trigger(intake, credential, event)
-    return await _move(intake, credential, event)
+
+def _too_large_for_kafka(error: EventTooLarge) -> JSONResponse:
+    # The last line (the fields passed their limits, but together the event is over Kafka's
+    # message limit): nothing was stored.
+    return _refused(
+        [f"The event is too large to be stored ({error}). Send less in custom_details (link to large data instead)"]
+    )
 
 
 async def _trigger(intake: IntakeComponents, credential: Credential, event: pagerduty.AlertEvent) -> JSONResponse:

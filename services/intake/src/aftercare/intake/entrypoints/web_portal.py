@@ -51,6 +51,7 @@ from aftercare.events.incidents import Channel, Reporter
 from aftercare.events.web import Problem
 from aftercare.intake.adapters.incident_store import IncidentNotFound
 from aftercare.intake.components import IntakeComponents
+from aftercare.intake.domain import field_limits as limits
 from aftercare.intake.domain.impact import IMPACTS, impact_words, severity_for
 from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.domain.public_timeline import public_timeline, status_label
@@ -84,7 +85,13 @@ _SLUG = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 _EMAIL = re.compile(r"^[^@\s<>\"']+@[^@\s<>\"']+\.[^@\s<>\"']+$")
 _PHONE = re.compile(r"^\+?[0-9 ()./-]{5,40}$")
-LIMITS = {"name": 200, "email": 254, "phone": 40, "title": 300, "description": 20_000}
+LIMITS = {
+    "name": limits.NAME_CHARS,
+    "email": limits.EMAIL_ADDRESS_CHARS,
+    "phone": limits.PHONE_CHARS,
+    "title": limits.TITLE_CHARS,
+    "description": limits.DESCRIPTION_CHARS,
+}
 FIELDS = ("name", "email", "phone", "system", "impact", "title", "description")
 
 

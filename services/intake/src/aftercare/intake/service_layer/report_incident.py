@@ -38,6 +38,8 @@ class Outcome:
     incident: Incident
     created: bool
     events: Sequence[Envelope[Any]] = ()
+    # The report was a sighting the incident had counted already (see IncidentReport.sighting).
+    repeated: bool = False
 
 
 async def report(
@@ -141,6 +143,8 @@ async def _occurrence(
         for _ in range(OCCURRENCE_ATTEMPTS):
             # Read again in turn: another report of the same problem may have counted itself meanwhile.
             incident = await store.get(incident.tenant_id, incident.incident_id)
+            if reporting.already_counted(incident, report):
+                return Outcome(incident, created=False, repeated=True)
             change = reporting.add_occurrence(incident, report, now=clock.now(), also_publish=also_publish)
             # The write only matches the count read (the event announces the next one); another
             # instance, whose turns are its own, may have counted one in between: decide again.
