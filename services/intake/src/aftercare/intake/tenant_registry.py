@@ -233,12 +233,13 @@ class TenantRegistry:
         await self._register(PAGERDUTY, digest(key), tenant_id, name=name, credential_id=credential_id)
         return credential_id, key
 
-    async def set_alertmanager_token(self, tenant_id: str, token: str | None = None) -> str:
+    async def set_alertmanager_token(self, tenant_id: str, token: str | None = None, *, announce: bool = True) -> str:
         await self.get(tenant_id)
         token = token or new_bearer_token()
         await self._credentials.delete_many({"kind": ALERTMANAGER, "tenant_id": tenant_id})
         await self._register(ALERTMANAGER, digest(token), tenant_id, name="alertmanager")
-        await self._announce_again(tenant_id)  # every instance forgets the old token
+        if announce:
+            await self._announce_again(tenant_id)  # every instance forgets the old token
         return token
 
     async def set_inbound_emails(self, tenant_id: str, emails: InboundEmails) -> list[str]:
@@ -252,12 +253,12 @@ class TenantRegistry:
         await self._announce_again(tenant_id)
         return emails.addresses
 
-    async def set_phone_line(self, tenant_id: str, line: PhoneLine) -> None:
+    async def set_phone_line(self, tenant_id: str, line: PhoneLine, *, announce: bool = True) -> None:
         await self.get(tenant_id)
         await self._credentials.delete_many({"kind": PHONE, "tenant_id": tenant_id, "value": {"$ne": line.number}})
         await self._register(PHONE, line.number, tenant_id, name=line.number, secret=line.auth_token, replace=True)
-        # A replaced line or auth token: every instance forgets the old one.
-        await self._announce_again(tenant_id)
+        if announce:  # a replaced line or auth token: every instance forgets the old one
+            await self._announce_again(tenant_id)
 
     async def list_credentials(self, tenant_id: str) -> list[Credential]:
         cursor = self._credentials.find({"tenant_id": tenant_id}).sort([("kind", 1), ("credential_id", 1)])
@@ -362,11 +363,12 @@ class TenantRegistry:
             for routing_key in entry.get("pagerduty_routing_keys", []):
                 await self.issue_routing_key(tenant_id, "seed", routing_key)
             if entry.get("alertmanager_token"):
-                await self.set_alertmanager_token(tenant_id, entry["alertmanager_token"])
+                # At start-up no instance has cached the old one (the seed's upsert announced the tenant).
+                await self.set_alertmanager_token(tenant_id, entry["alertmanager_token"], announce=False)
             if entry.get("inbound_emails"):
                 await self.set_inbound_emails(tenant_id, InboundEmails(addresses=entry["inbound_emails"]))
             if entry.get("phone_line"):
-                await self.set_phone_line(tenant_id, PhoneLine.model_validate(entry["phone_line"]))
+                await self.set_phone_line(tenant_id, PhoneLine.model_validate(entry["phone_line"]), announce=False)
             loaded.append(tenant_id)
         log.info("seed tenants loaded", tenants=loaded, file=str(path))
         return loaded

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from aftercare.events.producer import HEADER_EVENT_TYPE, HEADER_TENANT_ID
 from aftercare.events.tenants import TenantUpserted
@@ -24,6 +24,7 @@ from aftercare.intake.tenant_registry import CredentialCache
 log = structlog.stdlib.get_logger("aftercare.intake.tenant_changes")
 
 RECONNECT_SECONDS = 5.0
+ASSIGNMENT_SECONDS = 30.0
 
 
 async def follow_tenant_changes(bootstrap_servers: str, cache: CredentialCache, *, topic: str = TENANTS) -> None:
@@ -35,25 +36,25 @@ async def follow_tenant_changes(bootstrap_servers: str, cache: CredentialCache, 
     cache's expiry bounds the rest.
     """
     while True:
+        # Subscribed without a group: aiokafka assigns every partition of the topic to this reader.
         consumer = AIOKafkaConsumer(
+            topic,
             bootstrap_servers=bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="latest",
             client_id="intake-tenant-changes",
         )
         try:
             await consumer.start()
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer.topics()  # fetches the metadata
-                partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                raise RuntimeError(f"topic {topic} has no partitions yet")
-            assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_end(*assigned)
+            deadline = asyncio.get_running_loop().time() + ASSIGNMENT_SECONDS
+            while not consumer.assignment():
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"no partitions of {topic} assigned after {ASSIGNMENT_SECONDS} s")
+                await asyncio.sleep(0.1)
+            assigned = sorted(consumer.assignment())
             for partition in assigned:
-                await consumer.position(partition)  # resolved now: nothing from here on is missed
+                await consumer.position(partition)  # the end, resolved now: nothing from here on is missed
             cache.following = True
             log.info("following tenant changes", topic=topic, partitions=len(assigned))
             async for record in consumer:
