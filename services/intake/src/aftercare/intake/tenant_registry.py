@@ -363,7 +363,7 @@ class TenantRegistry:
             for routing_key in entry.get("pagerduty_routing_keys", []):
                 await self.issue_routing_key(tenant_id, "seed", routing_key)
             if entry.get("alertmanager_token"):
-                # At start-up no instance has cached the old one (the seed's upsert announced the tenant).
+                # Seeds are for demos and tests: the upsert above announced the tenant already.
                 await self.set_alertmanager_token(tenant_id, entry["alertmanager_token"], announce=False)
             if entry.get("inbound_emails"):
                 await self.set_inbound_emails(tenant_id, InboundEmails(addresses=entry["inbound_emails"]))
