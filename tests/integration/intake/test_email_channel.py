@@ -24,13 +24,13 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from aftercare.events.producer import EventProducer
+from aftercare.intake.adapters.attachments import AttachmentStore
 from aftercare.intake.adapters.incident_store import IncidentStore
-from aftercare.intake.attachments import AttachmentStore
+from aftercare.intake.adapters.rate_limit import RateLimiter
+from aftercare.intake.adapters.tenant_registry import TenantRegistry
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.entrypoints.email_server import EmailChannelUnavailable, InboundEmailServer
-from aftercare.intake.rate_limit import RateLimiter
 from aftercare.intake.settings import IntakeSettings
-from aftercare.intake.tenant_registry import TenantRegistry
 
 from .conftest import IntakeUnderTest, start_intake, stop_intake
 from kafka_helpers import Infrastructure, read_all, wait_until

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from aftercare.events.incidents import Channel
+from aftercare.intake.adapters.tenant_registry import Credential, CredentialCache
 from aftercare.intake.domain import alertmanager, field_limits, pagerduty, reporting
 from aftercare.intake.domain.incident import Incident, IncidentReport
-from aftercare.intake.tenant_registry import Credential, CredentialCache
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aftercare.events.runtime import ServiceRuntime
+from aftercare.intake.adapters.attachments import AttachmentStore
 from aftercare.intake.adapters.change_log import ChangeLog
 from aftercare.intake.adapters.idempotency_keys import IdempotencyKeys
 from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.adapters.phone_calls import PhoneCalls
-from aftercare.intake.attachments import AttachmentStore
-from aftercare.intake.rate_limit import RateLimiter
+from aftercare.intake.adapters.rate_limit import RateLimiter
+from aftercare.intake.adapters.tenant_registry import TenantRegistry
 from aftercare.intake.settings import IntakeSettings
-from aftercare.intake.tenant_registry import TenantRegistry
 
 
 @dataclass

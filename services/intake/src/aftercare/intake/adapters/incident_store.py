@@ -50,11 +50,11 @@ from aftercare.events.outbox import OutboxRelay
 from aftercare.events.producer import EventProducer
 from aftercare.intake import clock
 from aftercare.intake.adapters.claims import claim
+from aftercare.intake.adapters.counters import BatchedCounter
 from aftercare.intake.domain import lifecycle
 from aftercare.intake.domain.changes import IncidentChange, Opening
 from aftercare.intake.domain.incident import Incident, format_number
 from aftercare.intake.domain.moves import IncidentState
-from aftercare.intake.rate_limit import BatchedCounter
 
 log = structlog.stdlib.get_logger("aftercare.intake.incident_store")
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aftercare.events.producer import HEADER_EVENT_TYPE, HEADER_TENANT_ID
 from aftercare.events.tenants import TenantUpserted
 from aftercare.events.topics import TENANTS
-from aftercare.intake.tenant_registry import CredentialCache
+from aftercare.intake.adapters.tenant_registry import CredentialCache
 
 log = structlog.stdlib.get_logger("aftercare.intake.tenant_changes")
 

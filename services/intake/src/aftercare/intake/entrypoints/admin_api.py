@@ -8,9 +8,9 @@ from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from aftercare.events.web import Problem
+from aftercare.intake.adapters.tenant_registry import CredentialTaken, TenantNotFound
 from aftercare.intake.domain.tenant import TENANT_ID_PATTERN, InboundEmails, PhoneLine, Tenant, TenantProfile
 from aftercare.intake.entrypoints.dependencies import AdminOnly, Components
-from aftercare.intake.tenant_registry import CredentialTaken, TenantNotFound
 
 router = APIRouter(prefix="/admin/tenants", tags=["admin"], dependencies=[AdminOnly])
 

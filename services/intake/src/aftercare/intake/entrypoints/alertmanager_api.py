@@ -26,12 +26,12 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from aftercare.events.web import Problem, validation_errors
+from aftercare.intake.adapters.tenant_registry import Credential
 from aftercare.intake.domain import alertmanager
 from aftercare.intake.domain.alertmanager import AlertStatus, WebhookMessage
 from aftercare.intake.entrypoints.dependencies import Components, bearer, enforce_rate_limit, inactive_tenant
 from aftercare.intake.entrypoints.pagerduty_api import standalone_schema
 from aftercare.intake.service_layer.receive_alerts import receive_alerts as receive_alerts_use_case
-from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.alertmanager")
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from aftercare.events.web import Problem
+from aftercare.intake.adapters.tenant_registry import Credential
 from aftercare.intake.components import IntakeComponents
-from aftercare.intake.tenant_registry import Credential
 
 
 def components(request: Request) -> IntakeComponents:

@@ -42,7 +42,7 @@ from opentelemetry.trace import SpanKind
 
 from aftercare.events.producer import EventTooLarge
 from aftercare.events.tracing import tracer
-from aftercare.intake.attachments import AttachmentTooLarge
+from aftercare.intake.adapters.attachments import AttachmentTooLarge
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import field_limits as limits
 from aftercare.intake.domain.field_limits import FieldTooLong

@@ -22,13 +22,13 @@ from pydantic import BaseModel, Field
 from aftercare.events.incidents import Channel, IncidentStatus
 from aftercare.events.producer import EventTooLarge
 from aftercare.events.web import Refusal
+from aftercare.intake.adapters.tenant_registry import Credential
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import pagerduty
 from aftercare.intake.entrypoints.dependencies import Components
 from aftercare.intake.service_layer import move_incident, report_incident
 from aftercare.intake.service_layer.record_change import record_change
 from aftercare.intake.service_layer.report_incident import Outcome
-from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.pagerduty")
 

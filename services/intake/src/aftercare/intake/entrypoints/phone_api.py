@@ -46,13 +46,13 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from aftercare.events.web import Problem, validation_errors
+from aftercare.intake.adapters.tenant_registry import Credential
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import twilio_signature
 from aftercare.intake.domain.incident import Incident
 from aftercare.intake.domain.phone_call import TwilioCallback
 from aftercare.intake.entrypoints.dependencies import Components, enforce_rate_limit
 from aftercare.intake.service_layer.take_phone_call import take_call
-from aftercare.intake.tenant_registry import Credential
 
 log = structlog.stdlib.get_logger("aftercare.intake.phone")
 

@@ -50,6 +50,7 @@ from starlette.formparsers import MultiPartException
 from aftercare.events.incidents import Channel, Reporter
 from aftercare.events.web import Problem
 from aftercare.intake.adapters.incident_store import IncidentNotFound
+from aftercare.intake.adapters.tenant_registry import Credential, TenantNotFound
 from aftercare.intake.components import IntakeComponents
 from aftercare.intake.domain import field_limits as limits
 from aftercare.intake.domain.impact import IMPACTS, impact_words, severity_for
@@ -57,7 +58,6 @@ from aftercare.intake.domain.incident import Incident, IncidentReport
 from aftercare.intake.domain.public_timeline import public_timeline, status_label
 from aftercare.intake.entrypoints.dependencies import Components, enforce_rate_limit
 from aftercare.intake.service_layer.submit_web_form import FormAlreadyUsed, form_sent_before, submit_web_form
-from aftercare.intake.tenant_registry import Credential, TenantNotFound
 
 log = structlog.stdlib.get_logger("aftercare.intake.web_portal")
 
