@@ -93,7 +93,7 @@ def start_intake(
     database: str | None = None,
     seed: list[dict[str, object]] | None = None,
     tls: tuple[Path, Path, Path] | None = None,
-    ready_timeout: float = 90.0,
+    ready_timeout: float = 300.0,
 ) -> IntakeUnderTest:
     """Start ``python -m aftercare.intake`` and wait for /readyz; the caller stops it.
 
@@ -164,7 +164,7 @@ def start_intake(
     return service
 
 
-def wait_ready(service: IntakeUnderTest, timeout_s: float = 90.0) -> None:
+def wait_ready(service: IntakeUnderTest, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
