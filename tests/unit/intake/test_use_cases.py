@@ -14,13 +14,15 @@ from aftercare.events.incidents import Channel, Reporter
 from aftercare.events.incidents import IncidentStatus as Status
 from aftercare.events.remediation import RemediationSucceeded
 from aftercare.events.testing import MemoryBus, MemoryDatabase
-from aftercare.events.triage import IncidentTriaged
+from aftercare.events.triage import IncidentTriaged, ProblemCleared
+from aftercare.intake import clock
 from aftercare.intake.adapters.idempotency_keys import IdempotencyKeys
 from aftercare.intake.adapters.incident_store import IncidentStore
 from aftercare.intake.adapters.phone_calls import PhoneCalls
 from aftercare.intake.domain.incident import IncidentReport
 from aftercare.intake.domain.lifecycle import TransitionRefused
 from aftercare.intake.domain.phone_call import TwilioCallback
+from aftercare.intake.domain.public_timeline import public_timeline
 from aftercare.intake.entrypoints import consumer
 from aftercare.intake.service_layer import move_incident
 from aftercare.intake.service_layer.report_from_api import IdempotencyConflict, report_from_api
@@ -153,6 +155,52 @@ async def test_a_successful_remediation_resolves_and_announces_it_and_frees_the_
     await bus.deliver(fixed)
     assert bus.published[-1].type == "incident.resolved" and bus.published[-1].causation_id == fixed.id
     assert (await report(store, "acme", alert())).created
+
+
+def cleared(incident_id: str) -> Envelope[ProblemCleared]:
+    return envelope_for(
+        ProblemCleared(
+            incident_id=incident_id,
+            system="billing-api",
+            kind="down",
+            target="http://127.0.0.1:8100/health",
+            detail="200 in 12 ms",
+            cleared_at=clock.now(),
+        ),
+        source="triage",
+        tenant_id="acme",
+        incident_id=incident_id,
+    )
+
+
+async def test_diagnostics_clearing_a_problem_resolves_the_incident_once(store: IncidentStore, bus: MemoryBus) -> None:
+    incident_id = (await report(store, "acme", alert())).incident.incident_id
+    await bus.deliver(cleared(incident_id))
+    incident = await store.get("acme", incident_id)
+    assert incident.status == Status.RESOLVED
+    assert [entry.kind for entry in incident.timeline] == ["reported", "resolved"]
+    assert bus.published_types().count("incident.resolved") == 1
+
+
+async def test_diagnostics_clearing_a_problem_remediation_resolved_is_only_noted(
+    store: IncidentStore, bus: MemoryBus
+) -> None:
+    # The demo's loop: remediation's verification resolves it, the next probe then sees the
+    # system healthy. The customer's timeline must say "resolved" once, not twice.
+    incident_id = (await report(store, "acme", alert())).incident.incident_id
+    await bus.deliver(
+        envelope_for(
+            RemediationSucceeded(incident_id=incident_id, run_id="r1", runbook="restart", verification="ok"),
+            source="remediation",
+            tenant_id="acme",
+            incident_id=incident_id,
+        )
+    )
+    await bus.deliver(cleared(incident_id))
+    incident = await store.get("acme", incident_id)
+    assert [entry.kind for entry in incident.timeline] == ["reported", "resolved", "diagnosis-cleared"]
+    assert [entry.label for entry in public_timeline(incident.timeline)].count("The problem was resolved") == 1
+    assert bus.published_types().count("incident.resolved") == 1
 
 
 async def test_an_idempotency_key_gives_one_incident_and_refuses_another_body(

@@ -2,7 +2,8 @@
 
 * ProblemDetected opens an incident (channel diagnostic, source ``diagnostics``) under the id
   triage chose, so a redelivered event opens it once;
-* ProblemCleared resolves that incident ("diagnostics" resolved it), once;
+* ProblemCleared resolves that incident ("diagnostics" resolved it), once; if it was resolved
+  already (by remediation), the clearance is only noted;
 * IncidentGrouped links the duplicate to the first incident (``duplicate_of``, and on its
   timeline) and counts it on the first (``domain/grouping.py``), each once.
 """
@@ -50,8 +51,17 @@ async def resolve_cleared_problem(store: IncidentStore, envelope: Envelope[Probl
             incident_id=event.incident_id, number=incident.number, by="diagnostics", resolution=event.detail
         )
 
+    # Usually remediation resolved the incident a moment before the next probe saw the system
+    # healthy: then the clearance is an internal note ("diagnostics confirm"), not a second
+    # "resolved" on the timeline the customer reads.
     await apply_event(
-        store, envelope, proposed=Status.RESOLVED, kind="resolved", summary=event.detail, announcement=resolved
+        store,
+        envelope,
+        proposed=Status.RESOLVED,
+        kind="diagnosis-cleared",
+        kind_if_moved="resolved",
+        summary=event.detail,
+        announcement=resolved,
     )
 
 
