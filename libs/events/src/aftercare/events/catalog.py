@@ -23,11 +23,11 @@ names the version to deploy (``NewerVersionThanKnown``); after deploying, replay
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from aftercare.events.envelope import Envelope, Event
 from aftercare.events.incidents import (
@@ -146,6 +146,18 @@ def upcast(event_type: str, version: int, payload: dict[str, Any]) -> dict[str, 
     return payload
 
 
+_ENVELOPE_CLASSES: dict[type[Event], type[Envelope[Any]]] = {}
+
+
+def _envelope_class(model: type[Event]) -> type[Envelope[Any]]:
+    # ``Envelope[model]`` looks its class up in pydantic's generic cache on every call (a few
+    # percent of a consumer's CPU per event); the parametrised class is the same every time.
+    found = _ENVELOPE_CLASSES.get(model)
+    if found is None:
+        found = _ENVELOPE_CLASSES[model] = Envelope[model]  # type: ignore[valid-type]
+    return found
+
+
 def parse_envelope(raw: bytes | str) -> Envelope[Event]:
     """Parse a Kafka message value into an envelope holding the latest version of its event.
 
@@ -156,8 +168,10 @@ def parse_envelope(raw: bytes | str) -> Envelope[Event]:
     wrong; such a message is dead-lettered, never retried.
     """
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        # pydantic-core's parser: the same documents as ``json.loads``, in half its time (the
+        # consumer parses every message it fetches).
+        document = from_json(raw)
+    except ValueError as error:  # also bytes that are not UTF-8
         raise InvalidEvent(f"message value is not JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidEvent("message value must be a JSON object (an event envelope)")
@@ -178,7 +192,7 @@ def parse_envelope(raw: bytes | str) -> Envelope[Event]:
     try:
         # ``extra="ignore"`` overrides the models' ``extra="forbid"`` for this validation only,
         # nested parts included: reading is tolerant, building (the constructors) stays strict.
-        return Envelope[model].model_validate(document, extra="ignore")  # type: ignore[valid-type]
+        return _envelope_class(model).model_validate(document, extra="ignore")
     except ValidationError as error:
         raise InvalidEvent(f"{event_type} v{version} failed validation: {error}") from None
 

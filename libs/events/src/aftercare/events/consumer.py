@@ -70,7 +70,7 @@ from aftercare.events.processed import ProcessedEventLog, record_id
 from aftercare.events.producer import EventProducer
 from aftercare.events.retry_stage import ParkedKey, RetryStage, StagedEvent
 from aftercare.events.topics import dead_letter_topic
-from aftercare.events.tracing import current_trace_id, extract_trace_context, tracer
+from aftercare.events.tracing import extract_trace_context, tracer
 
 log = structlog.stdlib.get_logger("aftercare.events.consumer")
 
@@ -454,62 +454,66 @@ class ConsumerRunner:
     ) -> object:
         """Run the event's handlers that have not had their effect yet: _HANDLED, _Failed or _STOPPED."""
         context = extract_trace_context(headers)
-        with (
-            self._tracer.start_as_current_span(
-                f"handle {envelope.type}",
-                context=context,
-                kind=SpanKind.CONSUMER,
-                # Given at the start, not set one by one: the SDK takes its lock once, not four times.
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": topic,
-                    "messaging.kafka.consumer.group": self.group_id,
-                    "messaging.message.id": envelope.id,
-                },
-            ) as span,
-            structlog.contextvars.bound_contextvars(
+        with self._tracer.start_as_current_span(
+            f"handle {envelope.type}",
+            context=context,
+            kind=SpanKind.CONSUMER,
+            # Given at the start, not set one by one: the SDK takes its lock once, not four times.
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.kafka.consumer.group": self.group_id,
+                "messaging.message.id": envelope.id,
+            },
+        ) as span:
+            span_context = span.get_span_context()
+            # Tokens, not ``bound_contextvars``: that one copies the whole context to save what
+            # it overwrites, per event (a tenth of the runner's CPU in a profile).
+            tokens = structlog.contextvars.bind_contextvars(
                 tenant_id=envelope.tenant_id,
                 incident_id=envelope.incident_id,
                 event_id=envelope.id,
                 event_type=envelope.type,
-                trace_id=current_trace_id(),
-            ),
-        ):
-            started = time.perf_counter()
-            outcome = "duplicate"
-            handlers = self._handlers.get(envelope.type, ())
-            ids = [(handler, handler_name(handler)) for handler in handlers]
-            # Records that another copy of this event may have written meanwhile: look again now.
-            to_recheck = [
-                record_id(self.group_id, name, envelope.id)
-                for _, name in ids
-                if record_id(self.group_id, name, envelope.id) in recheck
-            ]
-            if to_recheck:
-                unknown = [rid for rid in to_recheck if rid not in self._unwritten]
-                if unknown:
-                    skip = skip | await self._transient_retry(
-                        lambda: self._processed.already_processed(unknown), "store"
-                    )
-            for handler, name in ids:
-                processed_id = record_id(self.group_id, name, envelope.id)
-                if processed_id in skip or processed_id in self._unwritten:
-                    continue
-                result = await self._call(handler, name, envelope)
-                if result is _STOPPED:
-                    return _STOPPED
-                if isinstance(result, _Failed):
-                    span.set_status(trace.Status(trace.StatusCode.ERROR))
-                    HANDLER_FAILURES.labels(group=self.group_id, type=envelope.type).inc()
-                    return result
-                self._pending_marks.append((name, envelope.id))
-                self._unwritten.add(processed_id)
-                outcome = "handled"
-            self._handler_seconds(envelope.type).observe(time.perf_counter() - started)
-            self._consumed(topic, outcome).inc()
-            if outcome == "duplicate":
-                log.info("event already handled, skipped")
-            return _HANDLED
+                trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else None,
+            )
+            try:
+                return await self._run_handlers_in_span(topic, envelope, skip, recheck, span)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _run_handlers_in_span(
+        self, topic: str, envelope: Envelope[Event], skip: set[str], recheck: set[str], span: trace.Span
+    ) -> object:
+        started = time.perf_counter()
+        outcome = "duplicate"
+        ids = [
+            (handler, name, record_id(self.group_id, name, envelope.id))
+            for handler in self._handlers.get(envelope.type, ())
+            for name in (handler_name(handler),)
+        ]
+        # Records that another copy of this event may have written meanwhile: look again now.
+        if recheck:
+            unknown = [rid for _, _, rid in ids if rid in recheck and rid not in self._unwritten]
+            if unknown:
+                skip = skip | await self._transient_retry(lambda: self._processed.already_processed(unknown), "store")
+        for handler, name, processed_id in ids:
+            if processed_id in skip or processed_id in self._unwritten:
+                continue
+            result = await self._call(handler, name, envelope)
+            if result is _STOPPED:
+                return _STOPPED
+            if isinstance(result, _Failed):
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+                HANDLER_FAILURES.labels(group=self.group_id, type=envelope.type).inc()
+                return result
+            self._pending_marks.append((name, envelope.id))
+            self._unwritten.add(processed_id)
+            outcome = "handled"
+        self._handler_seconds(envelope.type).observe(time.perf_counter() - started)
+        self._consumed(topic, outcome).inc()
+        if outcome == "duplicate":
+            log.info("event already handled, skipped")
+        return _HANDLED
 
     async def _call(self, handler: Handler, name: str, envelope: Envelope[Event]) -> object:
         """One attempt of one handler; outages of the store or broker are waited out in place."""
