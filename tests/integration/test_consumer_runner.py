@@ -43,6 +43,7 @@ from aftercare.events.producer import EventProducer
 from aftercare.events.topics import dead_letter_topic
 
 from kafka_helpers import Infrastructure, committed_offsets, headers_of, read_all, running, unique_name, wait_until
+from service_process import ScriptProcess
 
 pytestmark = pytest.mark.integration
 
@@ -397,74 +398,23 @@ async def test_purged_processed_records_are_forgotten_but_their_started_records_
 # --- c. killed before the commit: redelivered after restart, effect still single -----------
 
 
-class ConsumerProcess:
+class ConsumerProcess(ScriptProcess):
     """``consumer_process.py`` in a child process; see its docstring for the protocol."""
 
     def __init__(
         self, infrastructure: Infrastructure, db: Database, topic: str, group: str, log_file: Path, *options: str
     ) -> None:
-        self._command = [
-            sys.executable,
-            str(CONSUMER_PROCESS),
-            "--bootstrap",
-            infrastructure.bootstrap_servers,
-            "--mongo-url",
-            infrastructure.mongo_url,
-            "--database",
-            db.name,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            *options,
-        ]
-        self._log_file = log_file
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> ConsumerProcess:
-        with self._log_file.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self._command, stdout=asyncio.subprocess.PIPE, stderr=log
-            )
-        return self
-
-    async def expect(self, word: str, timeout: float = 90.0) -> str:  # noqa: ASYNC109
-        """Wait for the child's line starting with ``word``; return the rest of that line."""
-        assert self.process is not None and self.process.stdout is not None
-        seen: list[str] = []
-
-        async def read() -> str:
-            assert self.process is not None and self.process.stdout is not None
-            while line := (await self.process.stdout.readline()).decode():
-                seen.append(line.strip())
-                if line.split()[0] == word:
-                    return line[len(word) :].strip()
-            raise AssertionError(
-                f"the consumer process ended without saying {word} (said {seen}); its log:\n{self.log_tail()}"
-            )
-
-        try:
-            return await asyncio.wait_for(read(), timeout=timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"no {word} from the consumer process within {timeout}s (said {seen}); its log:\n{self.log_tail()}"
-            ) from None
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    async def wait(self, timeout: float = 60.0) -> int:  # noqa: ASYNC109
-        assert self.process is not None
-        return await asyncio.wait_for(self.process.wait(), timeout=timeout)
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self._log_file.read_text(errors="replace").splitlines()[-lines:])
+        super().__init__(
+            [
+                sys.executable,
+                str(CONSUMER_PROCESS),
+                *("--bootstrap", infrastructure.bootstrap_servers, "--mongo-url", infrastructure.mongo_url),
+                *("--database", db.name, "--topic", topic, "--group", group),
+                *options,
+            ],
+            log_file,
+            name="the consumer process",
+        )
 
 
 @pytest_asyncio.fixture(loop_scope="session")

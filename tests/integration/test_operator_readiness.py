@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 OPERATOR_SERVICE = Path(__file__).parent / "operator_service.py"
 # Enough operator events that reading them takes longer than the group join alone.
-OPERATORS = 150
+OPERATORS = 10
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import pytest_asyncio
@@ -37,6 +37,7 @@ from aftercare.events.schedule import (
 )
 
 from kafka_helpers import Infrastructure, wait_until
+from service_process import ScriptProcess
 
 pytestmark = pytest.mark.integration
 
@@ -306,63 +307,33 @@ async def test_an_idle_poll_reads_the_hint_only_and_a_new_item_wakes_it(mongo_db
 # --- two real service processes ------------------------------------------------------------
 
 
-class ScheduledProcess:
+class ScheduledProcess(ScriptProcess):
     """``scheduled_process.py`` in a child process (see its docstring)."""
 
     def __init__(self, infrastructure: Infrastructure, db: Database, log_file: Path, *options: str) -> None:
-        self._command = [
-            sys.executable,
-            str(SCHEDULED_PROCESS),
-            "--bootstrap",
-            infrastructure.bootstrap_servers,
-            "--mongo-url",
-            infrastructure.mongo_url,
-            "--database",
-            db.name,
-            *options,
-        ]
-        self._log_file = log_file
-        self.process: asyncio.subprocess.Process | None = None
+        super().__init__(
+            [
+                sys.executable,
+                str(SCHEDULED_PROCESS),
+                *("--bootstrap", infrastructure.bootstrap_servers, "--mongo-url", infrastructure.mongo_url),
+                *("--database", db.name),
+                *options,
+            ],
+            log_file,
+            name="the service process",
+        )
         self.holder = ""
 
-    async def start(self) -> ScheduledProcess:
-        with self._log_file.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self._command, stdout=asyncio.subprocess.PIPE, stderr=log
-            )
+    async def start(self) -> Self:
+        await super().start()
         self.holder = await self.expect("READY")
         return self
-
-    async def expect(self, word: str, timeout: float = 90.0) -> str:  # noqa: ASYNC109
-        assert self.process is not None and self.process.stdout is not None
-        seen: list[str] = []
-
-        async def read() -> str:
-            assert self.process is not None and self.process.stdout is not None
-            while line := (await self.process.stdout.readline()).decode():
-                seen.append(line.strip())
-                if line.split() and line.split()[0] == word:
-                    return line[len(word) :].strip()
-            raise AssertionError(f"the process ended without saying {word} (said {seen}); log:\n{self.log_tail()}")
-
-        try:
-            return await asyncio.wait_for(read(), timeout=timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {word} within {timeout}s (said {seen}); log:\n{self.log_tail()}") from None
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
 
     async def terminate(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             await self.expect("STOPPED", timeout=60)
             await self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self._log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest_asyncio.fixture(loop_scope="session")
