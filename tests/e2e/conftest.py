@@ -211,9 +211,14 @@ def demo_stack(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPath
     run = unique_name("e2e").replace("-", "_")
     ports = {service: free_port() for service in SERVICES}
     databases = {service: f"{run}_{service}" for service in SERVICES}
+    # Settings that name the demo customer system (the Makefile's DEMO_SYSTEM) name the one here.
+    made = {
+        name: value.replace(makefile_variable("DEMO_SYSTEM"), customer_system.base_url)
+        for name, value in makefile_run_environment().items()
+    }
     env = (
         dict(os.environ)
-        | makefile_run_environment()
+        | made
         | {
             "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
             "AFTERCARE_MONGO_URL": infrastructure.mongo_url,
