@@ -343,20 +343,30 @@ class RunEngine:
             )
             return False
         system = run.system or "(no system)"
-        for _ in range(10):
-            slots = await self._store.load_slots(run.tenant_id, system)
-            decision = blast_radius.admission(slots, run.run_id, run.runbook.blast_radius, system, now)
-            if isinstance(decision, blast_radius.Refuse):
-                await self._escalate(progress, machine.Escalate(decision.reason))
-                return False
-            if isinstance(decision, blast_radius.Hold):
-                await self._store.set_next_at(
-                    run.incident.incident_id, progress.rev, now + timedelta(seconds=QUEUE_RECHECK_S)
-                )
-                return False
-            if decision.slots is slots or await self._store.save_slots(run.tenant_id, system, slots, decision.slots):
-                break
-        else:
+        decision: blast_radius.Admitted | blast_radius.Hold | blast_radius.Refuse | None = None
+        # One admission or release of a system at a time in this process: a burst's runs all want
+        # the same slots document, and racing each other there only made them retry (its version
+        # guard still decides races with other instances).
+        async with self._turns(f"slots:{run.tenant_id}|{system}"):
+            for _ in range(10):
+                slots = await self._store.load_slots(run.tenant_id, system)
+                decision = blast_radius.admission(slots, run.run_id, run.runbook.blast_radius, system, now)
+                if not isinstance(decision, blast_radius.Admitted):
+                    break
+                if decision.slots is slots or await self._store.save_slots(
+                    run.tenant_id, system, slots, decision.slots
+                ):
+                    break
+                decision = None
+        if isinstance(decision, blast_radius.Refuse):
+            await self._escalate(progress, machine.Escalate(decision.reason))
+            return False
+        if isinstance(decision, blast_radius.Hold):
+            await self._store.set_next_at(
+                run.incident.incident_id, progress.rev, now + timedelta(seconds=QUEUE_RECHECK_S)
+            )
+            return False
+        if decision is None:
             await self._store.set_next_at(
                 run.incident.incident_id, progress.rev, now + timedelta(seconds=TENANT_RECHECK_S)
             )
@@ -577,13 +587,14 @@ class RunEngine:
 
     async def _release(self, run: Run) -> None:
         system = run.system or "(no system)"
-        for _ in range(10):
-            slots = await self._store.load_slots(run.tenant_id, system)
-            freed = blast_radius.release(slots, run.run_id)
-            if freed is None:
-                return  # it held none (never admitted, or released already): nobody to wake
-            if await self._store.save_slots(run.tenant_id, system, slots, freed):
-                break
+        async with self._turns(f"slots:{run.tenant_id}|{system}"):
+            for _ in range(10):
+                slots = await self._store.load_slots(run.tenant_id, system)
+                freed = blast_radius.release(slots, run.run_id)
+                if freed is None:
+                    return  # it held none (never admitted, or released already): nobody to wake
+                if await self._store.save_slots(run.tenant_id, system, slots, freed):
+                    break
         # Let the next queued run of this system go now rather than at its next re-check.
         for incident_id in await self._store.queued_runs(run.tenant_id, run.system, limit=1):
             self.spawn_drive(incident_id, now=True)
