@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from pymongo import AsyncMongoClient
 from aftercare.events.envelope import envelope_for
 from aftercare.events.incidents import Channel, IncidentReported, Severity
 from aftercare.events.operators import OPERATOR_EVENTS_TENANT, OperatorUpserted, Role, new_operator_token, token_digest
-from aftercare.events.producer import EventProducer
+from aftercare.events.producer import EventProducer, PublishFailed
 from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
 from aftercare.events.topics import topic_specs
@@ -97,15 +97,34 @@ def put_runbook(base: str) -> None:
     # broker takes a while to form consumer groups).
     deadline = time.monotonic() + 600
     while True:
-        answer = httpx.put(
-            f"{base}/v1/runbooks/{NOOP_RUNBOOK['name']}",
-            json=NOOP_RUNBOOK,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
+        try:
+            answer = httpx.put(
+                f"{base}/v1/runbooks/{NOOP_RUNBOOK['name']}",
+                json=NOOP_RUNBOOK,
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                timeout=60,
+            )
+        except httpx.TimeoutException:
+            if time.monotonic() > deadline:
+                raise
+            continue  # a loaded machine: ask again until the deadline
         if answer.status_code in (200, 201) or time.monotonic() > deadline:
             answer.raise_for_status()
             return
         time.sleep(0.5)
+
+
+async def patiently(publish: Callable[[], Awaitable[object]], attempts: int = 10) -> None:
+    """Publish, retrying a bounded number of times: a broker started moments ago may have no
+    partition leaders yet (the publish deadline passes while it elects them)."""
+    for attempt in range(attempts):
+        try:
+            await publish()
+            return
+        except PublishFailed:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(2)
 
 
 def rss_mb(pid: int) -> float:
@@ -172,7 +191,8 @@ async def publish_incidents(bootstrap: str, tenant_id: str, count: int) -> None:
                 )
             )
         for start in range(0, len(envelopes), 1000):
-            await producer.publish_many(envelopes[start : start + 1000])
+            batch = envelopes[start : start + 1000]
+            await patiently(lambda batch=batch: producer.publish_many(batch))
     finally:
         await producer.stop()
 
@@ -199,7 +219,8 @@ async def bare_consumer_rate(bootstrap: str, count: int) -> float:
             for i in range(count)
         ]
         for start in range(0, count, 1000):
-            await producer.publish_many(events[start : start + 1000], topic)
+            batch = events[start : start + 1000]
+            await patiently(lambda batch=batch: producer.publish_many(batch, topic))
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(
@@ -267,20 +288,19 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
         )
         producer = EventProducer(bootstrap, client_id="bench-tenant")
         await producer.start()
-        await producer.publish(tenant)
-        await producer.publish(
-            envelope_for(
-                OperatorUpserted(
-                    operator_id="bench",
-                    name="Bench",
-                    email="bench@example.net",
-                    role=Role.ADMIN,
-                    token_digests=[token_digest(ADMIN_TOKEN)],
-                ),
-                source="bench",
-                tenant_id=OPERATOR_EVENTS_TENANT,
-            )
+        await patiently(lambda: producer.publish(tenant))
+        operator = envelope_for(
+            OperatorUpserted(
+                operator_id="bench",
+                name="Bench",
+                email="bench@example.net",
+                role=Role.ADMIN,
+                token_digests=[token_digest(ADMIN_TOKEN)],
+            ),
+            source="bench",
+            tenant_id=OPERATOR_EVENTS_TENANT,
         )
+        await patiently(lambda: producer.publish(operator))
         await producer.stop()
 
         # First start: store the runbook, then stop so the incidents wait as a backlog.
