@@ -349,7 +349,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
         )
         print(f"  peak RSS                {peak_rss:8.1f} MB (target <= 150)")
         print(f"  bare consumer loop      {bare:8.1f} events/s = {bare / 2:8.1f} incidents/s (2 events per run)")
-        print(f"  ratio runs started / bare incidents: {started_rate / (bare / 2):.3f}")
+        print(f"  ratio runs started / bare incidents: {started_rate / (bare / 2):.2e}")
         return 0
     finally:
         if remediation is not None and remediation.poll() is None:
