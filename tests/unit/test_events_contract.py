@@ -133,7 +133,9 @@ def test_headers_name_the_event_without_parsing_its_value() -> None:
         "event_type": b"incident.reported",
         "event_version": b"1",
         "tenant_id": b"acme",
+        "traceparent": envelope.traceparent.encode() if envelope.traceparent else b"",
     }
+    assert envelope.traceparent
 
 
 def test_every_event_type_is_registered_once_with_a_topic() -> None:
@@ -377,7 +379,7 @@ def test_an_envelope_carries_the_trace_it_was_made_in_so_an_outbox_publish_conti
 
     from aftercare.events.envelope import envelope_for
     from aftercare.events.incidents import Channel, IncidentReported
-    from aftercare.events.tracing import configure_tracing, tracer
+    from aftercare.events.tracing import configure_tracing, incident_trace_id, tracer
 
     configure_tracing("tests")
     data = IncidentReported(
@@ -391,5 +393,9 @@ def test_an_envelope_carries_the_trace_it_was_made_in_so_an_outbox_publish_conti
     with tracer().start_as_current_span("accept report"):
         trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
         inside = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
-    assert outside.traceparent is None
+    # Outside any span (a request, a timer) the event joins its incident's own trace.
+    assert outside.traceparent is not None and outside.traceparent.split("-")[1] == incident_trace_id("i-1")
+    again = envelope_for(data, source="remediation", tenant_id="t", incident_id="i-1")
+    assert again.traceparent is not None and again.traceparent.split("-")[1] == incident_trace_id("i-1")
+    assert incident_trace_id("i-2") != incident_trace_id("i-1")
     assert inside.traceparent is not None and inside.traceparent.split("-")[1] == trace_id

@@ -105,3 +105,15 @@ async def test_the_callers_of_fixes_in_flight_are_listed_by_user_agent() -> None
         assert calls["callers_in_flight"] == ["remediation pid 42"]
         await fixing
         assert (await http.get("/admin/calls")).json()["callers_in_flight"] == []
+
+
+async def test_fix_calls_that_name_an_incident_are_counted_per_incident(client: httpx.AsyncClient) -> None:
+    await client.post("/admin/restart-service", params={"incident": "inc-1"}, headers=AUTH)
+    await client.post("/admin/restart-service", params={"incident": "inc-1"}, headers=AUTH)
+    await client.post("/admin/restart-service", params={"incident": "inc-2"}, headers=AUTH)
+    await client.post("/admin/restart-service", headers=AUTH)
+    calls = (await client.get("/admin/calls")).json()
+    assert calls["calls"]["restart-service"] == 4
+    assert calls["calls_by_incident"] == {"restart-service": {"inc-1": 2, "inc-2": 1}}
+    await client.post("/admin/reset")
+    assert (await client.get("/admin/calls")).json()["calls_by_incident"] == {}

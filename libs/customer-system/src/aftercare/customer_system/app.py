@@ -18,8 +18,9 @@ Controls (for tests and the demo; open, the demo system has no secrets to protec
     makes every fix take that long to answer (a slow restart, to kill a caller in the middle).
     ``POST /admin/heal`` — healthy again without counting as a fix.
     ``POST /admin/reset`` — healthy, counters zeroed.
-    ``GET /admin/calls`` — how often each endpoint was called, the mode, and the most fix calls
-    that were ever in progress at once.
+    ``GET /admin/calls`` — how often each endpoint was called (and, for fix calls that carry
+    ``?incident=<id>``, how often per incident), the mode, and the most fix calls that were ever
+    in progress at once.
 
 Every call is counted when it arrives, before any delay, so a caller killed in the middle of a
 fix still shows up in the count: that is what "ran at most once" is checked against.
@@ -65,6 +66,9 @@ class CustomerSystem:
     mode: BreakMode = BreakMode.HEALTHY
     fix_seconds: float = 0.0
     calls: Counter[str] = field(default_factory=Counter)
+    # Fix calls per incident, for runbooks that name the incident (``query: incident={incident.incident_id}``):
+    # "each not-safe-to-repeat step ran at most once per incident" is checked against these.
+    calls_by_incident: dict[str, Counter[str]] = field(default_factory=dict)
     fixes_in_flight: int = 0
     max_fixes_in_flight: int = 0
     # Who is fixing right now (the callers' User-Agent): which of several automation instances
@@ -107,6 +111,8 @@ def create_app(system: CustomerSystem | None = None) -> FastAPI:
     def fix_endpoint(action: str) -> None:
         async def fix(request: Request) -> JSONResponse:
             state.calls[action] += 1
+            if incident := request.query_params.get("incident"):
+                state.calls_by_incident.setdefault(action, Counter())[incident] += 1
             if not state.authorised(request):
                 return _problem(401, "Credential missing or wrong", "Send Authorization: Bearer <the system's token>.")
             state.fixes_in_flight += 1
@@ -156,6 +162,7 @@ def create_app(system: CustomerSystem | None = None) -> FastAPI:
         state.mode = BreakMode.HEALTHY
         state.fix_seconds = 0.0
         state.calls.clear()
+        state.calls_by_incident.clear()
         state.max_fixes_in_flight = 0
         return {"status": state.mode.value}
 
@@ -165,6 +172,7 @@ def create_app(system: CustomerSystem | None = None) -> FastAPI:
         User-Agents of the callers whose fixes are in flight."""
         return {
             "calls": dict(state.calls),
+            "calls_by_incident": {action: dict(counts) for action, counts in state.calls_by_incident.items()},
             "mode": state.mode.value,
             "fixes_in_flight": state.fixes_in_flight,
             "max_fixes_in_flight": state.max_fixes_in_flight,

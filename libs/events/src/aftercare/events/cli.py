@@ -49,6 +49,7 @@ from aftercare.events.consumer import DLQ_ATTEMPTS, DLQ_ERROR, DLQ_ERROR_TYPE, D
 from aftercare.events.producer import EventProducer
 from aftercare.events.schedule import DUE_TIMES_DEAD, DeadDueItem, DueTimes, DueTimeScheduledAgain
 from aftercare.events.topics import DEAD_LETTER_SUFFIX, dead_letter_topic
+from aftercare.events.tracing import incident_trace_id
 
 ENV_BOOTSTRAP = "AFTERCARE_KAFKA_BOOTSTRAP_SERVERS"
 ENV_MONGO_URL = "AFTERCARE_MONGO_URL"
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     due_replay.add_argument("--database", required=True, help="the service's database")
     due_replay.add_argument("keys", nargs="+", help="keys as `list` shows them")
     due_replay.add_argument("--dry-run", action="store_true", help="say what would be replayed, change nothing")
+
+    trace_id = groups.add_parser("trace-id", help="the trace id of one incident (search logs and traces with it)")
+    trace_id.add_argument("incident_id", help="the incident id from intake's 202 or the dashboard")
     return parser
 
 
@@ -405,6 +409,11 @@ async def run_dead_due_times(args: argparse.Namespace, out: TextIO) -> int:
 async def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.group == "dead-due-times":
         return await run_dead_due_times(args, out)
+
+    if args.group == "trace-id":
+        # Derived from the incident id (aftercare.events.tracing): no broker needed.
+        print(incident_trace_id(args.incident_id), file=out)
+        return 0
     if not args.bootstrap_servers:
         raise CommandError(f"where is Kafka? give --bootstrap-servers HOST:PORT or set {ENV_BOOTSTRAP}")
     if args.action == "list":

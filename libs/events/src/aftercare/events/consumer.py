@@ -65,7 +65,7 @@ from pymongo.errors import ConnectionFailure
 
 from aftercare.events.catalog import EventRejected, parse_envelope
 from aftercare.events.envelope import Envelope, Event
-from aftercare.events.metrics import EVENTS_CONSUMED, HANDLER_FAILURES, HANDLER_SECONDS
+from aftercare.events.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, HANDLER_FAILURES, HANDLER_SECONDS
 from aftercare.events.processed import ProcessedEventLog, record_id
 from aftercare.events.producer import EventProducer
 from aftercare.events.retry_stage import ParkedKey, RetryStage, StagedEvent
@@ -288,6 +288,7 @@ class ConsumerRunner:
                 if time.monotonic() - last_checkpoint >= self._commit_interval_s:
                     await self._checkpoint()
                     last_checkpoint = time.monotonic()
+                    self._record_lag()
                 await self._purge_now_and_then()
         finally:
             self._stopping.set()
@@ -746,6 +747,17 @@ class ConsumerRunner:
                 if partition in self._progress:
                     self._progress[partition].committed = position
 
+    def _record_lag(self) -> None:
+        # The high watermark comes with every fetch response; no extra request to the broker.
+        for partition, progress in self._progress.items():
+            end = self._consumer.highwater(partition)
+            if end is None:
+                continue
+            done = progress.committed if progress.committed >= 0 else (progress.next_offset or 0)
+            CONSUMER_LAG.labels(group=self.group_id, topic=partition.topic, partition=str(partition.partition)).set(
+                max(0, end - done)
+            )
+
     # --- shared --------------------------------------------------------------------------------
 
     def _consumed(self, topic: str, outcome: str) -> Any:
@@ -801,6 +813,7 @@ class ConsumerRunner:
         target = dead_letter_topic(event.topic)
         await self._transient_retry(lambda: self._producer.send_raw(target, event.value, event.key, headers), "Kafka")
         self._consumed(event.topic, "dead_lettered").inc()
+        DEAD_LETTERS.labels(group=self.group_id, topic=event.topic, error_type=type(error).__name__).inc()
         log.error("message dead-lettered", dead_letter_topic=target, origin=origin, error=detail, attempts=attempts)
 
     async def _purge_now_and_then(self) -> None:

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 from opentelemetry import propagate
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from aftercare.events.tracing import incident_traceparent
+
 
 def new_event_id() -> str:
     return str(uuid.uuid4())
@@ -98,8 +100,9 @@ def envelope_for(
 
     ``caused_by`` links the new event to the one being handled: it inherits its correlation id
     and names it as the cause, so an incident's whole story can be followed across services.
-    The envelope takes the trace context current where it is made (the request or message
-    being handled), so an event published later from an outbox still continues that trace.
+    The envelope takes the trace context current where it is made (the message being handled),
+    so an event published later from an outbox still continues that trace; where none is current
+    it takes its incident's own trace (``tracing.incident_trace_id``).
     """
     extra: dict[str, Any] = {}
     carrier: dict[str, str] = {}
@@ -107,6 +110,9 @@ def envelope_for(
     if "traceparent" in carrier:
         extra["traceparent"] = carrier["traceparent"]
         extra["tracestate"] = carrier.get("tracestate")
+    elif incident_id is not None:
+        # Nothing traced here (a request, a timer): the event starts or rejoins its incident's trace.
+        extra["traceparent"] = incident_traceparent(incident_id)
     if event_id is not None:
         extra["id"] = event_id
     if time is not None:

@@ -112,7 +112,7 @@ async def ensure_topics(
                 name=spec.name,
                 num_partitions=partitions,
                 replication_factor=replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+                topic_configs=spec.configs(),
             )
             for spec in specs
             if spec.name not in existing

@@ -1,5 +1,12 @@
 """OpenTelemetry tracing, with the trace context carried through Kafka headers.
 
+One incident is one trace: an event made where no trace is current (an HTTP request, a scheduled
+job, a run resumed from its stored due time) gets the incident's own trace id,
+``incident_trace_id(incident_id)``, a digest of the incident id. Events made while handling
+another event continue that event's trace, which started the same way. So every service's spans
+and log lines about an incident carry one trace id, and an operator can compute it from the
+incident id alone (``aftercare trace-id <incident id>``).
+
 The exporter is chosen by the environment (``AFTERCARE_OTEL_EXPORTER``): ``none`` (spans are
 still created, unrecorded, so trace ids appear in logs and events), ``console`` or ``otlp`` (to
 ``OTEL_EXPORTER_OTLP_ENDPOINT``).
@@ -7,7 +14,9 @@ still created, unrecorded, so trace ids appear in logs and events), ``console`` 
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 
 from opentelemetry import propagate, trace
@@ -93,3 +102,13 @@ def extract_trace_context(headers: Iterable[tuple[str, bytes]] | None) -> Contex
 def current_trace_id() -> str | None:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def incident_trace_id(incident_id: str) -> str:
+    """The trace id of everything that happens to one incident (32 lowercase hex digits)."""
+    return hashlib.sha256(b"aftercare-incident:" + incident_id.encode()).hexdigest()[:32]
+
+
+def incident_traceparent(incident_id: str) -> str:
+    """A W3C traceparent in the incident's trace, for an event made where no trace is current."""
+    return f"00-{incident_trace_id(incident_id)}-{secrets.token_hex(8)}-01"

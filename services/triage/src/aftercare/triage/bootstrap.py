@@ -12,6 +12,7 @@ from aftercare.events.runtime import ConsumerSpec, ServiceRuntime
 from aftercare.events.web import BodySizeLimit, install_problem_handlers
 from aftercare.triage.components import TriageComponents
 from aftercare.triage.entrypoints import api, consumer, scheduled
+from aftercare.triage.service_layer.sla_watch import SLA_BREACH
 from aftercare.triage.settings import TriageSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -36,6 +37,7 @@ def build_app(settings: TriageSettings | None = None) -> FastAPI:
         )
         if settings.regular_diagnostics_enabled:
             runtime.spawn(scheduled.run_regular_diagnostics(triage.regular), "regular-diagnostics")
+        runtime.on_due(SLA_BREACH, triage.sla.breached)
         app.state.triage = triage
 
     async def on_shutdown(runtime: ServiceRuntime) -> None:

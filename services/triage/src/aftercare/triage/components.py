@@ -17,6 +17,7 @@ from aftercare.triage.adapters.rule_store import RuleBook, RuleStore, load_seed_
 from aftercare.triage.adapters.store import FlapHistory, GroupingHeads, TenantDirectory, TriageIncidents
 from aftercare.triage.adapters.targets import TargetStore
 from aftercare.triage.service_layer.diagnose import IncidentDiagnosis, RegularDiagnostics
+from aftercare.triage.service_layer.sla_watch import SlaWatch
 from aftercare.triage.service_layer.triage_incident import IncidentTriage
 from aftercare.triage.settings import TriageSettings
 
@@ -38,6 +39,7 @@ class TriageComponents:
     targets: TargetStore
     diagnosis: IncidentDiagnosis
     regular: RegularDiagnostics
+    sla: SlaWatch
 
     @classmethod
     def build(cls, runtime: ServiceRuntime, settings: TriageSettings) -> TriageComponents:
@@ -56,8 +58,9 @@ class TriageComponents:
         regular = RegularDiagnostics(
             targets, prober, instance=runtime.holder_id, concurrency=settings.probe_concurrency
         )
+        sla = SlaWatch(incidents, lambda: runtime.due_times)
         return cls(
-            settings, runtime, tenants, incidents, rule_store, rules, triage, prober, targets, diagnosis, regular
+            settings, runtime, tenants, incidents, rule_store, rules, triage, prober, targets, diagnosis, regular, sla
         )
 
     async def sync_targets(self, envelope: Envelope[TenantUpserted]) -> None:

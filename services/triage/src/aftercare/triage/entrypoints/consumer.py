@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aftercare.events import topics
 from aftercare.events.consumer import HandlerTable
 from aftercare.events.incidents import (
+    IncidentAcknowledged,
     IncidentClosed,
     IncidentReclassified,
     IncidentReported,
@@ -25,9 +26,11 @@ TOPICS = [topics.INCIDENTS, topics.TENANTS]
 def handlers(triage: TriageComponents) -> HandlerTable:
     return {
         TenantUpserted: [triage.tenants.apply, triage.sync_targets, triage.triage.tenant_arrived],
-        IncidentReported: [triage.triage.reported],
+        # The SLA watch runs after the triage it watches (handlers of an event run in order).
+        IncidentReported: [triage.triage.reported, triage.sla.triaged],
         IncidentUpdated: [triage.triage.updated],
         IncidentReclassified: [triage.triage.reclassified],
-        IncidentResolved: [triage.triage.resolved],
-        IncidentClosed: [triage.triage.resolved],
+        IncidentAcknowledged: [triage.sla.met],
+        IncidentResolved: [triage.triage.resolved, triage.sla.met],
+        IncidentClosed: [triage.triage.resolved, triage.sla.met],
     }
