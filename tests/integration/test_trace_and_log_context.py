@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import structlog
-from opentelemetry import trace
 from pymongo.asynchronous.database import AsyncDatabase
 
 from aftercare.events.consumer import ConsumerRunner
@@ -17,7 +16,7 @@ from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.incidents import Channel, IncidentReported
 from aftercare.events.processed import ProcessedEventLog
 from aftercare.events.producer import EventProducer
-from aftercare.events.tracing import configure_tracing, current_trace_id, tracer
+from aftercare.events.tracing import configure_tracing, current_trace_id, incident_trace_id, tracer
 
 from kafka_helpers import Infrastructure, running, wait_until
 
@@ -47,7 +46,8 @@ async def test_the_handler_runs_in_the_publishers_trace_with_log_context_bound(
     try:
         async with running(runner):
             with tracer().start_as_current_span("intake accepts a report"):
-                publisher_trace = format(trace.get_current_span().get_span_context().trace_id, "032x")
+                # An incident's events are in the incident's own trace, whatever span is current.
+                publisher_trace = incident_trace_id("inc-traced")
                 event = envelope_for(
                     IncidentReported(
                         incident_id="inc-traced",

@@ -392,7 +392,19 @@ def test_an_envelope_carries_the_trace_it_was_made_in_so_an_outbox_publish_conti
     outside = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
     with tracer().start_as_current_span("accept report"):
         trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-        inside = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
+        inside = envelope_for(data, source="intake", tenant_id="t", incident_id=None)
+        # An unrelated span (a long-lived task, another incident's message) never pulls an
+        # incident's event out of the incident's trace.
+        unrelated = envelope_for(data, source="intake", tenant_id="t", incident_id="i-1")
+    assert unrelated.traceparent is not None and unrelated.traceparent.split("-")[1] == incident_trace_id("i-1")
+    # Handling a message of the incident's trace: the event is that span's child.
+    from aftercare.events.tracing import extract_trace_context
+
+    context = extract_trace_context([("traceparent", outside.traceparent.encode())])  # type: ignore[union-attr]
+    with tracer().start_as_current_span("handle", context=context):
+        span_id = format(trace.get_current_span().get_span_context().span_id, "016x")
+        child = envelope_for(data, source="triage", tenant_id="t", incident_id="i-1")
+    assert child.traceparent == f"00-{incident_trace_id('i-1')}-{span_id}-01"
     # Outside any span (a request, a timer) the event joins its incident's own trace.
     assert outside.traceparent is not None and outside.traceparent.split("-")[1] == incident_trace_id("i-1")
     again = envelope_for(data, source="remediation", tenant_id="t", incident_id="i-1")

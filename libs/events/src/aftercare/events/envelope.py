@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from aftercare.events.tracing import incident_traceparent
@@ -100,19 +100,22 @@ def envelope_for(
 
     ``caused_by`` links the new event to the one being handled: it inherits its correlation id
     and names it as the cause, so an incident's whole story can be followed across services.
-    The envelope takes the trace context current where it is made (the message being handled),
-    so an event published later from an outbox still continues that trace; where none is current
-    it takes its incident's own trace (``tracing.incident_trace_id``).
+    An event about an incident is in the incident's own trace (``tracing.incident_trace_id``),
+    child of the current span when that span is in the same trace (the message being handled),
+    so an event published later from an outbox still continues it. Other events take the trace
+    context current where they are made.
     """
     extra: dict[str, Any] = {}
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    if "traceparent" in carrier:
-        extra["traceparent"] = carrier["traceparent"]
-        extra["tracestate"] = carrier.get("tracestate")
-    elif incident_id is not None:
-        # Nothing traced here (a request, a timer): the event starts or rejoins its incident's trace.
-        extra["traceparent"] = incident_traceparent(incident_id)
+    if incident_id is not None:
+        # An event about an incident is always in the incident's own trace, whatever is current
+        # (a request, a timer, a long-lived task, another incident's message): one trace per incident.
+        extra["traceparent"] = incident_traceparent(incident_id, trace.get_current_span().get_span_context())
+    else:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if "traceparent" in carrier:
+            extra["traceparent"] = carrier["traceparent"]
+            extra["tracestate"] = carrier.get("tracestate")
     if event_id is not None:
         extra["id"] = event_id
     if time is not None:

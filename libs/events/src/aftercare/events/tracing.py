@@ -1,11 +1,11 @@
 """OpenTelemetry tracing, with the trace context carried through Kafka headers.
 
-One incident is one trace: an event made where no trace is current (an HTTP request, a scheduled
-job, a run resumed from its stored due time) gets the incident's own trace id,
-``incident_trace_id(incident_id)``, a digest of the incident id. Events made while handling
-another event continue that event's trace, which started the same way. So every service's spans
-and log lines about an incident carry one trace id, and an operator can compute it from the
-incident id alone (``aftercare trace-id <incident id>``).
+One incident is one trace: every event about an incident carries the incident's own trace id,
+``incident_trace_id(incident_id)``, a digest of the incident id, wherever it is made (a request,
+a timer, a run resumed from its stored due time, a handler of the message before). A consumer
+continues the trace from the message's headers, so every service's spans and log lines about an
+incident carry that one id, and an operator computes it from the incident id alone
+(``aftercare trace-id <incident id>``).
 
 The exporter is chosen by the environment (``AFTERCARE_OTEL_EXPORTER``): ``none`` (spans are
 still created, unrecorded, so trace ids appear in logs and events), ``console`` or ``otlp`` (to
@@ -109,6 +109,11 @@ def incident_trace_id(incident_id: str) -> str:
     return hashlib.sha256(b"aftercare-incident:" + incident_id.encode()).hexdigest()[:32]
 
 
-def incident_traceparent(incident_id: str) -> str:
-    """A W3C traceparent in the incident's trace, for an event made where no trace is current."""
-    return f"00-{incident_trace_id(incident_id)}-{secrets.token_hex(8)}-01"
+def incident_traceparent(incident_id: str, current: trace.SpanContext | None = None) -> str:
+    """A W3C traceparent in the incident's trace: child of ``current`` when that span is in the
+    incident's trace (the message being handled), else of a fresh span id (the first event, or
+    one made by a request or timer)."""
+    trace_id = incident_trace_id(incident_id)
+    if current is not None and current.is_valid and format(current.trace_id, "032x") == trace_id:
+        return f"00-{trace_id}-{format(current.span_id, '016x')}-01"
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
