@@ -37,3 +37,15 @@ def test_an_operator_gets_an_incidents_trace_id_from_its_id_alone(capsys: object
         incident_id="inc-42",
     )
     assert event.traceparent is not None and event.traceparent.split("-")[1] == printed
+
+
+def test_a_log_line_about_an_incident_carries_its_trace_id_even_outside_any_span() -> None:
+    from aftercare.events.logs import add_incident_trace_id
+    from aftercare.events.tracing import incident_trace_id
+
+    line = add_incident_trace_id(None, "info", {"event": "incident opened", "incident_id": "inc-7"})
+    assert line["trace_id"] == incident_trace_id("inc-7")
+    # Inside a handled message the bound trace id stays; lines about no incident get none.
+    bound = add_incident_trace_id(None, "info", {"incident_id": "inc-7", "trace_id": "abc"})
+    assert bound["trace_id"] == "abc"
+    assert "trace_id" not in add_incident_trace_id(None, "info", {"event": "service ready"})

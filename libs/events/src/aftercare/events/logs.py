@@ -12,8 +12,21 @@ from typing import Any
 
 import structlog
 
+from aftercare.events.tracing import incident_trace_id
+
+
+def add_incident_trace_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A line about an incident carries the incident's trace id (one trace per incident, see
+    ``aftercare.events.tracing``), also where no span is current (a request, a timer)."""
+    incident_id = event_dict.get("incident_id")
+    if not event_dict.get("trace_id") and isinstance(incident_id, str) and incident_id:
+        event_dict["trace_id"] = incident_trace_id(incident_id)
+    return event_dict
+
+
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
+    add_incident_trace_id,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
