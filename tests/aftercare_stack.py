@@ -272,7 +272,8 @@ class AftercareStack:
     def restart_kafka(self) -> None:
         self._wait_port_free(self.kafka.port)
         self._wait_port_free(self.kafka.controller_port)
-        self.kafka.start()
+        # After SIGKILL the broker recovers its logs first: minutes on a loaded machine.
+        self.kafka.start(timeout_s=900)
 
     def kill_store(self) -> None:
         assert self.store.process is not None
@@ -282,7 +283,7 @@ class AftercareStack:
 
     def restart_store(self) -> None:
         self._wait_port_free(self.store.port)
-        self.store.start()
+        self.store.start(timeout_s=600)
 
     @staticmethod
     def _wait_port_free(port: int, timeout_s: float = 60.0) -> None:
