@@ -48,6 +48,7 @@ from localinfra import free_port
 
 OPERATOR_TOKENS = {role: new_operator_token() for role in ("viewer", "responder", "admin")}
 SYSTEM = "shop-web"
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def as_role(role: str) -> dict[str, str]:
@@ -213,7 +214,12 @@ def remediation(
 ) -> Iterator[RemediationUnderTest]:
     """One remediation process for a test module (each test uses its own tenant)."""
     asyncio.run(publish_operators(infrastructure.bootstrap_servers))
-    service = start_remediation(infrastructure, tmp_path_factory.mktemp("remediation"))
+    # With the demo's seeds, as `make run` starts it (they concern tenant acme, which no test uses).
+    seeds = {
+        "AFTERCARE_REMEDIATION_ESCALATION_POLICY_SEED_DIR": str(REPO_ROOT / "infra/seed/escalation-policies"),
+        "AFTERCARE_REMEDIATION_CREDENTIAL_SEED_FILE": str(REPO_ROOT / "infra/seed/system-credentials.json"),
+    }
+    service = start_remediation(infrastructure, tmp_path_factory.mktemp("remediation"), extra_env=seeds)
     wait_for_operators(service)
     try:
         yield service

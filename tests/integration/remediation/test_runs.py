@@ -234,3 +234,14 @@ verification: {{expect_status: [200]}}
     assert steps[0]["params"] == {"text": "restarting for INC-9"}
     assert steps[1]["target"] == scenario.customer.base_url + "/admin/restart-service"
     assert scenario.customer.count("restart-service") == 0  # a dry run touches nothing
+
+
+async def test_make_runs_demo_seeds_give_acme_a_policy_and_its_system_a_credential(scenario: Scenario) -> None:
+    policy = await scenario.api.get("/v1/tenants/acme/escalation-policy", headers=as_role("viewer"))
+    assert policy.status_code == 200, policy.text
+    first = policy.json()["policy"]["levels"][0]
+    assert first["contacts"] == [{"name": "Sam On-Call", "email": "sam.oncall@support.example", "phone": None}]
+    credential = await scenario.api.get("/v1/tenants/acme/systems/billing-api/credential", headers=as_role("admin"))
+    assert credential.status_code == 200, credential.text
+    assert credential.json()["set_by"] == "seed:system-credentials.json"
+    assert "bearer_token" not in credential.json()
