@@ -63,6 +63,8 @@ run: export AFTERCARE_INTAKE_PUBLIC_BASE_URL ?= https://localhost:8001
 run: devcert
 endif
 run: setup
+	@# Mailpit's web inbox needs an npm build (once, a few minutes); without npm the inbox is API-only.
+	@$(PYTHON) infra/localinfra.py setup-inbox
 	@echo ""
 	@echo "Aftercare is starting. Where to look:"
 	@echo "  intake       http://127.0.0.1:8001  (API docs /docs, readiness /readyz; SMTP on 127.0.0.1:2525)"

@@ -11,7 +11,8 @@ project starts real parts itself (see shared INFRA.md):
 
 Standard library only: this runs before any Python package is installed.
 
-    python3 infra/localinfra.py setup        fetch the Kafka jars, build the store (cached)
+    python3 infra/localinfra.py setup        fetch the Kafka jars, build the store and Mailpit (cached)
+    python3 infra/localinfra.py setup-inbox  build Mailpit with its web inbox (npm; for make run)
     python3 infra/localinfra.py up           start both in the background and wait until ready
     python3 infra/localinfra.py down         stop what ``up`` started
     python3 infra/localinfra.py status       say what runs where
@@ -341,6 +342,80 @@ def build_mailcatcher() -> Path:
     return binary
 
 
+# Mailpit's web inbox is a JavaScript bundle that its releases build with npm; the Go module
+# holds only its sources (`server/ui/dist` is empty), so `go install` gives a Mailpit whose SMTP
+# and API work but whose page at :8025 is blank. `make run` is for people reading that page, so
+# it builds the bundle once (npm, a few minutes) into a second binary; tests only use the API and
+# keep the plain build. Two changes make the npm step work from the registries this project can
+# reach: the lock file pins `sass-embedded` 1.108.1, which is not served, so the versions are
+# resolved afresh; and `rapidoc` (only the API-documentation page) ^12 is not served, ^9.3.8 is.
+MAILCATCHER_INBOX_PACKAGE_PINS = {"rapidoc": "^9.3.8"}
+
+
+def mailcatcher_inbox_binary() -> Path:
+    return local_dir() / "cache" / f"mailpit-{MAILCATCHER_VERSION}-inbox" / "mailpit"
+
+
+def build_mailcatcher_inbox() -> Path | None:
+    """Build Mailpit with its web inbox (once, then cached); None, with the reason logged, where
+    npm is missing or the build fails: the plain build then serves the API and SMTP only."""
+    binary = mailcatcher_inbox_binary()
+    if binary.exists():
+        return binary
+    if shutil.which("npm") is None:
+        _log("npm is not on PATH: Mailpit runs without its web inbox (install npm and run make run again to get it)")
+        return None
+    go = _require_tool("go", "build the Mailpit mail catcher from the Go module proxy")
+    work = binary.parent
+    source = work / "src"
+    log_file = work / "build.log"
+    _log(f"building Mailpit's web inbox into {binary} (first make run only, a few minutes; log {log_file})")
+    shutil.rmtree(source, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, CGO_ENABLED="0")
+    with log_file.open("w") as out:
+
+        def run(command: list[str], cwd: Path) -> bool:
+            out.write(f"$ {' '.join(command)}\n")
+            out.flush()
+            return (
+                subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+                == 0
+            )
+
+        found = subprocess.run(
+            [go, "mod", "download", "-json", f"{MAILCATCHER_MODULE}@{MAILCATCHER_VERSION}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if found.returncode != 0:
+            out.write(found.stdout + found.stderr)
+            _log(f"Mailpit's sources could not be downloaded; running without the web inbox (see {log_file})")
+            return None
+        # The module cache is read-only: build in a writable copy.
+        shutil.copytree(json.loads(found.stdout)["Dir"], source)
+        for path in source.rglob("*"):
+            path.chmod(path.stat().st_mode | 0o200)
+        package_file = source / "package.json"
+        package = json.loads(package_file.read_text())
+        package["dependencies"].update(MAILCATCHER_INBOX_PACKAGE_PINS)
+        package_file.write_text(json.dumps(package, indent=2))
+        (source / "package-lock.json").unlink(missing_ok=True)
+        built = (
+            # No install scripts: they fetch browsers for Mailpit's own UI tests, not needed here.
+            run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts"], source)
+            and run(["npm", "run", "build"], source)
+            and run([go, "build", "-o", str(binary), "."], source)
+        )
+    if not built or not binary.exists():
+        _log(f"building Mailpit's web inbox failed; running without it (see {log_file})")
+        return None
+    shutil.rmtree(source, ignore_errors=True)  # node_modules alone is a few hundred MB
+    return binary
+
+
 def setup() -> None:
     fetch_kafka()
     build_store()
@@ -647,6 +722,11 @@ class MailCatcherNode:
     def log_file(self) -> Path:
         return self.data_dir / "logs" / "mailpit.out"
 
+    def binary(self) -> Path:
+        """The build with the web inbox where ``make run`` made one, else the plain build."""
+        inbox = mailcatcher_inbox_binary()
+        return inbox if inbox.exists() else build_mailcatcher()
+
     def prepare(self) -> list[str]:
         for port, setting in ((self.smtp_port, "SMTP_PORT"), (self.http_port, "HTTP_PORT")):
             if not port_is_free(self.host, port):
@@ -656,7 +736,7 @@ class MailCatcherNode:
                 )
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         return [
-            str(build_mailcatcher()),
+            str(self.binary()),
             "--smtp",
             f"{self.host}:{self.smtp_port}",
             "--listen",
@@ -849,12 +929,15 @@ def _run_foreground(node: KafkaNode | StoreNode | MailCatcherNode, stop_delay_s:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "command", choices=["setup", "up", "down", "status", "run-kafka", "run-store", "run-mailcatcher", "wait"]
+        "command",
+        choices=["setup", "setup-inbox", "up", "down", "status", "run-kafka", "run-store", "run-mailcatcher", "wait"],
     )
     args = parser.parse_args(argv)
     try:
         if args.command == "setup":
             setup()
+        elif args.command == "setup-inbox":
+            build_mailcatcher_inbox()
         elif args.command == "up":
             setup()
             _background_up()
