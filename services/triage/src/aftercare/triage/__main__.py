@@ -1,16 +1,12 @@
-"""`python -m aftercare.triage` (or `aftercare-triage`): run the triage service until SIGTERM."""
+"""`python -m aftercare.triage` (or `aftercare-triage`): run the triage service until SIGTERM;
+`python -m aftercare.triage rebuild-groups`: rebuild the grouping state from Kafka (see
+``entrypoints.cli``)."""
 
 from __future__ import annotations
 
-from aftercare.events.runtime import serve
-from aftercare.triage.bootstrap import build_app
-from aftercare.triage.settings import TriageSettings
+import sys
 
-
-def main() -> None:
-    settings = TriageSettings()
-    serve(build_app(settings), settings)
-
+from aftercare.triage.entrypoints.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
