@@ -71,7 +71,7 @@ run: setup
 	@echo "  triage       http://127.0.0.1:8002/readyz"
 	@echo "  remediation  http://127.0.0.1:8003/readyz"
 	@echo "  notifier     http://127.0.0.1:8004/dashboard  (operators' dashboard; readiness /readyz)"
-	@echo "  mail         http://127.0.0.1:8025/api/v1/messages  (Mailpit: the demo customer's mail; SMTP 127.0.0.1:1025)"
+	@echo "  inbox        http://127.0.0.1:8025/  (Mailpit: the demo customer's mail; API /api/v1/messages; SMTP 127.0.0.1:1025)"
 	@echo "  demo system  http://127.0.0.1:8100/health  (break it: make demo-break, make demo-break-hard)"
 	@echo "  Kafka        127.0.0.1:9092    store (MongoDB wire protocol) mongodb://127.0.0.1:27017/"
 	@echo "  demo tenant 'acme': API key ak_demo_acme_0123456789abcdef, admin token $$AFTERCARE_INTAKE_ADMIN_TOKEN"
@@ -96,11 +96,11 @@ DEMO_SYSTEM ?= http://127.0.0.1:8100
 
 # A fault its runbook repairs (a restart): diagnostics notice, remediation fixes, the customer hears.
 demo-break:
-	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/break?mode=soft' && echo "" && echo "billing-api is down; watch the dashboard at http://127.0.0.1:8004/dashboard and the mail at http://127.0.0.1:8025/api/v1/messages"
+	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/break?mode=soft' && echo "" && echo "billing-api is down; watch the dashboard at http://127.0.0.1:8004/dashboard and the inbox at http://127.0.0.1:8025/"
 
 # A fault nothing in the runbook repairs: the fix is tried, verified as failed, rolled back, escalated.
 demo-break-hard:
-	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/break?mode=hard' && echo "" && echo "billing-api is down for good; the on-call contact gets paged (mail at http://127.0.0.1:8025/api/v1/messages)"
+	@curl -fsS -X POST '$(DEMO_SYSTEM)/admin/break?mode=hard' && echo "" && echo "billing-api is down for good; the on-call contact gets paged (inbox at http://127.0.0.1:8025/)"
 
 # Healthy again by hand (after the hard break, a person 'repairs' it).
 demo-heal:

@@ -7,10 +7,9 @@ The dashboard needs a signed-in operator, so it is driven by Playwright on Debia
 chromium (no browser download; chromium's own `--headless --screenshot` cannot sign in).
 Registers the README's operator Olga if she is not there yet.
 
-The inbox screenshots (inbox-thread.png, inbox-resolved.png) are not taken here: the Mailpit that
-`make run` builds with `go install` has no web UI (its script bundle is built with npm in Mailpit's
-release process and is not in the Go module). They were taken with Playwright from a Mailpit built
-by hand with its UI (docs/status/e2e.md says how) over a copy of the demo's mailbox database.
+The inbox screenshots (inbox-thread.png, inbox-resolved.png) were taken the same way from
+Mailpit's web inbox (http://127.0.0.1:8025/, built by make run with npm; see
+infra/localinfra.py setup-inbox), searching `subject:"INC-1001"` and opening the "Resolved" email.
 """
 
 from __future__ import annotations
