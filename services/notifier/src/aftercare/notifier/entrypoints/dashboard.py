@@ -18,10 +18,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from aftercare.events.operators import Operator, Role
 from aftercare.notifier.components import NotifierComponents
@@ -170,7 +171,39 @@ def row_json(view: dict[str, Any], now: datetime) -> dict[str, Any]:
         "sla_due": due.isoformat() if isinstance(due, datetime) else None,
         "sla_left_s": left,
         "notifications_sent": view.get("notifications_sent", 0),
+        "approvals": _approvals_of(view),
     }
+
+
+def _approvals_of(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """The incident's runs waiting for a person, as the dashboard lists them."""
+    return [
+        {
+            "approval_id": approval.get("approval_id"),
+            "run_id": approval.get("run_id"),
+            "step": approval.get("step"),
+            "reason": approval.get("reason"),
+            "incident_id": view.get("incident_id"),
+            "number": view.get("number") or "",
+        }
+        for approval in view.get("pending_approvals") or []
+    ]
+
+
+def _approval_html(approval: dict[str, Any], csrf: str, can_act: bool) -> str:
+    # Same markup as dashboard.js builds for approvals that arrive live.
+    buttons = ""
+    if can_act:
+        for action in ("approve", "reject"):
+            buttons += (
+                f"<form class='inline decide' method='post' action='/dashboard/runs/{_e(approval['run_id'])}/{action}'>"
+                f"<input type='hidden' name='csrf' value='{_e(csrf)}'>"
+                f"<button type='submit' name='{action}'>{action.title()}</button></form> "
+            )
+    return (
+        f"<li id='approval-{_e(approval['approval_id'])}' data-incident='{_e(approval['incident_id'])}'>"
+        f"<b>{_e(approval['number'])}</b> {_e(approval['step'])}: {_e(approval['reason'])} {buttons}</li>"
+    )
 
 
 def _matches(view: dict[str, Any], tenant: str | None, status: str | None, priority: str | None) -> bool:
@@ -214,30 +247,18 @@ async def dashboard(
     views = await notifier.read_model.list(_visible(operator))
     shown = [v for v in views if _matches(v, tenant, status, priority)]
     rows = "".join(_row_html(row_json(v, now)) for v in shown)
-    approvals = ""
-    for view in views:
-        for approval in view.get("pending_approvals") or []:
-            buttons = ""
-            if operator.can(Role.RESPONDER):
-                for action in ("approve", "reject"):
-                    buttons += (
-                        f"<form class='inline' method='post' "
-                        f"action='/dashboard/runs/{_e(approval['run_id'])}/{action}'>"
-                        f"<input type='hidden' name='csrf' value='{session['csrf']}'>"
-                        f"<button type='submit' name='{action}'>{action.title()}</button></form> "
-                    )
-            approvals += (
-                f"<li id='approval-{_e(approval['approval_id'])}'><b>{_e(view.get('number'))}</b> "
-                f"{_e(approval.get('step'))}: {_e(approval.get('reason'))} {buttons}</li>"
-            )
+    can_act = operator.can(Role.RESPONDER)
+    approvals = "".join(
+        _approval_html(approval, session["csrf"], can_act) for view in views for approval in _approvals_of(view)
+    )
     notice = _e(request.query_params.get("notice", ""))
     body = (
         f"<nav><b>Aftercare</b> <span class='muted'>{_e(operator.name)} ({operator.role.value})</span> "
         f"<form class='inline' method='post' action='/dashboard/logout'><input type='hidden' name='csrf' "
         f"value='{session['csrf']}'><button>Sign out</button></form></nav>"
-        + (f"<p id='notice'>{notice}</p>" if notice else "")
+        + f"<p id='notice' role='status'>{notice}</p>"
         + f"<h2>Incidents per hour (24 h)</h2>{_hourly_chart(views, now)}"
-        + f"<h2>Pending approvals</h2><ul id='approvals'>{approvals or '<li class=muted>none</li>'}</ul>"
+        + f"<h2>Pending approvals</h2><ul id='approvals'>{approvals}</ul>"
         + "<h2>Incidents</h2><form method='get'>"
         f"<input name='tenant' placeholder='tenant' value='{_e(tenant)}'> "
         f"<input name='status' placeholder='status' value='{_e(status)}'> "
@@ -246,6 +267,7 @@ async def dashboard(
         "<th>SLA</th><th>Channel</th><th>Diagnosis</th><th>Sent</th></tr></thead>"
         f"<tbody id='incidents'>{rows}</tbody></table>"
         f"<script>const FILTER={json.dumps({'tenant': tenant, 'status': status, 'priority': priority})};"
+        f"const CSRF={json.dumps(session['csrf'])};const CAN_ACT={json.dumps(can_act)};"
         f"{LIVE_JS}</script>"
     )
     return _page("Dashboard - Aftercare", body)
@@ -329,33 +351,48 @@ async def decide(
     notifier: Components,
     csrf: Annotated[str, Form(max_length=100)],
 ) -> Response:
-    """Approve or reject a remediation run, as the signed-in operator (remediation's API)."""
+    """Approve or reject a remediation run, as the signed-in operator (remediation's API).
+
+    A plain form post is answered with a redirect to the dashboard carrying the outcome; the
+    dashboard's script posts the same form with ``Accept: application/json`` and gets the outcome
+    as JSON, so the page stays put and the approval leaves the list when remediation's
+    ApprovalGranted/ApprovalRejected reaches the read model (server-sent events)."""
+    wants_json = "application/json" in request.headers.get("accept", "")
+
+    def answer(outcome: str, status: int, remediation_status: int | None = None) -> Response:
+        if wants_json:
+            return JSONResponse(
+                {"outcome": outcome, "remediation_status": remediation_status, "run_id": run_id}, status_code=status
+            )
+        if status in (401, 403) and remediation_status is None:
+            page = _page("Refused", f"<p>{_e(outcome)}</p><p><a href='/dashboard'>Back to the dashboard</a></p>")
+            page.status_code = status
+            return page
+        return RedirectResponse("/dashboard?" + urlencode({"notice": outcome}), status_code=303)
+
     found = await _session(request, notifier)
     if found is None:
+        if wants_json:
+            return answer("Your session ended; sign in again.", 401)
         return RedirectResponse("/dashboard/login", status_code=303)
     session, operator = found
     if action not in ("approve", "reject") or not secrets.compare_digest(csrf, session["csrf"]):
-        page = _page("Refused", "<p>This form is stale or forged (CSRF check failed); reload the dashboard.</p>")
-        page.status_code = 403
-        return page
-    if not operator.can(Role.RESPONDER) or not session.get("api_token"):
-        return RedirectResponse(
-            "/dashboard?notice=" + "Approving needs the responder role and your API token at sign-in.", status_code=303
-        )
+        return answer("This form is stale or forged (CSRF check failed); reload the dashboard.", 403)
+    if not operator.can(Role.RESPONDER):
+        return answer(f"Approving and rejecting needs the responder role; you are {operator.role.value}.", 403)
+    if not session.get("api_token"):
+        return answer("Approving needs your operator API token at sign-in; sign out and in again with it.", 403)
     url = f"{notifier.settings.remediation_base_url.rstrip('/')}/v1/runs/{run_id}/{action}"
     try:
-        answer = await notifier.http.post(
+        reply = await notifier.http.post(
             url,
             json={"note": f"from the dashboard by {operator.name}"},
             headers={"Authorization": f"Bearer {session['api_token']}"},
         )
-        outcome = f"{action}: remediation answered {answer.status_code}"
-        if answer.status_code >= 400:
-            outcome += (
-                f" ({answer.json().get('detail', '')})"
-                if answer.headers.get("content-type", "").endswith("json")
-                else ""
-            )
     except httpx.HTTPError as error:
-        outcome = f"{action} failed: remediation unreachable ({type(error).__name__})"
-    return RedirectResponse("/dashboard?notice=" + outcome, status_code=303)
+        return answer(f"{action} failed: remediation unreachable ({type(error).__name__}); try again.", 502)
+    outcome = f"{action}: remediation answered {reply.status_code}"
+    if reply.status_code >= 400 and reply.headers.get("content-type", "").endswith("json"):
+        outcome += f" ({reply.json().get('detail', '')})"
+    status = 200 if reply.status_code < 400 else reply.status_code if reply.status_code < 500 else 502
+    return answer(outcome, status, reply.status_code)

@@ -11,6 +11,31 @@ source.addEventListener('incident', e => {
   if(!tr){tr=document.createElement('tr');tr.id='row-'+r.incident_id;document.getElementById('incidents').prepend(tr);}
   tr.innerHTML = rowHtml(r); tr.className='new';
 });
+// Pending approvals follow the incident's row: added when remediation asks, gone once decided.
+function approvalHtml(a){let b='';if(CAN_ACT){for(const act of ['approve','reject']){
+ b+=`<form class="inline decide" method="post" action="/dashboard/runs/${esc(a.run_id)}/${act}">`+
+ `<input type="hidden" name="csrf" value="${esc(CSRF)}"><button type="submit" name="${act}">${act[0].toUpperCase()+act.slice(1)}</button></form> `;}}
+ return `<b>${esc(a.number)}</b> ${esc(a.step)}: ${esc(a.reason)} ${b}`;}
+source.addEventListener('incident', e => {
+  const r = JSON.parse(e.data), list = document.getElementById('approvals'), keep = new Set();
+  for(const a of r.approvals||[]){keep.add('approval-'+a.approval_id);
+    if(document.getElementById('approval-'+a.approval_id))continue;
+    const li=document.createElement('li');li.id='approval-'+a.approval_id;li.dataset.incident=r.incident_id;
+    li.innerHTML=approvalHtml(a);li.className='new';list.append(li);}
+  for(const li of list.querySelectorAll('li[data-incident]'))
+    if(li.dataset.incident===r.incident_id&&!keep.has(li.id))li.remove();
+});
+// Approve/reject without leaving the page: the same CSRF-protected form, answered as JSON.
+document.addEventListener('submit', async e => {
+  const form = e.target; if(!form.classList.contains('decide'))return; e.preventDefault();
+  for(const b of form.parentElement.querySelectorAll('button'))b.disabled=true;
+  const notice=document.getElementById('notice');
+  try{const res=await fetch(form.action,{method:'POST',body:new FormData(form),headers:{Accept:'application/json'},credentials:'same-origin'});
+    const body=await res.json();notice.textContent=body.outcome;
+    if(!res.ok)for(const b of form.parentElement.querySelectorAll('button'))b.disabled=false;}
+  catch(err){notice.textContent='could not reach the dashboard: '+err;
+    for(const b of form.parentElement.querySelectorAll('button'))b.disabled=false;}
+});
 function tick(){for(const td of document.querySelectorAll('td.sla')){const due=td.dataset.due;
  if(!due||td.dataset.state==='met')continue;const left=(Date.parse(due)-Date.now())/1000;
  const m=Math.floor(Math.abs(left)/60), s=Math.floor(Math.abs(left)%60);

@@ -1,0 +1,379 @@
+"""Live approvals on the operators' dashboard against the real remediation service.
+
+Remediation asks for an approval (ApprovalRequested on Kafka); the dashboard's live stream
+(server-sent events) carries it to a signed-in responder without a reload; the responder's
+CSRF-protected decision goes to remediation's approval API with the responder's own operator
+token; remediation's ApprovalGranted/ApprovalRejected reaches the read model and the stream
+takes the approval off the list. Driven over HTTP as a browser would, and once in real chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from aftercare.events.envelope import envelope_for
+from aftercare.events.incidents import Channel, IncidentReported, Severity
+from aftercare.events.operators import (
+    OPERATOR_EVENTS_TENANT,
+    OperatorUpserted,
+    Role,
+    hash_password,
+    new_operator_token,
+    token_digest,
+)
+from aftercare.events.producer import EventProducer
+from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
+from aftercare.events.triage import IncidentTriaged
+
+from .conftest import NotifierUnderTest, SmtpCapture, make_notifier, wait_for
+from customer_system_process import CustomerSystemUnderTest, start_customer_system
+from kafka_helpers import Infrastructure, unique_name
+from localinfra import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from remediation.conftest import RemediationUnderTest, restart_runbook, start_remediation, stop_remediation
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery staple"
+SYSTEM = "shop-web"
+
+
+@dataclass
+class DashboardOperator:
+    operator_id: str
+    email: str
+    role: Role
+    token: str = field(default_factory=new_operator_token)
+
+    def event(self) -> Any:
+        return envelope_for(
+            OperatorUpserted(
+                operator_id=self.operator_id,
+                name=f"{self.role.value.title()} {self.operator_id[-4:]}",
+                email=self.email,
+                role=self.role,
+                password_hash=hash_password(PASSWORD),
+                token_digests=[token_digest(self.token)],
+            ),
+            source="intake",
+            tenant_id=OPERATOR_EVENTS_TENANT,
+        )
+
+
+def new_operator(role: Role) -> DashboardOperator:
+    operator_id = f"op-{role.value}-{secrets.token_hex(3)}"
+    return DashboardOperator(operator_id, f"{operator_id}@support.example", role)
+
+
+@dataclass
+class ApprovalStack:
+    notifier: NotifierUnderTest
+    remediation: RemediationUnderTest
+    customer: CustomerSystemUnderTest
+    tenant_id: str
+    runbook: str
+    admin: DashboardOperator
+    responder: DashboardOperator
+    viewer: DashboardOperator
+
+
+@pytest.fixture(scope="module")
+def approval_processes(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory, smtp_capture: SmtpCapture
+) -> Iterator[tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest]]:
+    workdir = tmp_path_factory.mktemp("approvals")
+    customer = start_customer_system(workdir / "customer", token="cust-" + secrets.token_hex(8), slow_seconds=0.5)
+    # Both services start at once: most of their start-up is waiting for Kafka group joins.
+    remediation_url = f"http://127.0.0.1:{free_port()}"
+    remediation_env = {
+        "AFTERCARE_REMEDIATION_HTTP_PORT": remediation_url.rsplit(":", 1)[1],
+        "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": remediation_url,
+    }
+    notifier = make_notifier(
+        infrastructure, workdir / "notifier", smtp_capture, {"AFTERCARE_NOTIFIER_REMEDIATION_BASE_URL": remediation_url}
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(start_remediation, infrastructure, workdir / "remediation", extra_env=remediation_env)
+        try:
+            notifier.start()
+        except BaseException:
+            notifier.stop()
+            stop_remediation(starting.result())
+            customer.stop()
+            raise
+        remediation = starting.result()
+    try:
+        yield notifier, remediation, customer
+    finally:
+        notifier.stop()
+        stop_remediation(remediation)
+        customer.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def approvals(
+    approval_processes: tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest],
+    infrastructure: Infrastructure,
+) -> ApprovalStack:
+    """Operators of each role (announced as intake announces them), a tenant whose system is the
+    customer system, and a runbook that asks a person before it acts."""
+    notifier, remediation, customer = approval_processes
+    admin, responder, viewer = new_operator(Role.ADMIN), new_operator(Role.RESPONDER), new_operator(Role.VIEWER)
+    tenant_id = unique_name("appr")
+    producer = EventProducer(infrastructure.bootstrap_servers, client_id="dashboard-approval-tests")
+    await producer.start()
+    try:
+        for operator in (admin, responder, viewer):
+            await producer.publish(operator.event())
+        await producer.publish(
+            envelope_for(
+                TenantUpserted(
+                    tenant_id=tenant_id,
+                    name="Approvals Ltd",
+                    tier=ContractTier(name="gold"),
+                    systems=[
+                        SupportedSystem(
+                            name=SYSTEM,
+                            diagnostic_target=DiagnosticTarget(kind="http", address=customer.health_url),
+                            admin_endpoint=customer.base_url + "/admin",
+                        )
+                    ],
+                ),
+                source="intake",
+                tenant_id=tenant_id,
+            )
+        )
+    finally:
+        await producer.stop()
+    as_admin = {"Authorization": f"Bearer {admin.token}"}
+    runbook = unique_name("risky-restart")
+    async with httpx.AsyncClient(base_url=remediation.base_url, timeout=30) as http:
+
+        async def admin_known() -> bool:
+            return (await http.get("/v1/runbooks", headers=as_admin)).status_code == 200
+
+        await wait_for("remediation knows the test operators", admin_known)
+
+        async def credential_stored() -> bool:
+            answer = await http.put(
+                f"/v1/tenants/{tenant_id}/systems/{SYSTEM}/credential",
+                json={"bearer_token": customer.token},
+                headers=as_admin,
+            )
+            return answer.status_code == 204
+
+        await wait_for("remediation knows the tenant", credential_stored)
+        answer = await http.put(
+            f"/v1/runbooks/{runbook}",
+            json=restart_runbook(runbook, approval={"required": True, "timeout_seconds": 600}),
+            headers=as_admin,
+        )
+        assert answer.status_code in (200, 201), answer.text
+    return ApprovalStack(notifier, remediation, customer, tenant_id, runbook, admin, responder, viewer)
+
+
+async def incident_needing_approval(stack: ApprovalStack, producer: EventProducer) -> str:
+    """Report and triage an incident naming the approval runbook, as intake and triage would."""
+    incident_id = f"inc-{uuid.uuid4()}"
+    number = f"INC-{incident_id[-5:]}"
+    reported = envelope_for(
+        IncidentReported(
+            incident_id=incident_id,
+            number=number,
+            title="Shop is down",
+            channel=Channel.API,
+            severity=Severity.CRITICAL,
+            system=SYSTEM,
+            source="web-1",
+            reported_at=datetime.now(UTC),
+        ),
+        source="intake",
+        tenant_id=stack.tenant_id,
+        incident_id=incident_id,
+    )
+    await producer.publish(reported)
+    await producer.publish(
+        envelope_for(
+            IncidentTriaged(
+                incident_id=incident_id,
+                number=number,
+                priority=Priority.P1,
+                category="application",
+                system=SYSTEM,
+                runbook=stack.runbook,
+            ),
+            source="triage",
+            tenant_id=stack.tenant_id,
+            incident_id=incident_id,
+            caused_by=reported,
+        )
+    )
+    return incident_id
+
+
+async def signed_in(http: httpx.AsyncClient, operator: DashboardOperator) -> str:
+    """Sign in through the form (login CSRF cookie + field); returns the session's CSRF token.
+    Retries while the notifier's operator directory has not read the operator yet."""
+
+    async def attempt() -> str | None:
+        form = await http.get("/dashboard/login")
+        login_csrf = re.search(r"name='csrf' value='([^']+)'", form.text)
+        assert login_csrf, form.text
+        answer = await http.post(
+            "/dashboard/login",
+            data={"email": operator.email, "password": PASSWORD, "csrf": login_csrf[1], "api_token": operator.token},
+        )
+        if answer.status_code != 303:
+            return None
+        page = await http.get("/dashboard")
+        found = re.search(r"const CSRF=\"([^\"]+)\"", page.text)
+        return found[1] if found else None
+
+    return str(await wait_for(f"{operator.role.value} signs in", attempt, timeout_s=120))
+
+
+@contextlib.asynccontextmanager
+async def live_rows(http: httpx.AsyncClient) -> AsyncIterator[list[dict[str, Any]]]:
+    """The dashboard's server-sent incident rows, collected while the block runs."""
+    rows: list[dict[str, Any]] = []
+    connected = asyncio.Event()
+
+    async def read() -> None:
+        async with http.stream("GET", "/dashboard/events", timeout=httpx.Timeout(30, read=None)) as stream:
+            assert stream.status_code == 200
+            async for line in stream.aiter_lines():
+                connected.set()
+                if line.startswith("data: "):
+                    rows.append(json.loads(line[6:]))
+
+    task = asyncio.create_task(read())
+    try:
+        await asyncio.wait_for(connected.wait(), 30)
+        yield rows
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def approvals_in(rows: list[dict[str, Any]], incident_id: str) -> list[dict[str, Any]] | None:
+    """The approvals of the incident's latest live row (None: no row yet)."""
+    mine = [row for row in rows if row["incident_id"] == incident_id]
+    return mine[-1]["approvals"] if mine else None
+
+
+async def run_of(stack: ApprovalStack, incident_id: str) -> dict[str, Any] | None:
+    async with httpx.AsyncClient(base_url=stack.remediation.base_url, timeout=10) as http:
+        answer = await http.get(
+            f"/v1/incidents/{incident_id}/audit", headers={"Authorization": f"Bearer {stack.admin.token}"}
+        )
+        run = answer.json().get("run") if answer.status_code == 200 else None
+        return dict(run) if run else None
+
+
+async def test_responder_approves_a_pending_run_from_the_live_dashboard(
+    approvals: ApprovalStack, publisher: EventProducer
+) -> None:
+    stack = approvals
+    async with (
+        httpx.AsyncClient(base_url=stack.notifier.base_url, timeout=30) as responder,
+        httpx.AsyncClient(base_url=stack.notifier.base_url, timeout=30) as viewer,
+    ):
+        csrf = await signed_in(responder, stack.responder)
+        viewer_csrf = await signed_in(viewer, stack.viewer)
+        async with live_rows(responder) as rows:
+            incident_id = await incident_needing_approval(stack, publisher)
+            [pending] = await wait_for("the approval arrives live", lambda: approvals_in(rows, incident_id))
+            run_id = pending["run_id"]
+            page = await responder.get("/dashboard")
+            assert f"id='approval-{pending['approval_id']}'" in page.text
+
+            # A viewer sees it but may not decide; a forged form (wrong CSRF token) is refused.
+            refused = await viewer.post(
+                f"/dashboard/runs/{run_id}/approve", data={"csrf": viewer_csrf}, headers={"Accept": "application/json"}
+            )
+            assert refused.status_code == 403 and "responder role" in refused.json()["outcome"]
+            forged = await responder.post(
+                f"/dashboard/runs/{run_id}/approve", data={"csrf": "forged"}, headers={"Accept": "application/json"}
+            )
+            assert forged.status_code == 403 and "CSRF" in forged.json()["outcome"]
+            run = await run_of(stack, incident_id)
+            assert run is not None and run["status"] == "awaiting_approval", run
+
+            approved = await responder.post(
+                f"/dashboard/runs/{run_id}/approve", data={"csrf": csrf}, headers={"Accept": "application/json"}
+            )
+            assert approved.status_code == 200, approved.text
+            assert approved.json()["remediation_status"] == 200
+            await wait_for("the approval leaves the live list", lambda: approvals_in(rows, incident_id) == [])
+
+        run = await run_of(stack, incident_id)
+        assert run is not None and run["approval"]["decision"] == "approved"
+        assert run["approval"]["decided_by"] == stack.responder.operator_id
+        # Deciding again: remediation's refusal is shown to the operator, not swallowed.
+        again = await responder.post(f"/dashboard/runs/{run_id}/approve", data={"csrf": csrf})
+        assert again.status_code == 303 and "remediation+answered+409" in again.headers["location"]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
+async def test_responder_rejects_in_the_browser_and_the_approval_leaves_without_a_reload(
+    approvals: ApprovalStack, publisher: EventProducer
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    stack = approvals
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = await browser.new_page()
+        try:
+            for _ in range(120):  # until the notifier's operator directory has read the operator
+                await page.goto(stack.notifier.base_url + "/dashboard/login")
+                await page.fill("input[name=email]", stack.responder.email)
+                await page.fill("input[name=password]", PASSWORD)
+                await page.fill("input[name=api_token]", stack.responder.token)
+                await page.click("button[type=submit]")
+                if page.url.endswith("/dashboard"):
+                    break
+                await page.wait_for_timeout(500)
+            assert page.url.endswith("/dashboard"), await page.content()
+            await page.evaluate("window.stillTheSamePage = true")
+
+            incident_id = await incident_needing_approval(stack, publisher)
+            approval = page.locator(f"#approvals li[data-incident='{incident_id}']")
+            await expect(approval).to_have_count(1, timeout=120_000)
+            await approval.get_by_role("button", name="Reject").click()
+            await expect(page.locator("#notice")).to_contain_text("reject: remediation answered 200")
+            await expect(approval).to_have_count(0, timeout=60_000)
+            assert await page.evaluate("window.stillTheSamePage") is True  # no reload happened
+        finally:
+            await browser.close()
+
+    run = await wait_for(
+        "the run ends rejected",
+        lambda: _ended(stack, incident_id),
+        timeout_s=60,
+    )
+    assert run["approval"]["decided_by"] == stack.responder.operator_id
+
+
+async def _ended(stack: ApprovalStack, incident_id: str) -> dict[str, Any] | None:
+    run = await run_of(stack, incident_id)
+    return run if run and run["status"] == "rejected" else None
