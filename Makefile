@@ -54,6 +54,8 @@ run: export AFTERCARE_REMEDIATION_CREDENTIAL_SEED_FILE ?= infra/seed/system-cred
 # The demo shows every step of one incident within a minute ("we noticed", "we are fixing",
 # "resolved"); a real deployment keeps the default spacing of progress updates (15 minutes).
 run: export AFTERCARE_NOTIFIER_THROTTLE_MINUTES ?= 0
+# The dashboard's "break the demo system" button (admins only; demo mode only).
+run: export AFTERCARE_NOTIFIER_DEMO_SYSTEM_URL ?= http://127.0.0.1:8100
 run: export AFTERCARE_REMEDIATION_CREDENTIAL_KEY ?= rD9YK3UKD2-CSHogFW4uFLaALKsD1NIY_QGEsbHVoUs=
 # make run HTTPS=1: intake on https://localhost:8001 with a dev CA's certificate (README, "HTTPS on a laptop").
 ifeq ($(HTTPS),1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import time
@@ -88,6 +89,13 @@ def _incident(tenant_id: str):  # type: ignore[no-untyped-def]
     )
 
 
+def load_average() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+LOAD_AT_START = load_average()
+
+
 async def main(clients: int, incidents: int) -> None:
     with infrastructure() as (bootstrap, mongo_url):
         with notifier_process(bootstrap, mongo_url, {"AFTERCARE_NOTIFIER_SMTP_PORT": "9"}) as (base, process, _):
@@ -145,6 +153,7 @@ async def main(clients: int, incidents: int) -> None:
     print(f"  p50 {p50 * 1000:.0f} ms   p99 {p99 * 1000:.0f} ms   (target p99 <= 200 ms)")
     print(f"  bare Kafka round trip (produce -> consume) p50 {rtt * 1000:.0f} ms; p99/rtt = {p99 / rtt:.1f}x")
     print(f"  notifier RSS peak {peak_rss:.0f} MB (target <= 150 MB)")
+    print(f"  load average at start {LOAD_AT_START}, at the end {load_average()} (1/5/15 min, {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

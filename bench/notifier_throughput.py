@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -105,6 +106,13 @@ async def bare_loop(bootstrap: str, count: int) -> float:
     return time.perf_counter() - started
 
 
+def load_average() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+LOAD_AT_START = load_average()
+
+
 async def main(count: int) -> None:
     capture = Capture()
     smtp = Controller(capture, hostname="127.0.0.1", port=free_port())
@@ -170,6 +178,7 @@ async def main(count: int) -> None:
     print(f"  webhook {count / hook_s:8.1f}/s   ({hook_s:.1f}s)   = {count / hook_s / bare_rate:.4f} x bare loop")
     print(f"  bare consumer loop (aiokafka, same events, no work): {bare_rate:.0f} events/s")
     print(f"  notifier RSS: {rss:.0f} MB")
+    print(f"  load average at start {LOAD_AT_START}, at the end {load_average()} (1/5/15 min, {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,8 @@ class NotifierUnderTest:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "aftercare.notifier"], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 90
+        # Generous: on the shared 2-core machine under a full test run, importing alone has taken 45 s.
+        deadline = time.monotonic() + 180
         last = "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -212,12 +215,82 @@ def make_notifier(
     )
 
 
+@dataclass
+class ProviderReceiver:
+    """A real HTTP server standing where Twilio's Messages API and chat rooms' incoming webhooks
+    would be: it records every request and answers as they do (Twilio: 201 with the message's
+    sid; a chat room: 200 "ok")."""
+
+    url: str = ""
+    account_sid: str = field(default_factory=lambda: "AC" + secrets.token_hex(16))
+    auth_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)  # path, headers, body
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def received(self, path_prefix: str) -> list[tuple[str, dict[str, str], bytes]]:
+        with self.lock:
+            return [request for request in self.requests if request[0].startswith(path_prefix)]
+
+
+@pytest.fixture(scope="session")
+def provider_receiver() -> Iterator[ProviderReceiver]:
+    state = ProviderReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            with state.lock:
+                state.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if self.path.startswith("/2010-04-01/Accounts/"):
+                answer = json.dumps({"sid": "SM" + secrets.token_hex(16), "status": "queued"}).encode()
+                self._answer(201, answer, "application/json")
+            else:
+                self._answer(200, b"ok", "text/plain")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+
+
 @pytest.fixture(scope="session")
 def notifier(
-    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory, smtp_capture: SmtpCapture
+    infrastructure: Infrastructure,
+    tmp_path_factory: pytest.TempPathFactory,
+    smtp_capture: SmtpCapture,
+    provider_receiver: ProviderReceiver,
 ) -> Iterator[NotifierUnderTest]:
-    """One notifier shared by the notifier tests that do not kill it."""
-    service = make_notifier(infrastructure, tmp_path_factory.mktemp("notifier"), smtp_capture)
+    """One notifier shared by the notifier tests that do not kill it; its SMS go to the test's
+    Twilio-shaped receiver."""
+    service = make_notifier(
+        infrastructure,
+        tmp_path_factory.mktemp("notifier"),
+        smtp_capture,
+        {
+            "AFTERCARE_NOTIFIER_SMS_BASE_URL": provider_receiver.url,
+            "AFTERCARE_NOTIFIER_TWILIO_ACCOUNT_SID": provider_receiver.account_sid,
+            "AFTERCARE_NOTIFIER_TWILIO_AUTH_TOKEN": provider_receiver.auth_token,
+            "AFTERCARE_NOTIFIER_SMS_FROM": "+15550001111",
+            # Short enough to watch them fire (test_digest_and_periodic_updates.py); no other test
+            # of the shared notifier uses P1 or P4, so no other test's counts change.
+            "AFTERCARE_NOTIFIER_PERIODIC_UPDATE_MINUTES_P1": "0.05",
+            "AFTERCARE_NOTIFIER_DIGEST_INTERVAL_MINUTES": "0.1",
+        },
+    )
     service.start()
     try:
         yield service

@@ -15,6 +15,7 @@ from aftercare.events.outbox import OutboxRelay
 from aftercare.events.runtime import ServiceRuntime
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import NotificationChannel
+from aftercare.notifier.adapters.chat import ChatSender
 from aftercare.notifier.adapters.live_feed import LiveFeed
 from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.sms import SmsSender
@@ -76,6 +77,7 @@ class NotifierComponents:
         senders: dict[NotificationChannel, ChannelSender] = {
             NotificationChannel.EMAIL: EmailSender(email, settings.mail_from, settings.message_id_domain),
             NotificationChannel.WEBHOOK: WebhookSender(store, http),
+            NotificationChannel.CHAT: ChatSender(http, settings.public_base_url),
         }
         if settings.twilio_account_sid:
             senders[NotificationChannel.SMS] = SmsSender(

@@ -59,9 +59,20 @@ class NotifierSettings(ServiceSettings):
     retry_initial_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
     throttle_minutes: int = Field(default=15, ge=0)
-    digest_interval_minutes: int = Field(default=24 * 60, ge=1)
-    periodic_update_minutes_p1: int = Field(default=30, ge=1)
-    periodic_update_minutes_p2: int = Field(default=60, ge=1)
+    # Minutes as decimals (0.1 = 6 s) so tests and demos can see a digest or an update go out.
+    digest_interval_minutes: float = Field(default=24 * 60, gt=0)
+    periodic_update_minutes_p1: float = Field(default=30, gt=0)
+    periodic_update_minutes_p2: float = Field(default=60, gt=0)
+
+    # Dashboard extras.
+    trace_url_template: str = Field(
+        default="",
+        description="Link for a trace id, e.g. 'http://127.0.0.1:16686/trace/{trace_id}'; empty: shown only.",
+    )
+    demo_system_url: str = Field(
+        default="",
+        description="Demo mode only: the demo customer system's base URL; admins get a 'break it' button.",
+    )
 
     # Dashboard sessions.
     session_secret: str = Field(default="", description="Signs dashboard sessions; random per process if empty.")

@@ -11,7 +11,8 @@ Collections:
 * ``incidents`` — the dashboard's read model, built only from events;
 * ``advisories`` — published advisories and the tenants they matched;
 * ``leases`` — which instance runs the single-instance jobs;
-* ``waiting_notices`` — notices whose tenant event has not arrived yet.
+* ``waiting_notices`` — notices whose tenant event has not arrived yet;
+* ``chat_webhooks`` — operators' chat rooms (Slack/Teams incoming webhooks), by name.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Store:
         self.advisories = database["advisories"]
         self.leases = database["leases"]
         self.waiting_notices = database["waiting_notices"]
+        self.chat_webhooks = database["chat_webhooks"]
 
     async def ensure_indexes(self) -> None:
         await self.deliveries.create_index([("state", 1), ("due_at", 1)])

@@ -130,6 +130,7 @@ def entry_of(envelope: Envelope[Any]) -> dict[str, Any]:
             fields = {"number": data.number}
     return {
         "event_id": envelope.id,
+        "trace_id": trace_id_of(envelope.traceparent),
         "type": envelope.type,
         "source": envelope.source,
         "time": envelope.time,
@@ -137,6 +138,18 @@ def entry_of(envelope: Envelope[Any]) -> dict[str, Any]:
         "status": _STATUS_AFTER.get(type(data)),
         "fields": fields,
     }
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id in a W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<flags>``), if valid."""
+    parts = (traceparent or "").split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1]
 
 
 def add_entry(entries: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -170,6 +183,7 @@ def fold(incident_id: str, tenant_id: str, entries: list[dict[str, Any]]) -> dic
         "resolved_at": None,
         "notifications_sent": 0,
         "notifications_failed": 0,
+        "trace_id": None,
     }
     approvals: dict[str, dict[str, Any]] = {}
     for entry in entries:
@@ -180,6 +194,9 @@ def fold(incident_id: str, tenant_id: str, entries: list[dict[str, Any]]) -> dic
         for name in ("response_due_at", "resolution_due_at", "verdict"):
             if name in fields:
                 view[name] = fields[name]
+        # The incident's trace is the one its report started; later events continue it.
+        if view["trace_id"] is None and entry.get("trace_id"):
+            view["trace_id"] = entry["trace_id"]
         if entry.get("status"):
             view["status"] = entry["status"]
             view["resolved_at"] = entry["time"] if entry["status"] in ("resolved", "closed") else None
@@ -210,3 +227,19 @@ def sla_state(view: dict[str, Any], now: datetime) -> tuple[str, float | None]:
         return ("met" if resolved is None or resolved <= due else "breached"), None
     left = (due - now).total_seconds()
     return ("running" if left >= 0 else "breached"), left
+
+
+def opened_per_hour(views: list[dict[str, Any]], now: datetime, hours: int = 24) -> dict[str, list[int]]:
+    """Per tenant, how many incidents were reported in each of the last ``hours`` hours, oldest
+    hour first (the dashboard's sparklines)."""
+    counts: dict[str, list[int]] = {}
+    for view in views:
+        reported = view.get("reported_at")
+        if not isinstance(reported, datetime):
+            continue
+        age = (now - reported).total_seconds() // 3600
+        if not 0 <= age < hours:
+            continue
+        series = counts.setdefault(str(view.get("tenant_id")), [0] * hours)
+        series[hours - 1 - int(age)] += 1
+    return dict(sorted(counts.items()))

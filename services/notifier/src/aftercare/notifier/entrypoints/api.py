@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from aftercare.events.web import Problem
 from aftercare.intake.domain.twilio_signature import is_valid
 from aftercare.notifier.adapters.webhook import check_webhook_url
+from aftercare.notifier.domain.chat import ChatWebhook
 from aftercare.notifier.domain.delivery import DeliveryState
 from aftercare.notifier.domain.preferences import Subscription
 from aftercare.notifier.domain.webhooks import UnacceptableUrl, new_secret
@@ -167,6 +168,41 @@ async def sms_status(
     )
     if result.matched_count == 0:
         raise Problem(404, "Unknown notification", f"No SMS notification {notification_id}.", kind="not-found")
+
+
+ChatName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+@router.put("/v1/chat-webhooks/{name}", dependencies=[Admin], tags=["chat"])
+async def put_chat_webhook(name: ChatName, room: ChatWebhook, notifier: Components) -> dict[str, Any]:
+    """Register (or change) an operators' chat room: a Slack or Teams incoming-webhook URL, and
+    optionally which tenants and which messages it hears about. The URL is checked like a
+    customer webhook's (https, resolves to an allowed address)."""
+    try:
+        await check_webhook_url(
+            room.url,
+            allow_http=notifier.settings.webhook_allow_http,
+            allow_private=notifier.settings.webhook_allow_private_addresses,
+        )
+    except UnacceptableUrl as error:
+        raise Problem(422, "Chat webhook URL not accepted", str(error), kind="webhook-url") from None
+    await notifier.store.chat_webhooks.update_one(
+        {"_id": name}, {"$set": {"room": room.model_dump(mode="json"), "updated_at": datetime.now(UTC)}}, upsert=True
+    )
+    return {"name": name} | room.model_dump(mode="json")
+
+
+@router.get("/v1/chat-webhooks", dependencies=[Admin], tags=["chat"])
+async def list_chat_webhooks(notifier: Components) -> list[dict[str, Any]]:
+    """Every registered operators' chat room."""
+    return [{"name": d["_id"]} | d["room"] async for d in notifier.store.chat_webhooks.find({}).sort("_id", 1)]
+
+
+@router.delete("/v1/chat-webhooks/{name}", dependencies=[Admin], tags=["chat"], status_code=204)
+async def delete_chat_webhook(name: ChatName, notifier: Components) -> None:
+    """Stop sending to a chat room (messages already planned for it still go)."""
+    if (await notifier.store.chat_webhooks.delete_one({"_id": name})).deleted_count == 0:
+        raise Problem(404, "Unknown chat webhook", f"No chat webhook named {name!r}.", kind="not-found")
 
 
 @router.post("/admin/read-model/rebuild", dependencies=[Admin], tags=["admin"])

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from aftercare.events.operators import Operator, Role
 from aftercare.notifier.components import NotifierComponents
-from aftercare.notifier.domain.incident_view import sla_state
+from aftercare.notifier.domain.incident_view import opened_per_hour, sla_state
 from aftercare.notifier.entrypoints.dependencies import Components
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -230,6 +230,46 @@ def _hourly_chart(views: list[dict[str, Any]], now: datetime) -> str:
     return f"<svg id='per-hour' width='288' height='42' role='img' aria-label='incidents per hour'>{bars}</svg>"
 
 
+def sparkline(tenant_id: str, series: list[int]) -> str:
+    """An inline SVG line of incidents opened per hour (oldest hour left), scaled to its own peak."""
+    peak = max(max(series, default=0), 1)
+    step = 120 / max(len(series) - 1, 1)
+    points = " ".join(f"{i * step:.1f},{22 - 20 * count / peak:.1f}" for i, count in enumerate(series))
+    total = sum(series)
+    return (
+        f"<svg class='spark' id='spark-{_e(tenant_id)}' width='122' height='24' role='img' "
+        f"aria-label='{total} incidents opened in the last 24 hours' data-counts='{','.join(map(str, series))}'>"
+        f"<title>{_e(tenant_id)}: {total} incidents opened in the last 24 h (peak {peak} an hour)</title>"
+        f"<polyline fill='none' stroke='#2e86c1' stroke-width='1.5' points='{points}'/></svg>"
+    )
+
+
+def _tenant_sparklines(views: list[dict[str, Any]], now: datetime) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(tenant)}</td><td>{sparkline(tenant, series)}</td><td>{sum(series)}</td></tr>"
+        for tenant, series in opened_per_hour(views, now).items()
+    )
+    if not rows:
+        return "<p class='muted'>No incidents in the last 24 hours.</p>"
+    return (
+        "<table id='per-tenant' style='width:auto'><tr><th>Tenant</th><th>Opened per hour, 24 h</th>"
+        f"<th>Total</th></tr>{rows}</table>"
+    )
+
+
+def _demo_controls(notifier: NotifierComponents, operator: Operator, csrf: str) -> str:
+    # Demo mode only (a configured demo system) and only for admins: it breaks a real system.
+    if not notifier.settings.demo_system_url or not operator.can(Role.ADMIN):
+        return ""
+    buttons = "".join(
+        f"<form class='inline' method='post' action='/dashboard/demo/break'>"
+        f"<input type='hidden' name='csrf' value='{_e(csrf)}'><input type='hidden' name='mode' value='{mode}'>"
+        f"<button type='submit' id='demo-break-{mode}'>{label}</button></form> "
+        for mode, label in (("soft", "Break the demo system"), ("hard", "Break it beyond its runbook"))
+    )
+    return f"<h2>Demo</h2><p id='demo'>{buttons}<span class='muted'>{_e(notifier.settings.demo_system_url)}</span></p>"
+
+
 @router.get("")
 async def dashboard(
     request: Request,
@@ -257,7 +297,9 @@ async def dashboard(
         f"<form class='inline' method='post' action='/dashboard/logout'><input type='hidden' name='csrf' "
         f"value='{session['csrf']}'><button>Sign out</button></form></nav>"
         + f"<p id='notice' role='status'>{notice}</p>"
+        + _demo_controls(notifier, operator, session["csrf"])
         + f"<h2>Incidents per hour (24 h)</h2>{_hourly_chart(views, now)}"
+        + f"<h2>Opened per tenant</h2>{_tenant_sparklines(views, now)}"
         + f"<h2>Pending approvals</h2><ul id='approvals'>{approvals}</ul>"
         + "<h2>Incidents</h2><form method='get'>"
         f"<input name='tenant' placeholder='tenant' value='{_e(tenant)}'> "
@@ -339,8 +381,51 @@ async def incident_timeline(incident_id: str, request: Request, notifier: Compon
         f"{view.get('number')} - Aftercare",
         f"<p><a href='/dashboard'>&larr; all incidents</a></p><h1>{_e(view.get('number'))} {_e(view.get('title'))}</h1>"
         f"<p>{_e(view.get('tenant_id'))} &middot; {_e(view.get('priority'))} &middot; {_e(view.get('status'))}</p>"
+        f"{_trace_line(view.get('trace_id'), notifier.settings.trace_url_template)}"
         f"<table id='timeline'><tr><th>When</th><th>Service</th><th>Event</th><th>What</th></tr>{items}</table>",
     )
+
+
+def _trace_line(trace_id: str | None, template: str) -> str:
+    if not trace_id:
+        return "<p class='muted' id='trace'>No trace id (the report carried no trace context).</p>"
+    shown = f"<code>{_e(trace_id)}</code>"
+    if template:
+        shown = f"<a href='{_e(template.replace('{trace_id}', trace_id))}'>{shown}</a>"
+    return f"<p id='trace'>Trace {shown} <span class='muted'>(every service's logs carry it as trace_id)</span></p>"
+
+
+@router.post("/demo/break")
+async def break_demo_system(
+    request: Request,
+    notifier: Components,
+    csrf: Annotated[str, Form(max_length=100)],
+    mode: Annotated[str, Form(pattern="^(soft|hard)$")] = "soft",
+) -> Response:
+    """Demo mode: break the demo customer system (admins only), as ``make demo-break`` does."""
+    found = await _session(request, notifier)
+    if found is None:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    session, operator = found
+    if not secrets.compare_digest(csrf, session["csrf"]):
+        page = _page("Refused", "<p>This form is stale or forged (CSRF check failed); reload the dashboard.</p>")
+        page.status_code = 403
+        return page
+    base = notifier.settings.demo_system_url
+    if not base or not operator.can(Role.ADMIN):
+        page = _page("Refused", "<p>Only an admin may break the demo system, and only in demo mode.</p>")
+        page.status_code = 403
+        return page
+    try:
+        reply = await notifier.http.post(f"{base.rstrip('/')}/admin/break", params={"mode": mode})
+        outcome = (
+            f"The demo system is broken ({mode}); regular diagnostics will notice it shortly."
+            if reply.status_code < 300
+            else f"The demo system answered {reply.status_code}."
+        )
+    except httpx.HTTPError as error:
+        outcome = f"The demo system is unreachable ({type(error).__name__}) at {base}."
+    return RedirectResponse("/dashboard?" + urlencode({"notice": outcome}), status_code=303)
 
 
 @router.post("/runs/{run_id}/{action}")

@@ -16,10 +16,11 @@ from pymongo.errors import DuplicateKeyError
 from aftercare.events.envelope import Envelope
 from aftercare.events.incidents import IncidentClosed, IncidentReopened, IncidentResolved
 from aftercare.events.tenant_copy import TenantCopy
-from aftercare.events.tenants import Priority, TenantUpserted
+from aftercare.events.tenants import NotificationChannel, Priority, TenantUpserted
 from aftercare.events.triage import IncidentTriaged
 from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.store import DueTimes, Store
+from aftercare.notifier.domain.chat import ChatWebhook, chat_deliveries
 from aftercare.notifier.domain.delivery import DeliveryState
 from aftercare.notifier.domain.incident_view import is_open
 from aftercare.notifier.domain.notices import THROTTLED_KINDS, Notice, NoticeKind, notice_for, pages_for
@@ -179,9 +180,55 @@ class NotificationPlanner:
                     digest_at,
                     {"tenant_id": notice.tenant_id, "channel": delivery.channel.value, "recipient": delivery.recipient},
                 )
+        new += await self._store_chat_deliveries(notice, tenant, now)
         if new:
             log.info("deliveries planned", kind=notice.kind.value, new=new, incident_id=notice.incident_id)
             self._wake.set()
+        return new
+
+    async def _store_chat_deliveries(self, notice: Notice, tenant: TenantUpserted | None, now: datetime) -> int:
+        """The operators' chat rooms that want ``notice`` (domain/chat.py); sent at once."""
+        rooms = {
+            document["_id"]: ChatWebhook.model_validate(document["room"])
+            async for document in self._store.chat_webhooks.find({})
+        }
+        new = 0
+        for key, name, url in chat_deliveries(notice, rooms):
+            document: dict[str, Any] = {
+                "_id": key,
+                "tenant_id": notice.tenant_id,
+                "incident_id": notice.incident_id,
+                "notice_id": notice.notice_id,
+                "about_event_id": notice.about_event_id,
+                "kind": notice.kind.value,
+                "priority": notice.priority.value if notice.priority else None,
+                "channel": NotificationChannel.CHAT.value,
+                "chat_format": rooms[name].format.value,
+                "recipient": url,
+                "contact": f"chat:{name}",
+                "language": "en",
+                "context": notice.context
+                | {
+                    "status_url": self.links.incident(tenant, notice.incident_id),
+                    "status_page_url": self.links.status_page(tenant),
+                    "tenant_name": tenant.name if tenant else "",
+                    "contact_name": name,
+                },
+                "subject": notice.subject,
+                "in_reply_to": None,
+                "state": DeliveryState.PENDING.value,
+                "due_at": now,
+                "held_reason": None,
+                "digest": False,
+                "attempt_count": 0,
+                "attempts": [],
+                "created_at": now,
+            }
+            try:
+                await self._store.deliveries.insert_one(document)
+            except DuplicateKeyError:
+                continue
+            new += 1
         return new
 
     # --- periodic updates while a P1/P2 is open ------------------------------------------------

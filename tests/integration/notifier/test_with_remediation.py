@@ -1,10 +1,17 @@
-"""Live approvals on the operators' dashboard against the real remediation service.
+"""The notifier beside the real remediation service: live approvals on the operators' dashboard,
+and on-call pages whose acknowledge link works.
 
 Remediation asks for an approval (ApprovalRequested on Kafka); the dashboard's live stream
 (server-sent events) carries it to a signed-in responder without a reload; the responder's
 CSRF-protected decision goes to remediation's approval API with the responder's own operator
 token; remediation's ApprovalGranted/ApprovalRejected reaches the read model and the stream
 takes the approval off the list. Driven over HTTP as a browser would, and once in real chromium.
+
+In demo mode an admin (only) breaks the demo customer system from the dashboard, which also shows
+per-tenant sparklines of incidents opened and each incident's trace id.
+
+An escalation for a tenant with an escalation policy pages its on-call person by email (the real
+SMTP server of the tests); the link in that email is remediation's, and following it acknowledges.
 """
 
 from __future__ import annotations
@@ -108,7 +115,14 @@ def approval_processes(
         "AFTERCARE_REMEDIATION_PUBLIC_BASE_URL": remediation_url,
     }
     notifier = make_notifier(
-        infrastructure, workdir / "notifier", smtp_capture, {"AFTERCARE_NOTIFIER_REMEDIATION_BASE_URL": remediation_url}
+        infrastructure,
+        workdir / "notifier",
+        smtp_capture,
+        {
+            "AFTERCARE_NOTIFIER_REMEDIATION_BASE_URL": remediation_url,
+            "AFTERCARE_NOTIFIER_DEMO_SYSTEM_URL": customer.base_url,
+            "AFTERCARE_NOTIFIER_TRACE_URL_TEMPLATE": "http://traces.example/trace/{trace_id}",
+        },
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
         starting = pool.submit(start_remediation, infrastructure, workdir / "remediation", extra_env=remediation_env)
@@ -190,8 +204,9 @@ async def approvals(
     return ApprovalStack(notifier, remediation, customer, tenant_id, runbook, admin, responder, viewer)
 
 
-async def incident_needing_approval(stack: ApprovalStack, producer: EventProducer) -> str:
-    """Report and triage an incident naming the approval runbook, as intake and triage would."""
+async def reported_and_triaged(stack: ApprovalStack, producer: EventProducer, runbook: str | None = None) -> str:
+    """Report and triage an incident naming the approval runbook (or ``runbook``), as intake and
+    triage would."""
     incident_id = f"inc-{uuid.uuid4()}"
     number = f"INC-{incident_id[-5:]}"
     reported = envelope_for(
@@ -218,7 +233,7 @@ async def incident_needing_approval(stack: ApprovalStack, producer: EventProduce
                 priority=Priority.P1,
                 category="application",
                 system=SYSTEM,
-                runbook=stack.runbook,
+                runbook=runbook or stack.runbook,
             ),
             source="triage",
             tenant_id=stack.tenant_id,
@@ -300,7 +315,7 @@ async def test_responder_approves_a_pending_run_from_the_live_dashboard(
         csrf = await signed_in(responder, stack.responder)
         viewer_csrf = await signed_in(viewer, stack.viewer)
         async with live_rows(responder) as rows:
-            incident_id = await incident_needing_approval(stack, publisher)
+            incident_id = await reported_and_triaged(stack, publisher)
             [pending] = await wait_for("the approval arrives live", lambda: approvals_in(rows, incident_id))
             run_id = pending["run_id"]
             page = await responder.get("/dashboard")
@@ -356,7 +371,7 @@ async def test_responder_rejects_in_the_browser_and_the_approval_leaves_without_
             assert page.url.endswith("/dashboard"), await page.content()
             await page.evaluate("window.stillTheSamePage = true")
 
-            incident_id = await incident_needing_approval(stack, publisher)
+            incident_id = await reported_and_triaged(stack, publisher)
             approval = page.locator(f"#approvals li[data-incident='{incident_id}']")
             await expect(approval).to_have_count(1, timeout=120_000)
             await approval.get_by_role("button", name="Reject").click()
@@ -377,3 +392,101 @@ async def test_responder_rejects_in_the_browser_and_the_approval_leaves_without_
 async def _ended(stack: ApprovalStack, incident_id: str) -> dict[str, Any] | None:
     run = await run_of(stack, incident_id)
     return run if run and run["status"] == "rejected" else None
+
+
+async def test_an_escalation_pages_the_on_call_person_by_email_and_the_link_acknowledges(
+    approvals: ApprovalStack, publisher: EventProducer, smtp_capture: SmtpCapture
+) -> None:
+    stack = approvals
+    on_call = f"oncall-{secrets.token_hex(4)}@support.example"
+    async with httpx.AsyncClient(base_url=stack.remediation.base_url, timeout=30) as http:
+        answer = await http.put(
+            f"/v1/tenants/{stack.tenant_id}/escalation-policy",
+            json={
+                "levels": [
+                    {
+                        "name": "primary",
+                        "contacts": [{"name": "Olga On-Call", "email": on_call}],
+                        "ack_timeout_seconds": 600,
+                    },
+                    {"name": "manager", "contacts": [{"name": "Max"}], "ack_timeout_seconds": 600},
+                ]
+            },
+            headers={"Authorization": f"Bearer {stack.admin.token}"},
+        )
+        assert answer.status_code == 200, answer.text
+    # Triage names a runbook that does not exist: remediation goes straight to people.
+    incident_id = await reported_and_triaged(stack, publisher, runbook="no-such-runbook")
+
+    [page] = await wait_for("the page email", lambda: smtp_capture.to(on_call))
+    text = page.get_body(preferencelist=("plain",)).get_content()
+    assert "PAGE level 1" in page["Subject"] and "Olga On-Call" in text and "does not exist" in text
+    link = re.search(r"(http://\S+/acknowledge\?token=\S+)", text)
+    assert link and link[1].startswith(stack.remediation.base_url), text
+
+    async with httpx.AsyncClient(timeout=30) as browser:
+        opened = await browser.get(link[1])  # opening the link shows a button and changes nothing
+        assert opened.status_code == 200 and "acknowledge" in opened.text
+        acknowledged = await browser.post(link[1], headers={"Accept": "text/html"})
+        assert acknowledged.status_code == 200 and "Acknowledged" in acknowledged.text
+
+    async with httpx.AsyncClient(base_url=stack.remediation.base_url, timeout=10) as http:
+        audit = await http.get(
+            f"/v1/incidents/{incident_id}/audit", headers={"Authorization": f"Bearer {stack.admin.token}"}
+        )
+    [escalation] = audit.json()["escalations"]
+    assert escalation["status"] == "acknowledged" and escalation["acknowledged_via"] == "link"
+    assert len(smtp_capture.to(on_call)) == 1  # paged once
+
+
+async def test_demo_mode_lets_an_admin_break_the_demo_system_and_shows_sparklines_and_the_trace(
+    approvals: ApprovalStack, publisher: EventProducer
+) -> None:
+    stack = approvals
+    trace_id = secrets.token_hex(16)
+    incident_id = f"inc-{uuid.uuid4()}"
+    await publisher.publish(
+        envelope_for(
+            IncidentReported(
+                incident_id=incident_id,
+                number="INC-TRACE",
+                title="Traced report",
+                channel=Channel.API,
+                reported_at=datetime.now(UTC),
+            ),
+            source="intake",
+            tenant_id=stack.tenant_id,
+            incident_id=incident_id,
+        ).model_copy(update={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    )
+    async with (
+        httpx.AsyncClient(base_url=stack.notifier.base_url, timeout=30) as admin,
+        httpx.AsyncClient(base_url=stack.notifier.base_url, timeout=30) as responder,
+    ):
+        csrf = await signed_in(admin, stack.admin)
+        responder_csrf = await signed_in(responder, stack.responder)
+
+        async def timeline_with_trace() -> str | None:
+            page = await admin.get(f"/dashboard/incidents/{incident_id}")
+            return page.text if page.status_code == 200 and trace_id in page.text else None
+
+        timeline = await wait_for("the incident's trace id on its page", timeline_with_trace)
+        assert f"href='http://traces.example/trace/{trace_id}'" in timeline
+
+        page = (await admin.get("/dashboard")).text
+        spark = re.search(rf"id='spark-{re.escape(stack.tenant_id)}'[^>]*data-counts='([0-9,]+)'", page)
+        assert spark and sum(int(n) for n in spark[1].split(",")) >= 1
+        assert "id='demo-break-soft'" in page
+        assert "demo-break" not in (await responder.get("/dashboard")).text  # admins only
+
+        refused = await responder.post("/dashboard/demo/break", data={"csrf": responder_csrf, "mode": "soft"})
+        forged = await admin.post("/dashboard/demo/break", data={"csrf": "forged", "mode": "soft"})
+        assert refused.status_code == 403 and forged.status_code == 403
+        assert stack.customer.calls()["mode"] != "soft"
+
+        broken = await admin.post("/dashboard/demo/break", data={"csrf": csrf, "mode": "soft"})
+        assert broken.status_code == 303 and "broken" in broken.headers["location"]
+    try:
+        assert stack.customer.calls()["mode"] == "soft"
+    finally:
+        stack.customer.reset()
