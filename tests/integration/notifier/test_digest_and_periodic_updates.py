@@ -54,7 +54,7 @@ async def test_an_open_p1_gets_periodic_updates_until_it_is_resolved(
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infrastructure.mongo_url)
     try:
-        timers = client[notifier.database]["timers"]
+        timers = client[notifier.database]["due_times"]  # runtime.due_times
         timer = await timers.find_one({"_id": f"periodic-update|{incident_id}"})
         assert timer is not None and timer["kind"] == "periodic-update"  # the next one is a stored due time
 

@@ -14,6 +14,7 @@ from aftercare.notifier.adapters import live_feed
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.components import NotifierComponents
 from aftercare.notifier.entrypoints import api, consumer, dashboard, scheduled, status_page
+from aftercare.notifier.service_layer import notify
 from aftercare.notifier.settings import NotifierSettings
 
 OUTBOX_SWEEP_SECONDS = 5.0
@@ -40,6 +41,9 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
             "outbox-sweep",
         )
         runtime.spawn(scheduled.run_forever(notifier, settings.delivery_poll_seconds), "deliveries")
+        # Stored due times of the platform (collection due_times, one leased poller).
+        runtime.on_due(notify.PERIODIC_UPDATE, notifier.planner.fire_periodic_update)
+        runtime.on_due(notify.DIGEST, notifier.digests.send)
         runtime.spawn(
             live_feed.tail(settings.kafka_bootstrap_servers, consumer.DASHBOARD_TOPICS, notifier.read_model),
             "dashboard-live-tail",

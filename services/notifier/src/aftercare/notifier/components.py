@@ -20,7 +20,7 @@ from aftercare.notifier.adapters.live_feed import LiveFeed
 from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.sms import SmsSender
 from aftercare.notifier.adapters.smtp import EmailRelay, EmailSender, SmtpSettings
-from aftercare.notifier.adapters.store import DueTimes, Lease, Store
+from aftercare.notifier.adapters.store import Lease, Store
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.adapters.webhook import WebhookSender
 from aftercare.notifier.domain.delivery import RetryPolicy
@@ -40,7 +40,6 @@ class NotifierComponents:
     planner: NotificationPlanner
     worker: DeliveryWorker
     digests: Digests
-    due_times: DueTimes
     delivery_lease: Lease
     relay: OutboxRelay
     email: EmailRelay
@@ -109,10 +108,9 @@ class NotifierComponents:
             tenants=tenants,
             templates=templates,
             read_model=read_model,
-            planner=NotificationPlanner(store, tenants, read_model, settings, wake),
+            planner=NotificationPlanner(store, tenants, read_model, settings, wake, runtime.due_times),
             worker=worker,
             digests=Digests(store, tenants, templates, senders),
-            due_times=DueTimes(store),
             delivery_lease=Lease(
                 store,
                 "deliveries",

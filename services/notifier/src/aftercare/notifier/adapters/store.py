@@ -1,5 +1,6 @@
-"""The notifier's own database: collections, indexes, and the small stored mechanisms (the
-single-instance lease, stored due times) the use cases build on.
+"""The notifier's own database: collections, indexes, and the delivery job's single-instance
+lease. Periodic updates and digests are the platform's stored due times (``runtime.due_times``,
+collection ``due_times``).
 
 Collections:
 * ``tenants`` — the tenant copy (``aftercare.events.tenant_copy``);
@@ -7,7 +8,6 @@ Collections:
   key; its state, due time, every attempt, and the outbox of the events announcing it;
 * ``subscriptions`` — per tenant contact: channels, events, quiet hours, language, webhook;
 * ``throttle`` — when the last progress update per incident x address x channel was due;
-* ``timers`` — stored due times (periodic updates of open P1/P2, digests, webhook retries);
 * ``incidents`` — the dashboard's read model, built only from events;
 * ``advisories`` — published advisories and the tenants they matched;
 * ``leases`` — which instance runs the single-instance jobs;
@@ -18,7 +18,6 @@ Collections:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +33,6 @@ class Store:
         self.deliveries = database["deliveries"]
         self.subscriptions = database["subscriptions"]
         self.throttle = database["throttle"]
-        self.timers = database["timers"]
         self.incidents = database["incidents"]
         self.advisories = database["advisories"]
         self.leases = database["leases"]
@@ -48,7 +46,6 @@ class Store:
         await OutboxRelay.ensure_indexes(self.advisories)
         await self.subscriptions.create_index("tenant_id")
         await self.throttle.create_index("incident_id")
-        await self.timers.create_index("due_at")
         await self.incidents.create_index("tenant_id")
         await self.waiting_notices.create_index("tenant_id")
 
@@ -77,30 +74,3 @@ class Lease:
     async def release(self) -> None:
         with contextlib.suppress(Exception):
             await self._leases.delete_one({"_id": self.name, "holder": self.holder})
-
-
-class DueTimes:
-    """Stored due times: upsert by key, cancel by key, fetch what is due. Fired by the leased job."""
-
-    def __init__(self, store: Store) -> None:
-        self._timers = store.timers
-
-    async def schedule(self, key: str, kind: str, due_at: datetime, payload: dict[str, Any]) -> None:
-        await self._timers.update_one(
-            {"_id": key}, {"$set": {"kind": kind, "due_at": due_at, "payload": payload}}, upsert=True
-        )
-
-    async def schedule_if_absent(self, key: str, kind: str, due_at: datetime, payload: dict[str, Any]) -> None:
-        with contextlib.suppress(DuplicateKeyError):
-            await self._timers.insert_one({"_id": key, "kind": kind, "due_at": due_at, "payload": payload})
-
-    async def cancel(self, key: str) -> None:
-        await self._timers.delete_one({"_id": key})
-
-    async def due(self, now: datetime, limit: int = 100) -> AsyncIterator[dict[str, Any]]:
-        async for timer in self._timers.find({"due_at": {"$lte": now}}).sort("due_at", 1).limit(limit):
-            yield timer
-
-    async def done(self, timer: dict[str, Any]) -> None:
-        """Remove a fired timer unless it was rescheduled meanwhile."""
-        await self._timers.delete_one({"_id": timer["_id"], "due_at": timer["due_at"]})

@@ -1,5 +1,8 @@
-"""The single-instance job: whoever holds the ``deliveries`` lease sends what is due, recovers
-claims that died with their process, and fires stored due times (periodic updates, digests)."""
+"""The single-instance delivery job: whoever holds the ``deliveries`` lease sends what is due and
+recovers claims that died with their process. It keeps its own lease and loop rather than
+``runtime.every`` because a handler that plans a delivery wakes it at once (``notifier.wake``):
+an acknowledgement goes out in well under a second, not at the next interval. Periodic updates
+and digests are the platform's stored due times (``runtime.on_due``, wired in bootstrap)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from datetime import UTC, datetime
 import structlog
 
 from aftercare.notifier.components import NotifierComponents
-from aftercare.notifier.service_layer.notify import DIGEST, PERIODIC_UPDATE
 
 ROUND_LIMIT = 200
 
@@ -23,15 +25,6 @@ async def tick(notifier: NotifierComponents) -> int:
     if not await notifier.delivery_lease.hold(now):
         return 0
     await notifier.worker.recover_lost_claims()
-    async for timer in notifier.due_times.due(now):
-        try:
-            if timer["kind"] == PERIODIC_UPDATE:
-                await notifier.planner.fire_periodic_update(timer)
-            elif timer["kind"] == DIGEST:
-                await notifier.digests.send(timer)
-            await notifier.due_times.done(timer)
-        except Exception:  # stays due; tried again next round
-            log.exception("due time failed", timer=timer["_id"], kind=timer["kind"])
     return await notifier.worker.run_due(ROUND_LIMIT)
 
 

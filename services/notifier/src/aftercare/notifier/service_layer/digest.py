@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
+from aftercare.events.schedule import DueItem
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import NotificationChannel
 from aftercare.notifier.adapters.store import Store
@@ -35,8 +35,9 @@ class Digests:
         self._senders = senders
         self._clock = clock
 
-    async def send(self, timer: dict[str, Any]) -> None:
-        payload = timer["payload"]
+    async def send(self, item: DueItem) -> None:
+        """The digest slot ``item`` (a stored due time, runtime.due_times) has come."""
+        payload = item.payload
         channel = NotificationChannel(payload["channel"])
         waiting = [
             document
@@ -60,7 +61,7 @@ class Digests:
         first = waiting[0]
         context = dict(first["context"]) | {"count": str(len(items)), "items": items}
         message = self._templates.render("digest", first["language"], context)
-        key = delivery_key(f"digest:{timer['_id']}", payload["recipient"], channel)
+        key = delivery_key(f"digest:{item.key}", payload["recipient"], channel)
         digest_delivery = {
             "_id": key,
             "tenant_id": payload["tenant_id"],

@@ -15,11 +15,12 @@ from pymongo.errors import DuplicateKeyError
 
 from aftercare.events.envelope import Envelope
 from aftercare.events.incidents import IncidentClosed, IncidentReopened, IncidentResolved
+from aftercare.events.schedule import DueItem, DueTimes
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import NotificationChannel, Priority, TenantUpserted
 from aftercare.events.triage import IncidentTriaged
 from aftercare.notifier.adapters.read_model import IncidentReadModel
-from aftercare.notifier.adapters.store import DueTimes, Store
+from aftercare.notifier.adapters.store import Store
 from aftercare.notifier.domain.chat import ChatWebhook, chat_deliveries
 from aftercare.notifier.domain.delivery import DeliveryState
 from aftercare.notifier.domain.incident_view import is_open
@@ -57,13 +58,14 @@ class NotificationPlanner:
         read_model: IncidentReadModel,
         settings: NotifierSettings,
         wake_delivery: asyncio.Event,
+        due_times: DueTimes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
         self._tenants = tenants
         self.read_model = read_model
         self._settings = settings
-        self._due = DueTimes(store)
+        self._due = due_times  # the platform's stored due times (runtime.due_times)
         self._wake = wake_delivery
         self._clock = clock
         self.links = Links(settings.portal_base_url, settings.public_base_url)
@@ -174,10 +176,11 @@ class NotificationPlanner:
                     upsert=True,
                 )
             if delivery.digest:
-                await self._due.schedule_if_absent(
+                # The key names the slot: scheduling it again for the next delivery changes nothing.
+                await self._due.schedule(
                     f"digest|{notice.tenant_id}|{delivery.channel.value}|{delivery.recipient.lower()}|{digest_at.isoformat()}",
-                    DIGEST,
                     digest_at,
+                    DIGEST,
                     {"tenant_id": notice.tenant_id, "channel": delivery.channel.value, "recipient": delivery.recipient},
                 )
         new += await self._store_chat_deliveries(notice, tenant, now)
@@ -253,21 +256,23 @@ class NotificationPlanner:
             if interval is None:
                 await self._due.cancel(key)
             else:
-                await self._due.schedule(key, PERIODIC_UPDATE, self._clock() + interval, {"incident_id": incident_id})
+                await self._due.schedule(key, self._clock() + interval, PERIODIC_UPDATE, {"incident_id": incident_id})
 
-    async def fire_periodic_update(self, timer: dict[str, Any]) -> None:
-        """A P1/P2 incident's update is due: tell its contacts it is still being worked on."""
-        incident_id = timer["payload"]["incident_id"]
+    async def fire_periodic_update(self, item: DueItem) -> None:
+        """A P1/P2 incident's update is due: tell its contacts it is still being worked on.
+        Fired at least once (runtime.due_times): a second firing plans the same notice (its id
+        names the due time), so nobody hears it twice."""
+        incident_id = item.payload["incident_id"]
         view = await self.read_model.get(incident_id)
         interval = self.update_interval((view or {}).get("priority"))
         if view is None or not is_open(view) or interval is None:
             return
         notice = Notice(
             kind=NoticeKind.PERIODIC,
-            notice_id=f"{incident_id}:update:{timer['due_at'].isoformat()}",
+            notice_id=f"{incident_id}:update:{item.due_at.isoformat()}",
             tenant_id=view["tenant_id"],
             incident_id=incident_id,
-            about_event_id=timer["_id"],
+            about_event_id=item.key,
             priority=Priority(view["priority"]),
             context={
                 "number": view.get("number") or "",
@@ -277,7 +282,7 @@ class NotificationPlanner:
             },
         )
         await self.store_notice(notice)
-        await self._due.schedule(timer["_id"], PERIODIC_UPDATE, timer["due_at"] + interval, timer["payload"])
+        await self._due.schedule(item.key, item.due_at + interval, PERIODIC_UPDATE, item.payload)
 
 
 def next_digest(now: datetime, every: timedelta) -> datetime:
