@@ -72,7 +72,7 @@ def notifier_process(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 400  # a loaded shared machine starts slowly
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(base + "/readyz", timeout=2).status_code == 200:
