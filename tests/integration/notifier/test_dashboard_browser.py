@@ -20,7 +20,8 @@ from kafka_helpers import Infrastructure
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from intake.conftest import IntakeUnderTest, start_intake, stop_intake
 
-pytestmark = pytest.mark.integration
+# Starts intake and a notifier (minutes on the loaded shared machine).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_DIR = Path(os.environ.get("AFTERCARE_SCREENSHOT_DIR", "/tmp/aftercare-screenshots"))

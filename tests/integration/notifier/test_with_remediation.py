@@ -52,7 +52,7 @@ from aftercare.events.producer import EventProducer
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, Priority, SupportedSystem, TenantUpserted
 from aftercare.events.triage import IncidentTriaged
 
-from .conftest import NotifierUnderTest, SmtpCapture, make_notifier, wait_for
+from .conftest import NotifierUnderTest, SmtpCapture, make_notifier, running_smtp_capture, wait_for
 from customer_system_process import CustomerSystemUnderTest, start_customer_system
 from kafka_helpers import Infrastructure, unique_name
 from localinfra import free_port
@@ -100,6 +100,7 @@ class ApprovalStack:
     notifier: NotifierUnderTest
     remediation: RemediationUnderTest
     customer: CustomerSystemUnderTest
+    smtp: SmtpCapture
     tenant_id: str
     runbook: str
     admin: DashboardOperator
@@ -109,8 +110,17 @@ class ApprovalStack:
 
 @pytest.fixture(scope="module")
 def approval_processes(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest, SmtpCapture]]:
+    # Its own SMTP server: the session's shared notifier reads the same topics and would page the
+    # same on-call address into a shared capture (two deployments, two pages).
+    with running_smtp_capture() as smtp_capture:
+        yield from _approval_processes(infrastructure, tmp_path_factory, smtp_capture)
+
+
+def _approval_processes(
     infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory, smtp_capture: SmtpCapture
-) -> Iterator[tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest]]:
+) -> Iterator[tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest, SmtpCapture]]:
     workdir = tmp_path_factory.mktemp("approvals")
     customer = start_customer_system(workdir / "customer", token="cust-" + secrets.token_hex(8), slow_seconds=0.5)
     # Both services start at once: most of their start-up is waiting for Kafka group joins.
@@ -142,7 +152,7 @@ def approval_processes(
                 stop_remediation(starting.result())
             raise
     try:
-        yield notifier, remediation, customer
+        yield notifier, remediation, customer, smtp_capture
     finally:
         notifier.stop()
         stop_remediation(remediation)
@@ -188,12 +198,12 @@ def _remediation(infrastructure: Infrastructure, workdir: Path, extra_env: dict[
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def approvals(
-    approval_processes: tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest],
+    approval_processes: tuple[NotifierUnderTest, RemediationUnderTest, CustomerSystemUnderTest, SmtpCapture],
     infrastructure: Infrastructure,
 ) -> ApprovalStack:
     """Operators of each role (announced as intake announces them), a tenant whose system is the
     customer system, and a runbook that asks a person before it acts."""
-    notifier, remediation, customer = approval_processes
+    notifier, remediation, customer, smtp_capture = approval_processes
     admin, responder, viewer = new_operator(Role.ADMIN), new_operator(Role.RESPONDER), new_operator(Role.VIEWER)
     tenant_id = unique_name("appr")
     producer = EventProducer(infrastructure.bootstrap_servers, client_id="dashboard-approval-tests")
@@ -245,7 +255,7 @@ async def approvals(
             headers=as_admin,
         )
         assert answer.status_code in (200, 201), answer.text
-    return ApprovalStack(notifier, remediation, customer, tenant_id, runbook, admin, responder, viewer)
+    return ApprovalStack(notifier, remediation, customer, smtp_capture, tenant_id, runbook, admin, responder, viewer)
 
 
 async def reported_and_triaged(stack: ApprovalStack, producer: EventProducer, runbook: str | None = None) -> str:
@@ -439,9 +449,10 @@ async def _ended(stack: ApprovalStack, incident_id: str) -> dict[str, Any] | Non
 
 
 async def test_an_escalation_pages_the_on_call_person_by_email_and_the_link_acknowledges(
-    approvals: ApprovalStack, publisher: EventProducer, smtp_capture: SmtpCapture
+    approvals: ApprovalStack, publisher: EventProducer
 ) -> None:
     stack = approvals
+    smtp_capture = stack.smtp
     on_call = f"oncall-{secrets.token_hex(4)}@support.example"
     async with httpx.AsyncClient(base_url=stack.remediation.base_url, timeout=30) as http:
         answer = await http.put(
