@@ -8,6 +8,7 @@ reloads its cached rule set when (and only when) something changed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
@@ -39,16 +40,23 @@ class RuleStore:
         await self.meta.update_one({"_id": "ruleset"}, {"$inc": {"revision": 1}}, upsert=True)
 
     async def seed(self, specs: list[RuleSpec], now: datetime) -> bool:
-        """Load the shipped rules once per database; False if it was seeded before."""
-        try:
-            await self.meta.insert_one({"_id": "seeded", "at": now, "rules": len(specs)})
-        except DuplicateKeyError:
+        """Load the shipped rules once per database; False if it was seeded before.
+
+        The rules are written before the mark that says so: a process killed in between seeds
+        again at its next start (a rule already written is a conflict, skipped), where marking
+        first left a database with no rules for good.
+        """
+        if await self.meta.find_one({"_id": "seeded"}) is not None:
             return False
         for spec in specs:
             try:
                 await self.write(spec, by="seed", now=now, expect_version=0, action="seeded")
             except RuleConflict:
                 continue
+        try:
+            await self.meta.insert_one({"_id": "seeded", "at": now, "rules": len(specs)})
+        except DuplicateKeyError:
+            return False  # another instance seeded at the same moment
         return True
 
     async def all(self, include_deleted: bool = False) -> list[dict[str, Any]]:
@@ -130,17 +138,30 @@ class RuleBook:
         self._revision = -1
         self._checked = 0.0
         self._check_every_s = check_every_s
+        self._loading = asyncio.Lock()
 
     async def current(self) -> RuleSet:
-        now = time.monotonic()
-        if now - self._checked >= self._check_every_s:
-            self._checked = now
-            revision = await self.store.revision()
-            if revision != self._revision:
-                documents = await self.store.all()
-                self._rules = RuleSet([stored_rule(document) for document in documents])
-                self._revision = revision
+        """The rule set as stored at most ``check_every_s`` ago.
+
+        Incidents are triaged concurrently: while one caller reads the store, the others wait for
+        that read instead of taking the rules held so far, which right after a start are none
+        (a restarted triage decided its first reports with no rule at all: no runbook, so their
+        remediation never started).
+        """
+        if self._fresh():
+            return self._rules
+        async with self._loading:
+            if not self._fresh():  # not refreshed by the caller this one waited for
+                revision = await self.store.revision()
+                if revision != self._revision:
+                    documents = await self.store.all()
+                    self._rules = RuleSet([stored_rule(document) for document in documents])
+                    self._revision = revision
+                self._checked = time.monotonic()
         return self._rules
+
+    def _fresh(self) -> bool:
+        return self._revision >= 0 and time.monotonic() - self._checked < self._check_every_s
 
     def invalidate(self) -> None:
         self._checked = 0.0
