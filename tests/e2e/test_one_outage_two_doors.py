@@ -183,18 +183,12 @@ async def test_a_phone_call_and_a_monitoring_alert_about_one_outage_end_on_one_i
     assert not [e for e in remediation if e.get("incident_id") == call["incident_id"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nothing tells the customer a report is already known: the notifier sends no notice for "
-    "incident.grouped, and none for incident.triaged with duplicate_of (domain/notices.py); the caller "
-    "hears and is emailed the new incident's own number only",
-)
 async def test_the_customer_who_called_is_told_the_outage_is_already_known(
     two_reports: TwoReports, demo_stack: DemoStack
 ) -> None:
-    """Today the contact gets "[INC-call] We received your report" and nothing else about the call;
-    the phone answer (TwiML) reads the call's own new number. Wanted: a message in the call's thread
-    (or the alert's) that names the incident already being worked on."""
+    """The contact gets "[INC-call] We received your report", then, once triage groups the call
+    under the alert's incident, a message in the call's thread naming the incident already being
+    worked on (the notifier's "incident-known")."""
     stack = demo_stack
     call, alert = two_reports.call, two_reports.alert
 

@@ -51,6 +51,9 @@ CONTEXT_KEYS = (
     "level",
     "acknowledge_url",
     "acknowledge_by",
+    "known_number",
+    "your_number",
+    "your_incident_id",
 )
 
 

@@ -31,7 +31,7 @@ from aftercare.events.remediation import (
     RemediationStepCompleted,
     RemediationSucceeded,
 )
-from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.events.triage import DiagnosisCompleted, IncidentGrouped, IncidentTriaged
 
 MAX_ENTRIES = 300
 OPEN_STATUSES = ("reported", "acknowledged", "triaged", "remediating", "reopened", "escalated")
@@ -56,6 +56,8 @@ def _summary(data: Any) -> str:
             return f"{data.kind} ({data.occurrence_count}x){': ' + data.message[:120] if data.message else ''}"
         case IncidentAcknowledged():
             return f"acknowledged by {data.by}"
+        case IncidentGrouped():
+            return f"same problem as {data.duplicate_of_number}: {data.detail or data.reason}"
         case IncidentTriaged():
             return f"triaged {data.priority.value} {data.category}" + (f" (rule {data.rule})" if data.rule else "")
         case DiagnosisCompleted():
@@ -126,6 +128,8 @@ def entry_of(envelope: Envelope[Any]) -> dict[str, Any]:
             }
         case ApprovalGranted() | ApprovalRejected():
             fields = {"approval_id": data.approval_id}
+        case IncidentGrouped():
+            fields = {"duplicate_of_number": data.duplicate_of_number}
         case IncidentAcknowledged() | IncidentResolved() | IncidentReopened() | IncidentClosed():
             fields = {"number": data.number}
     return {

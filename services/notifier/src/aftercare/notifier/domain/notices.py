@@ -17,7 +17,7 @@ from aftercare.events.incidents import IncidentReported, IncidentResolved
 from aftercare.events.notifications import NotificationRequested
 from aftercare.events.remediation import IncidentEscalated, RemediationStarted
 from aftercare.events.tenants import Priority
-from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.events.triage import DiagnosisCompleted, IncidentGrouped, IncidentTriaged
 
 
 class NoticeKind(StrEnum):
@@ -34,6 +34,7 @@ class NoticeKind(StrEnum):
     PERIODIC = "incident-periodic-update"
     ADVISORY = "advisory-published"
     DIGEST = "digest"
+    KNOWN = "incident-known"  # a report of a problem already being worked on under another number
 
 
 # Never held by quiet hours nor spaced by throttling: the customer is waiting for exactly these.
@@ -41,7 +42,7 @@ URGENT_KINDS = frozenset({NoticeKind.RESOLVED, NoticeKind.ESCALATED, NoticeKind.
 # Progress updates: at most one per incident per throttle window, per contact and channel.
 THROTTLED_KINDS = frozenset({NoticeKind.TRIAGED, NoticeKind.DIAGNOSED, NoticeKind.REMEDIATING, NoticeKind.PERIODIC})
 # Direct answers to a person who wrote to us: sent at once to that person.
-DIRECT_KINDS = frozenset({NoticeKind.RECEIVED, NoticeKind.UPDATED})
+DIRECT_KINDS = frozenset({NoticeKind.RECEIVED, NoticeKind.UPDATED, NoticeKind.KNOWN})
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,18 @@ class Notice:
 def received_notice_id(incident_id: str) -> str:
     # Intake's acknowledgement and our own "received" to the same address are one message.
     return f"{incident_id}:received"
+
+
+def known_notice_id(duplicate_incident_id: str) -> str:
+    # Triage's "already known" to the person who wrote and ours to the contacts, for one grouped
+    # report, are one message to an address that gets both.
+    return f"{duplicate_incident_id}:known"
+
+
+# Channels whose reporter has no email address triage could answer, so the tenant's contacts are
+# told that the report is known (as they got its "received"): a phone call. Reports by email
+# or web form are answered by triage's own request to the person who wrote.
+TELL_CONTACTS_KNOWN = frozenset({"phone"})
 
 
 def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Notice | None:
@@ -91,11 +104,16 @@ def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Noti
 
     if isinstance(data, NotificationRequested):
         kind = NoticeKind(data.template) if data.template in NoticeKind._value2member_map_ else NoticeKind.UPDATED
-        notice_id = (
-            received_notice_id(data.incident_id)
-            if kind is NoticeKind.RECEIVED and data.incident_id
-            else f"requested:{data.notification_id}"
-        )
+        context = dict(data.context)
+        if kind is NoticeKind.RECEIVED and data.incident_id:
+            notice_id = received_notice_id(data.incident_id)
+        elif kind is NoticeKind.KNOWN and context.get("your_incident_id"):
+            notice_id = known_notice_id(context["your_incident_id"])
+        else:
+            notice_id = f"requested:{data.notification_id}"
+        if kind is NoticeKind.KNOWN:
+            # Triage's request is in the known incident's thread: "number" is that one's.
+            context = context | {"known_number": context.get("number", ""), "number": context.get("your_number", "")}
         return Notice(
             kind=kind,
             notice_id=notice_id,
@@ -103,7 +121,7 @@ def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Noti
             incident_id=data.incident_id,
             about_event_id=envelope.id,
             priority=priority,
-            context=base | {k: v for k, v in data.context.items() if k != "status_url"},
+            context=base | {k: v for k, v in context.items() if k != "status_url"},
             recipient=data.recipient,
             language=data.language,
             subject=data.subject,
@@ -113,6 +131,16 @@ def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Noti
         return None
     if isinstance(data, IncidentReported):
         return make(NoticeKind.RECEIVED, received_notice_id(incident_id), number=data.number, title=data.title)
+    if isinstance(data, IncidentGrouped):
+        if data.channel not in TELL_CONTACTS_KNOWN:
+            return None
+        return make(
+            NoticeKind.KNOWN,
+            known_notice_id(incident_id),
+            number=data.number,
+            known_number=data.duplicate_of_number,
+            system=str(view.get("system") or ""),
+        )
     if isinstance(data, IncidentTriaged):
         if data.duplicate_of:
             return None  # grouped into another incident: that one's messages carry the news

@@ -25,7 +25,7 @@ from aftercare.events.remediation import (
     RemediationSucceeded,
 )
 from aftercare.events.tenants import TenantUpserted
-from aftercare.events.triage import DiagnosisCompleted, IncidentTriaged
+from aftercare.events.triage import DiagnosisCompleted, IncidentGrouped, IncidentTriaged
 from aftercare.notifier.components import NotifierComponents
 
 CONSUMER_GROUP = "notifier"
@@ -37,6 +37,7 @@ CUSTOMER_FACING: tuple[type[Event], ...] = (
     IncidentReported,
     IncidentResolved,
     IncidentTriaged,
+    IncidentGrouped,
     DiagnosisCompleted,
     RemediationStarted,
     IncidentEscalated,

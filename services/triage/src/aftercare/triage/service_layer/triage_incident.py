@@ -273,6 +273,7 @@ class IncidentTriage:
                             context={
                                 "number": head.number,
                                 "your_number": event.number,
+                                "your_incident_id": event.incident_id,
                                 "system": head.system or "",
                                 "title": event.title,
                             },
