@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 from aftercare.events.envelope import envelope_for
 from aftercare.events.remediation import EscalationContact, IncidentEscalated
-from aftercare.events.tenants import NotificationChannel
+from aftercare.events.tenants import NotificationChannel, Priority
+from aftercare.events.triage import IncidentTriaged
 from aftercare.notifier.adapters.templates import MessageTemplates
+from aftercare.notifier.domain.incident_view import add_entry, entry_of, fold
 from aftercare.notifier.domain.notices import NoticeKind, notice_for, pages_for
 from aftercare.notifier.domain.preferences import plan
 
@@ -67,3 +69,18 @@ def test_the_page_template_renders_the_link_and_the_templates_still_check() -> N
     assert message.subject == "[INC-1042] PAGE level 1: billing-api is down"
     assert "token=t0k3n" in message.text and "token=t0k3n" in message.html and "token=t0k3n" in message.sms
     assert "Olga On-Call" in message.text
+
+
+def test_nobody_is_paged_for_an_incident_triage_holds_as_flapping() -> None:
+    flapping = IncidentTriaged(incident_id="i1", number="INC-1042", priority=Priority.P1, category="application")
+    triaged = envelope_for(
+        flapping.model_copy(update={"hold_paging": True}), source="triage", tenant_id="acme", incident_id="i1"
+    )
+    view = fold("i1", "acme", add_entry([], entry_of(triaged)) or [])
+    assert view["hold_paging"] is True
+    envelope = envelope_for(escalation(), source="t", tenant_id="acme", incident_id="i1")
+    assert pages_for(envelope, view) == []
+    assert pages_for(envelope, VIEW) != []
+    # The customer still hears that a person will look at it.
+    notice = notice_for(envelope, VIEW | {"hold_paging": True})
+    assert notice is not None and notice.kind is NoticeKind.ESCALATED

@@ -113,6 +113,7 @@ def entry_of(envelope: Envelope[Any]) -> dict[str, Any]:
                 "category": data.category,
                 "response_due_at": data.response_due_at,
                 "resolution_due_at": data.resolution_due_at,
+                "hold_paging": data.hold_paging,
             }
         case DiagnosisCompleted():
             fields = {
@@ -188,6 +189,7 @@ def fold(incident_id: str, tenant_id: str, entries: list[dict[str, Any]]) -> dic
         "notifications_sent": 0,
         "notifications_failed": 0,
         "trace_id": None,
+        "hold_paging": False,
     }
     approvals: dict[str, dict[str, Any]] = {}
     for entry in entries:
@@ -195,7 +197,7 @@ def fold(incident_id: str, tenant_id: str, entries: list[dict[str, Any]]) -> dic
         for name in ("number", "title", "channel", "severity", "system", "reported_at", "priority", "category"):
             if fields.get(name) is not None:
                 view[name] = fields[name]
-        for name in ("response_due_at", "resolution_due_at", "verdict"):
+        for name in ("response_due_at", "resolution_due_at", "verdict", "hold_paging"):
             if name in fields:
                 view[name] = fields[name]
         # The incident's trace is the one its report started; later events continue it.

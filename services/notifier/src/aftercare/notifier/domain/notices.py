@@ -184,6 +184,10 @@ def pages_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> list[
     if not isinstance(data, IncidentEscalated) or envelope.incident_id is None:
         return []
     view = incident or {}
+    if view.get("hold_paging"):
+        # Triage found its source flapping (opened and resolved again and again): the incident
+        # stays escalated on the dashboard, but nobody is woken for it again.
+        return []
     context = {
         "number": str(view.get("number") or ""),
         "title": str(view.get("title") or ""),
