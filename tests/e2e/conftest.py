@@ -196,7 +196,11 @@ def _stop_probing(stack: DemoStack) -> None:
         print(f"could not take the demo tenant's diagnostic targets away: {error}")
 
 
-@pytest.fixture(scope="session")
+# Package scope: the stack stops after the last end-to-end test. It shares the session's Kafka
+# topics, so a demo triage left running would triage (and move) the incidents every later
+# integration test reports (as session scope did: intake's lifecycle tests saw their incidents
+# triaged by it).
+@pytest.fixture(scope="package")
 def demo_stack(infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     """Mailpit, the demo customer system and the four services, as ``make run`` starts them."""
     log_dir = tmp_path_factory.mktemp("demo-stack")
@@ -302,7 +306,7 @@ class Operator:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_operator(demo_stack: DemoStack) -> Operator:
     """Olga, an admin operator (dashboard sign-in and the services' operator APIs)."""
     admin = {"Authorization": f"Bearer {demo_stack.admin_token}"}
