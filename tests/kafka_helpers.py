@@ -148,7 +148,11 @@ async def wait_until(
     while True:
         last = check()
         if inspect.isawaitable(last):
-            last = await last
+            # Bounded too: a check stuck on a hung store would otherwise outlive ``timeout`` silently.
+            try:
+                last = await asyncio.wait_for(last, timeout=max(deadline - time.monotonic(), interval))
+            except TimeoutError:
+                raise AssertionError(f"{message}: the check did not answer within {timeout}s") from None
         if last:
             return last
         if time.monotonic() >= deadline:

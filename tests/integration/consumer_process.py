@@ -8,8 +8,8 @@
 The handler applies each event to one document per incident in collection ``effects``
 (``count`` incremented with ``$inc``, the event id pushed onto ``applied``), and counts its own
 runs per event in ``handler_runs``. The processed-event log is the real one, wrapped so that
-every event the runner fetches from Kafka is counted in ``deliveries``: a redelivery shows
-there even when the processed records rightly keep the handler from running again.
+every event the runner fetches from Kafka leaves a document ``{event_id}`` in ``deliveries``: a
+redelivery shows there even when the processed records rightly keep the handler from running again.
 
 Effects:
 * ``plain``: ``$inc`` with no guard, so a second run of the handler would count twice;
@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from pymongo import AsyncMongoClient, UpdateOne
+from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
 from aftercare.events.consumer import ConsumerRunner, RetryPolicy
@@ -75,15 +75,11 @@ class WatchedProcessedLog(ProcessedEventLog):
         # The runner begins every batch it fetched with this call.
         wanted = list(ids)
         if wanted:
-            # One write for the batch: one upsert per record each awaited in turn took minutes for a
-            # 300-event batch on a loaded machine, before the first handler ran.
-            await self._deliveries.bulk_write(
-                [
-                    UpdateOne({"_id": record.rsplit("|", 1)[1]}, {"$inc": {"fetched": 1}}, upsert=True)
-                    for record in wanted
-                ],
-                ordered=False,
-            )
+            # One document per delivery, inserted in one write. Not an upsert with $inc per event:
+            # the embedded store keeps each matched statement's read open until the whole update
+            # command ends, and its pool has 100 connections per database, so a batch of over ~100
+            # redelivered events (a successor after a kill -9) hung that database for good.
+            await self._deliveries.insert_many([{"event_id": record.rsplit("|", 1)[1]} for record in wanted])
         return await super().begin_batch(wanted)
 
     async def mark_many(self, group: str, handled: Iterable[tuple[str, str]]) -> None:

@@ -212,11 +212,6 @@ async def test_keys_are_handled_concurrently_up_to_the_limit_each_in_its_order(
 # --- kill -9 while many handlers are half-way ------------------------------------------------
 
 
-# Not run, on purpose, until this is found. It passed at d0f504f. Since the runner's CPU work
-# (8321b24) and the harness changes (6597fab, 871dd33) it runs past pytest's 300 s timeout, both
-# alone and in a full run at load 3, with no assertion failing first. The last step reached is not
-# yet known. The sequential kill -9 tests in test_consumer_runner.py pass.
-@pytest.mark.xfail(reason="runs past the 300 s timeout since 2026-11-30 evening; cause not found", run=False)
 async def test_killed_during_concurrent_handling_every_effect_stays_single(
     infrastructure: Infrastructure,
     producer: EventProducer,
