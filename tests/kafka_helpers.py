@@ -136,6 +136,9 @@ def headers_of(record: Record) -> dict[str, bytes]:
     return dict(record.headers or ())
 
 
+_CHECK_FLOOR_S = 30.0
+
+
 async def wait_until(
     check: Callable[[], Any],
     timeout: float = 30.0,  # noqa: ASYNC109
@@ -149,10 +152,12 @@ async def wait_until(
         last = check()
         if inspect.isawaitable(last):
             # Bounded too: a check stuck on a hung store would otherwise outlive ``timeout`` silently.
+            # At least 30 s: one slow answer near the deadline on a loaded machine is not a hang.
+            allowed = max(deadline - time.monotonic(), _CHECK_FLOOR_S)
             try:
-                last = await asyncio.wait_for(last, timeout=max(deadline - time.monotonic(), interval))
+                last = await asyncio.wait_for(last, timeout=allowed)
             except TimeoutError:
-                raise AssertionError(f"{message}: the check did not answer within {timeout}s") from None
+                raise AssertionError(f"{message}: the check did not answer within {allowed:.0f}s") from None
         if last:
             return last
         if time.monotonic() >= deadline:
