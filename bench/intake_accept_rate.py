@@ -153,7 +153,10 @@ def wait_ready(server: Server, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout_s}s; see {server.log_file}")
 
 
-def start_intake(bootstrap: str, mongo_url: str, workdir: Path) -> Server:
+def start_intake(
+    bootstrap: str, mongo_url: str, workdir: Path, *, name: str = "intake", code: Path | None = None
+) -> Server:
+    """Start intake; with ``code`` (a checkout of another commit), that checkout's intake and events."""
     port = free_port()
     api_key = "ak_bench_" + secrets.token_urlsafe(24)
     seed = [
@@ -169,7 +172,7 @@ def start_intake(bootstrap: str, mongo_url: str, workdir: Path) -> Server:
             "api_keys": [{"name": "bench", "key": api_key}],
         }
     ]
-    seed_file = workdir / "seed.json"
+    seed_file = workdir / f"seed-{name}.json"
     seed_file.write_text(json.dumps(seed))
     database = f"bench_intake_{secrets.token_hex(4)}"
     env = dict(os.environ) | {
@@ -184,11 +187,15 @@ def start_intake(bootstrap: str, mongo_url: str, workdir: Path) -> Server:
         "AFTERCARE_INTAKE_RATE_LIMIT_PER_MINUTE": "100000000",
         "AFTERCARE_STARTUP_TIMEOUT_SECONDS": "120",
     }
+    if code is not None:
+        # Ahead of the workspace's editable installs: the other checkout's packages are imported.
+        sources = [code / "services" / "intake" / "src", code / "libs" / "events" / "src"]
+        env["PYTHONPATH"] = os.pathsep.join(str(path) for path in sources)
     command = [sys.executable, "-m", "aftercare.intake"]
-    log_file = workdir / "intake.log"
+    log_file = workdir / f"{name}.log"
     with log_file.open("ab") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server("intake", f"http://127.0.0.1:{port}", process, log_file, api_key, database)
+    server = Server(name, f"http://127.0.0.1:{port}", process, log_file, api_key, database)
     wait_ready(server)
     return server
 
@@ -296,7 +303,8 @@ def attack(server: Server, seconds: float, concurrency: int, workdir: Path, labe
     if not targets.exists():
         write_targets(server, targets)
     results = workdir / f"{label}.bin"
-    watched = WATCHED | {server.name: server.process.pid}
+    # Both intakes (with --compare-with) are "intake" in the CPU figures.
+    watched = WATCHED | {("intake" if server.name.startswith("intake") else server.name): server.process.pid}
     before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     with results.open("wb") as out:
         subprocess.run(
@@ -420,20 +428,36 @@ async def bench(bootstrap: str, mongo_url: str, args: argparse.Namespace) -> int
     workdir = Path(tempfile.mkdtemp(prefix="aftercare-bench-intake-"))
     intake = start_intake(bootstrap, mongo_url, workdir)
     bare = start_bare(workdir)
+    # The same bench against another checkout's intake, same store, broker and run (before/after).
+    before = (
+        start_intake(bootstrap, mongo_url, workdir, name="intake-before", code=args.compare_with)
+        if args.compare_with is not None
+        else None
+    )
     results: list[Result] = []
     idle: dict[int, dict[str, float]] = {}
     try:
         before_topic = await topic_size(bootstrap)
         print(f"warm-up: {args.warmup_seconds:g} s each (not counted)", flush=True)
         attack(bare, args.warmup_seconds, args.concurrency, workdir, "warmup-bare")
-        warm = attack(intake, args.warmup_seconds, args.concurrency, workdir, "warmup-intake")
-        accepted = warm.accepted
+        accepted = attack(intake, args.warmup_seconds, args.concurrency, workdir, "warmup-intake").accepted
+        if before is not None:
+            accepted += attack(before, args.warmup_seconds, args.concurrency, workdir, "warmup-before").accepted
         print(f"runs of {args.seconds:g} s at {args.concurrency} concurrent senders (vegeta {VEGETA_VERSION}):")
-        for server in (bare, intake):
-            result = attack(server, args.seconds, args.concurrency, workdir, server.name)
-            print_result(result)
-            results.append(result)
-        accepted += results[-1].accepted
+        result = attack(bare, args.seconds, args.concurrency, workdir, bare.name)
+        print_result(result)
+        results.append(result)
+        # With --compare-with, the two intakes take turns (--rounds times), so drifting load
+        # on a shared machine hits both alike.
+        for round_number in range(args.rounds if before is not None else 1):
+            for server in (before, intake) if before is not None else (intake,):
+                assert server is not None
+                label = server.name + (f" #{round_number + 1}" if args.rounds > 1 and before is not None else "")
+                result = attack(server, args.seconds, args.concurrency, workdir, label.replace(" #", "-"))
+                result.name = label
+                print_result(result)
+                results.append(result)
+                accepted += result.accepted
         if args.py_spy is not None:
             # A run of its own: the sampler takes CPU from the measured runs otherwise.
             spy = record_py_spy(intake.process.pid, args.seconds, args.py_spy)
@@ -464,6 +488,8 @@ async def bench(bootstrap: str, mongo_url: str, args: argparse.Namespace) -> int
     finally:
         bare.stop()
         intake.stop()
+        if before is not None:
+            before.stop()
 
     print("\nsummary (targets: >= 20 % of bare, p99 <= 250 ms, <= 3 ms CPU per report intake+store+kafka)")
     bare_rate = max(r.rate for r in results if r.name.startswith("bare"))
@@ -505,6 +531,14 @@ def main() -> int:
     parser.add_argument("--stored", type=int, default=100_000, help="incidents in the store for the second runs")
     parser.add_argument("--idle-seconds", type=float, default=30, help="how long idle CPU is measured")
     parser.add_argument("--py-spy", type=Path, default=None, help="record intake with py-spy; flame graph to FILE")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also run the intake of another checkout (e.g. `git worktree add /tmp/before main`) in the same run",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="turns of each intake with --compare-with")
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(args.serve_bare)

@@ -12,7 +12,8 @@ from aftercare.intake.adapters.tenant_registry import Credential
 from aftercare.intake.components import IntakeComponents
 
 
-def components(request: Request) -> IntakeComponents:
+async def components(request: Request) -> IntakeComponents:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop per request.
     found: IntakeComponents | None = getattr(request.app.state, "intake", None)
     if found is None:
         raise Problem(

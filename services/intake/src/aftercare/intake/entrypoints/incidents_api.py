@@ -121,7 +121,8 @@ class Reopening(BaseModel):
 
 def _accepted(request: Request, response: Response, outcome: Outcome) -> Accepted:
     incident = outcome.incident
-    url = str(request.url_for("get_incident", incident_id=incident.incident_id))
+    # The get_incident route's URL, built directly: ``request.url_for`` searches every route.
+    url = f"{request.base_url}{router.prefix.lstrip('/')}/{quote(incident.incident_id, safe='')}"
     response.headers["Location"] = url
     return Accepted(
         incident_id=incident.incident_id,
