@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from aftercare.events.tracing import extract_trace_context
+from aftercare.events.tracing import context_with_trace, extract_trace_context
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -43,3 +44,21 @@ def test_the_publishers_trace_context_is_read_as_the_w3c_propagator_reads_it(hea
     carrier = {key: value.decode("latin-1") for key, value in headers if key in ("traceparent", "tracestate")}
     expected = seen(TraceContextTextMapPropagator().extract(carrier))
     assert seen(extract_trace_context(headers)) == expected
+
+
+# --- without a span per event: the context a consumer's handlers run in ------------------------
+
+
+def test_a_message_with_a_trace_context_is_handled_in_the_publishers_trace() -> None:
+    context = context_with_trace(extract_trace_context([("traceparent", f"00-{TRACE}-{SPAN}-01".encode())]))
+    assert seen(context) == (int(TRACE, 16), int(SPAN, 16), 1, True, "")
+
+
+@pytest.mark.parametrize("headers", [[], [("traceparent", b"garbage")]])
+def test_a_message_without_a_usable_trace_context_is_handled_in_a_fresh_trace_of_its_own(
+    headers: list[tuple[str, bytes]],
+) -> None:
+    first, second = seen(context_with_trace(extract_trace_context(headers))), seen(context_with_trace(Context()))
+    assert first is not None and second is not None, "logs and published events get a trace id"
+    assert first[0] != second[0], "a new trace for each such message"
+    assert first[2] == 0 and not first[3], "unsampled, made here"

@@ -8,13 +8,14 @@ incident carry that one id, and an operator computes it from the incident id alo
 (``aftercare trace-id <incident id>``).
 
 The exporter is chosen by the environment (``AFTERCARE_OTEL_EXPORTER``): ``none`` (spans are
-still created, unrecorded, so trace ids appear in logs and events), ``console`` or ``otlp`` (to
-``OTEL_EXPORTER_OTLP_ENDPOINT``).
+not recorded, and the consumer runner makes none per event; trace ids still appear in logs and
+events), ``console`` or ``otlp`` (to ``OTEL_EXPORTER_OTLP_ENDPOINT``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -62,6 +63,32 @@ def configure_tracing(service: str, exporter: str = "none", endpoint: str | None
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("aftercare.events")
+
+
+def spans_recorded() -> bool:
+    """Whether the installed tracer provider records spans (an exporter reads them).
+
+    False without an exporter (``ALWAYS_OFF``, see ``configure_tracing``) and before any
+    provider is installed (the API's no-op tracer): then a span per consumed event is pure cost.
+    """
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        return False
+    return provider.sampler is not ALWAYS_OFF
+
+
+def context_with_trace(context: Context) -> Context:
+    """``context`` if it holds a valid span, else ``context`` with a fresh unsampled root: what a
+    new span made under it would give logs and published events (a trace id), without the span."""
+    if trace.get_current_span(context).get_span_context().is_valid:
+        return context
+    root = trace.SpanContext(
+        trace_id=random.getrandbits(128) or 1,
+        span_id=random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(root), context)
 
 
 def inject_trace_headers(context: Context | None = None) -> dict[str, str]:
