@@ -198,6 +198,25 @@ FERRETDB_PATCHES: dict[str, FerretDBPatch] = {
             ),
         ),
     ),
+    # An update command closes each statement's query when that statement is done. FerretDB 1.24
+    # defers every close to the end of the whole command, so a bulk write of more than ~100
+    # matching updates held all 100 of the database's connections and waited for a 101st:
+    # that database hung for good (seen: a consumer counting a redelivered batch in one bulk write).
+    "update-closes-each-statement": FerretDBPatch(
+        why="an update command releases each statement's query before the next statement",
+        edits=(
+            (
+                "internal/handler/msg_update.go",
+                "\t\tcloser := iterator.NewMultiCloser()\n\t\tdefer closer.Close()\n",
+                "\t\tcloser := iterator.NewMultiCloser()\n",
+            ),
+            (
+                "internal/handler/msg_update.go",
+                '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n',
+                '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n\t\tcloser.Close()\n',
+            ),
+        ),
+    ),
     # Equalities on indexed fields are answered from the indexes create_index made: FerretDB hands
     # SQLite only a lone _id equality and filters everything else in Go over a full read, so a
     # tenant's incident by number took a scan of every tenant's incidents.
