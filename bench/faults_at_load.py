@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -58,4 +59,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a stopped run) unwinds like Ctrl-C, so the stack's processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(asyncio.run(main()))

@@ -181,7 +181,12 @@ async def run_faults_under_load(
     load_under_way = asyncio.Event()  # faults begin once a tenth of the load is accepted
     customer_resolutions: list[asyncio.Task[None]] = []
 
-    async with httpx.AsyncClient(timeout=15) as client:
+    # At most this many reports and resolutions in flight: beyond the connection pool's size,
+    # httpcore re-scans its whole queue for every request (quadratic), and at 2,000 incidents a
+    # starved client spent an hour there while intake sat idle.
+    in_flight = asyncio.Semaphore(32)
+
+    async with httpx.AsyncClient(timeout=15, limits=httpx.Limits(max_connections=48)) as client:
 
         async def one(sequence: int, tenant: LoadTenant) -> None:
             # A tenant whose systems are used up reports a question instead (one run per system).
@@ -198,14 +203,16 @@ async def run_faults_under_load(
                     "title": f"Question {sequence}: how do we export last month's invoices as CSV?",
                     "severity": "info",
                 }
-            incident_id, number, attempts = await _report(client, stack, tenant, body, outcome)
+            async with in_flight:
+                incident_id, number, attempts = await _report(client, stack, tenant, body, outcome)
             accepted = Reported(tenant, incident_id, number, needs_remediation, time.monotonic(), attempts)
             outcome.reported.append(accepted)
             if len(outcome.reported) >= max(1, incidents // 10):
                 load_under_way.set()
             if not needs_remediation:
                 await asyncio.sleep(resolve_after_s)
-                await _resolve(client, stack, tenant, incident_id, tenant.contact_email, time.monotonic() + 600)
+                async with in_flight:
+                    await _resolve(client, stack, tenant, incident_id, tenant.contact_email, time.monotonic() + 600)
 
         async def load() -> None:
             sequence = 0
