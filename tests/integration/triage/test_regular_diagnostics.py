@@ -84,6 +84,15 @@ async def test_a_broken_system_opens_a_problem_and_its_repair_clears_it(
     # Still one problem episode: the failures after the first detection did not open another.
     assert len(await detected()) == 1
 
+    # Every probe also goes out (with the outbox sweep) as a sample for the dashboard's sparkline.
+    async def probed_down_and_up() -> list[dict[str, Any]]:
+        found = await of_type(triage_service, tenant, "target.probed")
+        return found if {"down", "up"} <= {event["data"]["status"] for event in found} else []
+
+    published = await wait_until(probed_down_and_up, timeout=45, interval=0.5, message="target.probed samples")
+    assert {event["data"]["system"] for event in published} == {"shop-web"}
+    assert all(event["data"]["target"] == system.health_url for event in published)
+
 
 async def test_an_incident_on_a_system_with_a_target_is_diagnosed_with_a_verdict(
     triage_service: TriageUnderTest, producer: EventProducer, system: CustomerSystemUnderTest

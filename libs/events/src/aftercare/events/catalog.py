@@ -65,6 +65,7 @@ from aftercare.events.triage import (
     IncidentTriaged,
     ProblemCleared,
     ProblemDetected,
+    TargetProbed,
 )
 
 EVENT_MODELS: tuple[type[Event], ...] = (
@@ -83,6 +84,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     DiagnosisCompleted,
     ProblemDetected,
     ProblemCleared,
+    TargetProbed,
     RemediationStarted,
     RemediationStepCompleted,
     ApprovalRequested,

@@ -149,3 +149,23 @@ class ProblemCleared(Event):
     target: str
     detail: str = ""
     cleared_at: datetime
+
+
+class TargetProbed(Event):
+    """One scheduled probe of a registered diagnostic target, healthy or not.
+
+    It is what the operators' dashboard draws each target's latency from (the sparkline);
+    published through triage's outbox with the target's new health, so a sample is not lost
+    to a crash, and carried by the periodic sweep rather than at once (it is not urgent).
+    """
+
+    TYPE = "target.probed"
+    VERSION = 1
+    TOPIC = topics.TRIAGE
+
+    system: str
+    target: str
+    probe: str
+    status: Literal["up", "down", "degraded", "refused"] | None = None
+    latency_ms: float | None = None
+    probed_at: datetime

@@ -21,6 +21,7 @@ from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.sms import SmsSender
 from aftercare.notifier.adapters.smtp import EmailRelay, EmailSender, SmtpSettings
 from aftercare.notifier.adapters.store import Lease, Store
+from aftercare.notifier.adapters.target_latency import TargetLatencies
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.adapters.webhook import WebhookSender
 from aftercare.notifier.domain.delivery import RetryPolicy
@@ -47,6 +48,7 @@ class NotifierComponents:
     wake: asyncio.Event
     live: LiveFeed
     operators: OperatorDirectory | None
+    target_latencies: TargetLatencies
 
     @classmethod
     def build(
@@ -123,6 +125,7 @@ class NotifierComponents:
             wake=wake,
             live=live,
             operators=runtime.operators,
+            target_latencies=TargetLatencies(store.target_latency),
         )
 
     async def close(self) -> None:

@@ -12,7 +12,8 @@ Collections:
 * ``advisories`` — published advisories and the tenants they matched;
 * ``leases`` — which instance runs the single-instance jobs;
 * ``waiting_notices`` — notices whose tenant event has not arrived yet;
-* ``chat_webhooks`` — operators' chat rooms (Slack/Teams incoming webhooks), by name.
+* ``chat_webhooks`` — operators' chat rooms (Slack/Teams incoming webhooks), by name;
+* ``target_latency`` — each diagnostic target's latest probes, for the dashboard's sparklines.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Store:
         self.leases = database["leases"]
         self.waiting_notices = database["waiting_notices"]
         self.chat_webhooks = database["chat_webhooks"]
+        self.target_latency = database["target_latency"]
 
     async def ensure_indexes(self) -> None:
         await self.deliveries.create_index([("state", 1), ("due_at", 1)])
@@ -48,6 +50,7 @@ class Store:
         await self.throttle.create_index("incident_id")
         await self.incidents.create_index("tenant_id")
         await self.waiting_notices.create_index("tenant_id")
+        await self.target_latency.create_index("tenant_id")
 
 
 class Lease:

@@ -25,7 +25,7 @@ from aftercare.events.remediation import (
     RemediationSucceeded,
 )
 from aftercare.events.tenants import TenantUpserted
-from aftercare.events.triage import DiagnosisCompleted, IncidentGrouped, IncidentTriaged
+from aftercare.events.triage import DiagnosisCompleted, IncidentGrouped, IncidentTriaged, TargetProbed
 from aftercare.notifier.components import NotifierComponents
 
 CONSUMER_GROUP = "notifier"
@@ -66,4 +66,6 @@ def handlers(notifier: NotifierComponents) -> HandlerTable:
         table[model] = [notifier.planner.on_event]
     for model in DASHBOARD_ONLY:
         table[model] = [notifier.planner.on_read_model_only]
+    # Scheduled diagnostics' probes: the dashboard's latency sparkline per target.
+    table[TargetProbed] = [notifier.target_latencies.on_target_probed]
     return table

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from aftercare.events.operators import Operator, Role
 from aftercare.notifier.components import NotifierComponents
 from aftercare.notifier.domain.incident_view import opened_per_hour, sla_state
+from aftercare.notifier.domain.target_latency import latency_line
 from aftercare.notifier.entrypoints.dependencies import Components
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -257,6 +258,41 @@ def _tenant_sparklines(views: list[dict[str, Any]], now: datetime) -> str:
     )
 
 
+def latency_sparkline(document: dict[str, Any]) -> str:
+    """An inline SVG line of one target's latest probe latencies (``domain/target_latency.py``)."""
+    line = latency_line(list(document.get("samples") or []))
+    key = f"{document.get('tenant_id', '')}-{document.get('system', '')}"
+    latest = "no answer" if line.latest_ms is None else f"{line.latest_ms:.0f} ms"
+    title = (
+        f"{document.get('system', '')}: last {line.samples} probes, latest {latest}, "
+        f"peak {line.peak_ms:.0f} ms, {line.failed} without an answer"
+    )
+    colour = "#c0392b" if document.get("status") in ("down", "refused") else "#2e86c1"
+    return (
+        f"<svg class='latency' id='latency-{_e(key)}' width='122' height='24' role='img' aria-label='{_e(title)}'>"
+        f"<title>{_e(title)}</title><polyline fill='none' stroke='{colour}' stroke-width='1.5' "
+        f"points='{line.points}'/></svg>"
+    )
+
+
+def _target_latencies(documents: list[dict[str, Any]], now: datetime) -> str:
+    # A target not probed for a day was removed or its schedule stopped: it is not news.
+    recent = [
+        d for d in documents if isinstance(d.get("probed_at"), datetime) and now - d["probed_at"] < timedelta(hours=24)
+    ]
+    if not recent:
+        return "<p class='muted'>No scheduled diagnostics in the last 24 hours.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(d.get('tenant_id'))}</td><td>{_e(d.get('system'))}</td><td>{latency_sparkline(d)}</td>"
+        f"<td>{_e(d.get('status') or '')}</td><td class='muted'>{_e(d.get('target'))}</td></tr>"
+        for d in recent
+    )
+    return (
+        "<table id='target-latency' style='width:auto'><tr><th>Tenant</th><th>System</th>"
+        f"<th>Probe latency, latest probes</th><th>Now</th><th>Target</th></tr>{rows}</table>"
+    )
+
+
 def _demo_controls(notifier: NotifierComponents, operator: Operator, csrf: str) -> str:
     # Demo mode only (a configured demo system) and only for admins: it breaks a real system.
     if not notifier.settings.demo_system_url or not operator.can(Role.ADMIN):
@@ -300,6 +336,8 @@ async def dashboard(
         + _demo_controls(notifier, operator, session["csrf"])
         + f"<h2>Incidents per hour (24 h)</h2>{_hourly_chart(views, now)}"
         + f"<h2>Opened per tenant</h2>{_tenant_sparklines(views, now)}"
+        + "<h2>Scheduled diagnostics</h2>"
+        + _target_latencies(await notifier.target_latencies.of_tenants(_visible(operator)), now)
         + f"<h2>Pending approvals</h2><ul id='approvals'>{approvals}</ul>"
         + "<h2>Incidents</h2><form method='get'>"
         f"<input name='tenant' placeholder='tenant' value='{_e(tenant)}'> "

@@ -101,11 +101,16 @@ class TargetStore:
         result = await self.claims.delete_many({"at": {"$lt": before}})
         return result.deleted_count
 
-    async def record(self, identifier: str, health: TargetHealth, result: ProbeResult, *events: Envelope[Any]) -> None:
-        """The target's new health (and the events it causes) in one write; then the sample."""
+    async def record(
+        self, identifier: str, health: TargetHealth, result: ProbeResult, *events: Envelope[Any], flush_now: bool = True
+    ) -> None:
+        """The target's new health (and the events it causes) in one write; then the sample.
+
+        ``flush_now`` False leaves the events to the outbox sweep (latency samples: not urgent).
+        """
         update = {"$set": {"health": health_document(health), "last": result.model_dump(mode="json")}}
         await self.targets.update_one({"_id": identifier}, outbox.add_to_update(update, *events))
-        if events:
+        if events and flush_now:
             await self.relay.flush(self.targets, identifier)
         at = result.at or datetime.now(UTC)
         hour = int(at.timestamp() // 3600)

@@ -27,7 +27,7 @@ import structlog
 from aftercare.events.envelope import Envelope, envelope_for
 from aftercare.events.incidents import Severity
 from aftercare.events.tenants import DiagnosticTarget, SupportedSystem, TenantUpserted
-from aftercare.events.triage import DiagnosisCompleted, ProbeResult, ProblemCleared, ProblemDetected
+from aftercare.events.triage import DiagnosisCompleted, ProbeResult, ProblemCleared, ProblemDetected, TargetProbed
 from aftercare.triage.adapters.probes import Prober
 from aftercare.triage.adapters.store import TriageIncidents
 from aftercare.triage.adapters.targets import TargetStore, health_of
@@ -196,7 +196,20 @@ class RegularDiagnostics:
             )
             events.append(self._envelope(event, document, problem.incident_id, "cleared"))
             log.info("problem cleared", target=identifier, kind=problem.kind, incident_id=problem.incident_id)
-        await self.targets.record(identifier, health, result, *events)
+        # Every probe is also a latency sample for the operators' dashboard (its sparkline). It
+        # rides in the same write as the new health, and only a detected or cleared problem makes
+        # the outbox go out at once: the samples wait for the periodic sweep.
+        urgent = bool(events)
+        sample = TargetProbed(
+            system=document["system"],
+            target=result.target,
+            probe=result.probe,
+            status=result.status,
+            latency_ms=result.latency_ms,
+            probed_at=now,
+        )
+        events.append(envelope_for(sample, source=SOURCE, tenant_id=document["tenant_id"]))
+        await self.targets.record(identifier, health, result, *events, flush_now=urgent)
 
     @staticmethod
     def _envelope(event: Any, document: dict[str, Any], incident_id: str, what: str) -> Envelope[Any]:
