@@ -328,7 +328,9 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
             print(f"timed out: {await runs.count_documents({'status': 'succeeded'})} of {args.runs} runs done")
         peak_rss = max(peak_rss, rss_mb(remediation.pid))
 
-        documents = [doc async for doc in runs.find({}, {"created_at": 1, "admitted_at": 1, "records": 1})]
+        documents = [
+            doc async for doc in runs.find({}, {"created_at": 1, "admitted_at": 1, "finished_at": 1, "records": 1})
+        ]
         created = [doc["created_at"] for doc in documents]
         admitted = [doc["admitted_at"] for doc in documents if doc.get("admitted_at")]
         started_rate = len(admitted) / max(1e-3, (max(admitted) - min(created)).total_seconds())
@@ -338,6 +340,20 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
             for before, after in itertools.pairwise(records):
                 if before.get("finished_at") and after.get("started_at"):
                     overheads.append((after["started_at"] - before["finished_at"]).total_seconds() * 1000)
+        # Where the time goes: runs created (the consumer's side), created -> admitted (the slot),
+        # admitted -> finished (steps, probe, the end's write).
+        finished = [doc["finished_at"] for doc in documents if doc.get("finished_at")]
+        waits = [
+            (doc["admitted_at"] - doc["created_at"]).total_seconds() * 1000
+            for doc in documents
+            if doc.get("admitted_at")
+        ]
+        works = [
+            (doc["finished_at"] - doc["admitted_at"]).total_seconds() * 1000
+            for doc in documents
+            if doc.get("admitted_at") and doc.get("finished_at")
+        ]
+        created_span = (max(created) - min(created)).total_seconds()
         bare = await bare_consumer_rate(bootstrap, 2 * args.runs)
 
         print()
@@ -348,6 +364,18 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
             f"p99 {percentile(overheads, 0.99):6.1f} ms   (target p99 < 20 ms; store keeps ms)"
         )
         print(f"  peak RSS                {peak_rss:8.1f} MB (target <= 150)")
+        print(
+            f"  runs created            {len(created)} in {created_span:.1f} s; first created -> last finished "
+            f"{(max(finished or created) - min(created)).total_seconds():.1f} s"
+        )
+        print(
+            f"  created -> admitted     p50 {percentile(waits or [0.0], 0.5):6.0f} ms   "
+            f"p99 {percentile(waits or [0.0], 0.99):6.0f} ms"
+        )
+        print(
+            f"  admitted -> finished    p50 {percentile(works or [0.0], 0.5):6.0f} ms   "
+            f"p99 {percentile(works or [0.0], 0.99):6.0f} ms"
+        )
         print(f"  bare consumer loop      {bare:8.1f} events/s = {bare / 2:8.1f} incidents/s (2 events per run)")
         print(f"  ratio runs started / bare incidents: {started_rate / (bare / 2):.2e}")
         return 0

@@ -8,6 +8,7 @@ Documents that announce events carry them in their outbox in that same write.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,8 @@ class RemediationStore:
         self.tenant_settings: AsyncCollection[Document] = database["tenant_settings"]
         # Stored runbook versions never change: read each once per process.
         self._versions: dict[str, tuple[Runbook, Document]] = {}
+        # Runbook heads (name -> current version) as last read, and when (monotonic s).
+        self._heads: dict[str, tuple[Document | None, float]] = {}
 
     async def ensure_indexes(self) -> None:
         await outbox.OutboxRelay.ensure_indexes(self.runs)
@@ -68,8 +71,15 @@ class RemediationStore:
 
     # --- runbooks ------------------------------------------------------------------------
 
-    async def current_runbook(self, name: str) -> tuple[Runbook, int, Document] | None:
-        head = await self.runbooks.find_one({"_id": name})
+    async def current_runbook(self, name: str, max_age_s: float = 0.0) -> tuple[Runbook, int, Document] | None:
+        """The runbook's current version; ``max_age_s``: a head read that long ago will do (every new
+        run asks; this process's own saves and deletes forget it at once)."""
+        cached_head = self._heads.get(name)
+        if cached_head is not None and time.monotonic() - cached_head[1] < max_age_s:
+            head = cached_head[0]
+        else:
+            head = await self.runbooks.find_one({"_id": name})
+            self._heads[name] = (head, time.monotonic())
         if head is None or head.get("deleted"):
             return None
         key = f"{name}@{head['version']}"
@@ -93,6 +103,7 @@ class RemediationStore:
 
     async def save_runbook(self, runbook: Runbook, source: str, by: str, now: datetime) -> int | None:
         """Store a new version; None when the source is the current version's already."""
+        self._heads.pop(runbook.name, None)
         for _ in range(5):
             head = await self.runbooks.find_one({"_id": runbook.name})
             current = int(head["version"]) if head else 0
@@ -120,13 +131,16 @@ class RemediationStore:
                 {"$set": {"version": version, "updated_at": now, "updated_by": by, "deleted": False}},
                 upsert=True,
             )
+            self._heads.pop(runbook.name, None)  # again: a run may have read the old head meanwhile
             return version
         raise RuntimeError(f"could not store runbook {runbook.name}: too many concurrent changes")
 
     async def delete_runbook(self, name: str, by: str, now: datetime) -> bool:
+        self._heads.pop(name, None)
         result = await self.runbooks.update_one(
             {"_id": name, "deleted": {"$ne": True}}, {"$set": {"deleted": True, "updated_at": now, "updated_by": by}}
         )
+        self._heads.pop(name, None)
         return result.modified_count > 0
 
     # --- incidents as remediation knows them ---------------------------------------------
@@ -166,22 +180,42 @@ class RemediationStore:
             return False
         return True
 
+    @staticmethod
+    def outbox_entries(events: list[Envelope[Any]]) -> list[Document]:
+        """The outbox entries announcing ``events``, as ``save_run`` stores them."""
+        return [outbox.stored(envelope) for envelope in events]
+
     async def load_run(self, incident_id: str) -> tuple[Run, int, datetime | None] | None:
+        loaded = await self.load_run_state(incident_id)
+        return loaded[:3] if loaded is not None else None
+
+    async def load_run_state(self, incident_id: str) -> tuple[Run, int, datetime | None, bool] | None:
+        """The run, its rev, its due time, and whether its outbox holds events not yet published."""
         document = await self.runs.find_one({"_id": incident_id}, {outbox.FIELD: 0})
         if document is None:
             return None
-        return Run.model_validate(document), int(document["rev"]), document.get("next_at")
+        return (
+            Run.model_validate(document),
+            int(document["rev"]),
+            document.get("next_at"),
+            bool(document.get(outbox.FLAG)),
+        )
 
     async def find_run(self, run_id: str) -> Document | None:
         return await self.runs.find_one({"run_id": run_id}, {outbox.FIELD: 0})
 
     async def save_run(
-        self, run: Run, rev: int, next_at: datetime | None, events: list[Envelope[Any]] | None = None
+        self, run: Run, rev: int, next_at: datetime | None, entries: list[Document] | None = None
     ) -> int | None:
-        """Write the run if it is still at ``rev``; the new rev, or None when it changed meanwhile."""
+        """Write the run if it is still at ``rev``, with ``entries`` (``outbox_entries``) added to its
+        outbox; the new rev, or None when it changed meanwhile."""
         # What never changes after the insert (the runbook, the incident) is not sent again.
         fields = run.model_dump(exclude=set(IMMUTABLE_RUN_FIELDS)) | {"next_at": next_at}
-        update = outbox.add_to_update({"$set": fields, "$inc": {"rev": 1}}, *(events or []))
+        update: Document = {"$set": fields, "$inc": {"rev": 1}}
+        if entries:
+            # The entries as given (not re-made from the events): the caller pulls exactly these.
+            update["$push"] = {outbox.FIELD: {"$each": entries}}
+            fields[outbox.FLAG] = True
         result = await self.runs.update_one({"_id": run.incident.incident_id, "rev": rev}, update)
         return rev + 1 if result.modified_count else None
 

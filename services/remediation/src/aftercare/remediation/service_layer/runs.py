@@ -11,9 +11,10 @@ died is picked up again when its lease runs out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +23,6 @@ import structlog
 from prometheus_client import Histogram
 
 from aftercare.events.envelope import Envelope, envelope_for
-from aftercare.events.outbox import OutboxRelay
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -37,6 +37,7 @@ from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import SupportedSystem, TenantUpserted
 from aftercare.remediation.adapters.credentials import CredentialKeyMissing, CredentialVault
 from aftercare.remediation.adapters.executor import SystemCaller
+from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain import blast_radius
 from aftercare.remediation.domain import run as machine
@@ -54,6 +55,9 @@ LEASE_MARGIN_S = 15.0
 QUEUE_RECHECK_S = 30.0
 TENANT_RECHECK_S = 2.0
 TENANT_CACHE_S = 1.0
+# A runbook's head (its current version) is read at most this often per process for new runs; a
+# change through this process's API is seen at once, through another instance's within this time.
+RUNBOOK_CACHE_S = 1.0
 
 STEP_OVERHEAD = Histogram(
     "aftercare_remediation_step_overhead_seconds",
@@ -82,6 +86,38 @@ def facts_from(document: dict[str, Any]) -> IncidentFacts:
     )
 
 
+class _DrivePermit:
+    """One of the process's drive permits, held by a drive while it works on the store; handed
+    back while the run waits on a customer's system (``away``), so runs that wait on slow systems
+    never hold up starting and driving the others (the permits bound the store work only)."""
+
+    def __init__(self, permits: asyncio.Semaphore) -> None:
+        self._permits = permits
+        self._held = False
+
+    async def __aenter__(self) -> _DrivePermit:
+        await self._permits.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._held:
+            self._held = False
+            self._permits.release()
+
+    @contextlib.asynccontextmanager
+    async def away(self) -> AsyncIterator[None]:
+        if self._held:
+            self._held = False
+            self._permits.release()
+        try:
+            yield
+        finally:
+            # Cancelled while waiting here: not held, so __aexit__ gives nothing back.
+            await self._permits.acquire()
+            self._held = True
+
+
 @dataclass
 class _Progress:
     """A run being driven: its state in memory, the rev of its last write (None once another writer
@@ -90,6 +126,13 @@ class _Progress:
     run: Run
     rev: int | None
     pending: list[Envelope[Any]] = field(default_factory=list)
+    # Its outbox held events when it was read (not this drive's): the next flush publishes all.
+    leftover: bool = False
+    permit: _DrivePermit | None = None
+
+    def away(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While waiting on a customer's system: the drive permit goes to another run."""
+        return self.permit.away() if self.permit is not None else contextlib.nullcontext()
 
 
 class RunEngine:
@@ -100,7 +143,7 @@ class RunEngine:
         vault: CredentialVault,
         caller: SystemCaller,
         escalations: EscalationDesk,
-        relay: OutboxRelay,
+        relay: RunOutboxRelay,
         turns: Turns,
         clock: Callable[[], datetime],
         lease_margin_s: float = LEASE_MARGIN_S,
@@ -121,6 +164,8 @@ class RunEngine:
         self._again: set[str] = set()
         self._tenant_cache: dict[str, tuple[TenantUpserted, float]] = {}
         self._paused_cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        # Each system's blast-radius slots as this process last wrote or read them (see _admit).
+        self._slots: dict[str, blast_radius.SystemSlots] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -140,11 +185,14 @@ class RunEngine:
         name = document.get("runbook")
         if not name:
             return "no runbook named"
-        if await self._store.load_run(incident_id) is not None:
-            return "run exists"
         facts = facts_from(document)
-        found = await self._store.current_runbook(name)
+        # No read of the run first: its insert below refuses a second one. Only before escalating
+        # is the run looked for, so that a redelivered triage never pages people about an incident
+        # whose run exists (its runbook may have changed since).
+        found = await self._store.current_runbook(name, max_age_s=RUNBOOK_CACHE_S)
         if found is None:
+            if await self._store.load_run(incident_id) is not None:
+                return "run exists"
             await self._escalations.escalate(
                 "triage", facts, f"triage named runbook {name!r}, which does not exist", caused_by=caused_by
             )
@@ -152,6 +200,8 @@ class RunEngine:
         runbook, version, _ = found
         mismatch = applies(runbook, facts)
         if mismatch is not None:
+            if await self._store.load_run(incident_id) is not None:
+                return "run exists"
             await self._escalations.escalate(
                 "triage", facts, f"runbook {name} does not apply to this incident: {mismatch}", caused_by=caused_by
             )
@@ -197,8 +247,9 @@ class RunEngine:
                 await self._relay.flush(self._store.runs, incident_id)
         log.info("run created", incident_id=incident_id, runbook=runbook.name, status=run.status)
         if run.status == "queued":
-            # Driven in the background: a handler never waits for a customer's system.
-            self.spawn_drive(incident_id, now=True)
+            # Driven in the background: a handler never waits for a customer's system. From the run
+            # as inserted (rev 1): reading it back would only return what we wrote.
+            self.spawn_drive(incident_id, now=True, start=(_Progress(run, 1), next_at))
         return "run started" if run.status != "awaiting_approval" else "awaiting approval"
 
     def _event(self, run: Run, data: Any, caused_by: Envelope[Any] | None = None) -> Envelope[Any]:
@@ -212,14 +263,16 @@ class RunEngine:
 
     # --- driving -------------------------------------------------------------------------
 
-    def spawn_drive(self, incident_id: str, *, now: bool = False) -> None:
+    def spawn_drive(
+        self, incident_id: str, *, now: bool = False, start: tuple[_Progress, datetime | None] | None = None
+    ) -> None:
         if incident_id in self.driving:
             if now:
                 # It is being advanced right now, perhaps from a state read before this wake-up
                 # (a slot freed): advance it once more when that ends.
                 self._again.add(incident_id)
             return
-        task = asyncio.create_task(self.drive(incident_id, now=now))
+        task = asyncio.create_task(self.drive(incident_id, now=now, start=start))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -229,15 +282,18 @@ class RunEngine:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def drive(self, incident_id: str, *, now: bool = False) -> None:
+    async def drive(
+        self, incident_id: str, *, now: bool = False, start: tuple[_Progress, datetime | None] | None = None
+    ) -> None:
         """Advance the run as far as it can go; safe to call any time, from any instance.
 
         ``now``: do not wait for its due time (a slot was just freed, an approval just given).
+        ``start``: the run as this process just wrote it, and its due time (not read again).
         """
         self.driving.add(incident_id)
         try:
-            async with self._drives, self._turns(incident_id):
-                await self._drive(incident_id, now)
+            async with _DrivePermit(self._drives) as permit, self._turns(incident_id):
+                await self._drive(incident_id, now, start, permit)
         except Exception:
             log.exception("run could not advance; it is retried when due", incident_id=incident_id)
         finally:
@@ -246,11 +302,23 @@ class RunEngine:
                 self._again.discard(incident_id)
                 self.spawn_drive(incident_id, now=True)
 
-    async def _drive(self, incident_id: str, early: bool) -> None:
-        loaded = await self._store.load_run(incident_id)
-        if loaded is None:
-            return
-        run, rev, next_at = loaded
+    async def _drive(
+        self,
+        incident_id: str,
+        early: bool,
+        start: tuple[_Progress, datetime | None] | None = None,
+        permit: _DrivePermit | None = None,
+    ) -> None:
+        if start is not None:
+            progress, next_at = start
+            run = progress.run
+        else:
+            loaded = await self._store.load_run_state(incident_id)
+            if loaded is None:
+                return
+            run, rev, next_at, leftover = loaded
+            progress = _Progress(run, rev, leftover=leftover)
+        progress.permit = permit
         now = self._clock()
         if run.status in machine.FINAL or next_at is None or (next_at > now and not early):
             return
@@ -263,7 +331,6 @@ class RunEngine:
         # run's next write, which comes before any HTTP call to the customer's system, when the
         # run sleeps, and when it ends. A crash before that write only repeats those moves
         # (their events were never published), never an outside effect.
-        progress = _Progress(run, rev)
         while progress.rev is not None:
             now = self._clock()
             move = machine.decide(progress.run, now)
@@ -302,12 +369,17 @@ class RunEngine:
         """Write the run as it is now, with the events of the moves since its last write; then
         publish them. False when another writer changed the run meanwhile (this drive stops)."""
         assert progress.rev is not None
-        events, progress.pending = progress.pending, []
-        progress.rev = await self._store.save_run(progress.run, progress.rev, next_at, events)
+        entries = self._store.outbox_entries(progress.pending)
+        progress.pending = []
+        progress.rev = await self._store.save_run(progress.run, progress.rev, next_at, entries)
         if progress.rev is None:
             return False
-        if events:
+        if progress.leftover:
+            # Events someone else left in the outbox (a crashed instance) go first, in order.
             await self._relay.flush(self._store.runs, progress.run.incident.incident_id)
+            progress.leftover = False
+        elif entries:
+            await self._relay.flush_entries(self._store.runs, progress.run.incident.incident_id, entries)
         return True
 
     async def _automation_paused(self, tenant_id: str) -> dict[str, Any] | None:
@@ -347,17 +419,31 @@ class RunEngine:
         # One admission or release of a system at a time in this process: a burst's runs all want
         # the same slots document, and racing each other there only made them retry (its version
         # guard still decides races with other instances).
-        async with self._turns(f"slots:{run.tenant_id}|{system}"):
+        key = f"{run.tenant_id}|{system}"
+        async with self._turns(f"slots:{key}"):
+            # From the slots as this process last wrote them, while its writes land: a write is
+            # guarded by the version it was decided on, so a copy another instance has made stale
+            # is refused, read again and decided again. Only an admission written from it counts;
+            # holding, refusing or "already admitted" are decided on the stored slots.
+            slots: blast_radius.SystemSlots | None = self._slots.pop(key, None)
+            fresh = slots is None
             for _ in range(10):
-                slots = await self._store.load_slots(run.tenant_id, system)
+                if slots is None:
+                    slots, fresh = await self._store.load_slots(run.tenant_id, system), True
                 decision = blast_radius.admission(slots, run.run_id, run.runbook.blast_radius, system, now)
+                if not fresh and not (isinstance(decision, blast_radius.Admitted) and decision.slots is not slots):
+                    slots = decision = None
+                    continue
                 if not isinstance(decision, blast_radius.Admitted):
+                    self._slots[key] = slots
                     break
-                if decision.slots is slots or await self._store.save_slots(
-                    run.tenant_id, system, slots, decision.slots
-                ):
+                if decision.slots is slots:
+                    self._slots[key] = slots
                     break
-                decision = None
+                if await self._store.save_slots(run.tenant_id, system, slots, decision.slots):
+                    self._slots[key] = decision.slots
+                    break
+                slots = decision = None
         if isinstance(decision, blast_radius.Refuse):
             await self._escalate(progress, machine.Escalate(decision.reason))
             return False
@@ -441,14 +527,15 @@ class RunEngine:
                         outcome, output = "failed", f"not run: {error}"
                     else:
                         before = time.perf_counter()
-                        result = await self._caller.call_admin(
-                            target,
-                            str(params.get("method", "POST")).upper(),
-                            str(params["query"]) if "query" in params else None,
-                            token,
-                            step.timeout_seconds,
-                            allowlist,
-                        )
+                        async with progress.away():
+                            result = await self._caller.call_admin(
+                                target,
+                                str(params.get("method", "POST")).upper(),
+                                str(params["query"]) if "query" in params else None,
+                                token,
+                                step.timeout_seconds,
+                                allowlist,
+                            )
                         action_seconds = time.perf_counter() - before
                         outcome, output = result.outcome, result.output
             elif step.action == "wait":
@@ -460,7 +547,8 @@ class RunEngine:
                 else:
                     target = probe.address
                     before = time.perf_counter()
-                    answer = await self._caller.probe(probe.address, step.timeout_seconds, allowlist)
+                    async with progress.away():
+                        answer = await self._caller.probe(probe.address, step.timeout_seconds, allowlist)
                     action_seconds = time.perf_counter() - before
                     outcome, output = "succeeded", f"diagnosis: {answer.describe()}"
             elif step.action == "add_note":
@@ -513,9 +601,10 @@ class RunEngine:
         if probe is None or probe.kind != "http":
             healthy, output = False, f"system {run.system!r} has no HTTP diagnostic target to verify with"
         else:
-            answer = await self._caller.probe(
-                probe.address, criteria.timeout_seconds, tenant.probe_allowlist if tenant else []
-            )
+            async with progress.away():
+                answer = await self._caller.probe(
+                    probe.address, criteria.timeout_seconds, tenant.probe_allowlist if tenant else []
+                )
             healthy, output = judge(criteria, answer)
         now = self._clock()
         progress.run = run = machine.finish_probe(run, move.attempt, healthy, output, started, now)
@@ -587,14 +676,25 @@ class RunEngine:
 
     async def _release(self, run: Run) -> None:
         system = run.system or "(no system)"
-        async with self._turns(f"slots:{run.tenant_id}|{system}"):
+        key = f"{run.tenant_id}|{system}"
+        async with self._turns(f"slots:{key}"):
+            # As in _admit: from this process's last written copy while its guarded writes land.
+            slots: blast_radius.SystemSlots | None = self._slots.pop(key, None)
+            fresh = slots is None
             for _ in range(10):
-                slots = await self._store.load_slots(run.tenant_id, system)
+                if slots is None:
+                    slots, fresh = await self._store.load_slots(run.tenant_id, system), True
                 freed = blast_radius.release(slots, run.run_id)
                 if freed is None:
+                    if not fresh:
+                        slots = None
+                        continue
+                    self._slots[key] = slots
                     return  # it held none (never admitted, or released already): nobody to wake
                 if await self._store.save_slots(run.tenant_id, system, slots, freed):
+                    self._slots[key] = freed
                     break
+                slots = None
         # Let the next queued run of this system go now rather than at its next re-check.
         for incident_id in await self._store.queued_runs(run.tenant_id, run.system, limit=1):
             self.spawn_drive(incident_id, now=True)
@@ -655,7 +755,8 @@ class RunEngine:
                         ),
                     ),
                 ]
-            if await self._store.save_run(decided, rev, now if approved else None, events) is None:
+            entries = self._store.outbox_entries(events)
+            if await self._store.save_run(decided, rev, now if approved else None, entries) is None:
                 raise ApprovalProblem(409, "the run changed meanwhile; read it again and retry")
             await self._relay.flush(self._store.runs, incident_id)
         if approved:

@@ -1,0 +1,252 @@
+"""What one run costs in store round trips, and that the shortcuts keep the blast-radius limits exact
+with a second instance on the same store.
+
+The embedded store answers one write at a time, so a burst of runs goes as fast as the store
+operations per run allow (bench/remediation_runs.py). These pin the operations of a no-op run
+(notes and a verification probe): the run inserted once and written once at its end (its events
+pulled from the outbox without reading it back), the slot taken and freed by one write each, no
+read of the run or of the runbook's head for every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from aftercare.events.envelope import envelope_for
+from aftercare.events.schedule import DueTimes
+from aftercare.events.tenant_copy import TenantCopy
+from aftercare.events.tenants import ContractTier, DiagnosticTarget, SupportedSystem, TenantUpserted
+from aftercare.events.testing import MemoryBus, MemoryDatabase
+from aftercare.remediation.adapters.credentials import CredentialVault
+from aftercare.remediation.adapters.executor import SystemCaller
+from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
+from aftercare.remediation.adapters.store import RemediationStore
+from aftercare.remediation.domain.runbook import parse_runbook
+from aftercare.remediation.domain.verification import ProbeAnswer
+from aftercare.remediation.service_layer.escalations import EscalationDesk
+from aftercare.remediation.service_layer.runs import RunEngine
+from aftercare.remediation.service_layer.turns import Turns
+
+T0 = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+OPERATIONS = ("find_one", "find", "insert_one", "update_one", "find_one_and_update")
+
+
+class HealthySystem(SystemCaller):
+    """The customer's system answering its health probe with 200 (no network in a unit test)."""
+
+    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+        return ProbeAnswer(200, 1.0, '{"status":"healthy"}')
+
+
+def count_operations(collection: Any, counts: Counter[str]) -> None:
+    """Count the calls the service makes (the fake's find_one_and_update calls its own find_one)."""
+    for operation in OPERATIONS:
+        original = getattr(collection, operation)
+        if operation == "find":
+
+            def counted_find(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                counts[f"{collection.name}.find"] += 1
+                return _original(*args, **kwargs)
+
+            setattr(collection, operation, counted_find)
+            continue
+
+        async def counted(*args: Any, _original: Any = original, _operation: str = operation, **kwargs: Any) -> Any:
+            if not counts["(inside)"]:
+                counts[f"{collection.name}.{_operation}"] += 1
+            counts["(inside)"] += 1
+            try:
+                return await _original(*args, **kwargs)
+            finally:
+                counts["(inside)"] -= 1
+
+        setattr(collection, operation, counted)
+
+
+async def an_instance(database: MemoryDatabase, bus: MemoryBus) -> tuple[RunEngine, RemediationStore]:
+    db: Any = database
+    store = RemediationStore(db)
+    turns = Turns()
+    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
+    tenants = TenantCopy(db)
+    engine = RunEngine(store, tenants, CredentialVault(db, None), HealthySystem(), desk, relay, turns, lambda: T0)
+    return engine, store
+
+
+async def acme_with_a_noop_runbook(database: MemoryDatabase, max_concurrent: int = 100) -> None:
+    db: Any = database
+    await TenantCopy(db).apply(
+        envelope_for(
+            TenantUpserted(
+                tenant_id="acme",
+                name="Acme",
+                tier=ContractTier(name="gold"),
+                systems=[
+                    SupportedSystem(
+                        name="billing-api",
+                        diagnostic_target=DiagnosticTarget(kind="http", address="http://billing/health"),
+                        admin_endpoint="http://billing/admin",
+                    )
+                ],
+            ),
+            source="test",
+            tenant_id="acme",
+        )
+    )
+    runbook = parse_runbook(
+        {
+            "name": "noop",
+            "steps": [
+                {"name": f"note {i}", "action": "add_note", "params": {"text": "looking"}, "timeout_seconds": 5}
+                for i in range(3)
+            ],
+            "verification": {"expect_status": [200]},
+            "blast_radius": {"max_concurrent_per_system": max_concurrent, "max_runs_per_system_per_hour": 1000},
+        }
+    )
+    await RemediationStore(db).save_runbook(runbook, "test", "test", T0)
+
+
+def incident(number: int) -> dict[str, Any]:
+    return {
+        "_id": f"i-{number}",
+        "tenant_id": "acme",
+        "reported": True,
+        "triaged": True,
+        "number": f"INC-{number}",
+        "system": "billing-api",
+        "category": "application",
+        "runbook": "noop",
+    }
+
+
+async def drives_done(*engines: RunEngine) -> None:
+    for _ in range(100):
+        tasks = [task for engine in engines for task in engine._tasks]
+        if not tasks:
+            return
+        await asyncio.gather(*tasks)
+    raise AssertionError("drives did not settle")
+
+
+async def test_a_noop_run_costs_one_insert_one_write_one_outbox_pull_and_one_write_per_slot_move() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    await acme_with_a_noop_runbook(database)
+    engine, store = await an_instance(database, bus)
+    assert await engine.consider("i-0", document=incident(0)) == "run started"
+    await drives_done(engine)  # the first run reads what a process reads once (slots, runbook version)
+
+    counts: Counter[str] = Counter()
+    for collection in (store.runs, store.slots, store.runbooks, store.runbook_versions):
+        count_operations(collection, counts)
+    for number in range(1, 6):
+        assert await engine.consider(f"i-{number}", document=incident(number)) == "run started"
+        await drives_done(engine)
+
+    counted = +counts  # the operations of the five runs (without the zero "(inside)")
+    for number in range(6):
+        loaded = await store.load_run(f"i-{number}")
+        assert loaded is not None and loaded[0].status == "succeeded", loaded
+    started = [e for e in bus.published if e.type == "remediation.started"]
+    assert len(started) == 6
+    # Every run's events were published and pulled out of its outbox.
+    assert all(not document.get("outbox") for document in database["runs"].documents.values())
+    runs = 5
+    assert counted == Counter(
+        {
+            "runs.insert_one": runs,
+            "runs.update_one": runs,  # the run's end (succeeded, its steps and events)
+            "runs.find_one_and_update": runs,  # the outbox pull, without reading the run first
+            "runs.find": runs,  # queued runs to wake when the slot frees
+            "system_slots.update_one": 2 * runs,  # admitted, released
+        }
+    ), counted
+    await engine.stop()
+
+
+async def test_a_copy_of_the_slots_made_stale_by_another_instance_never_admits_past_the_limit() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    await acme_with_a_noop_runbook(database, max_concurrent=1)
+    first, first_store = await an_instance(database, bus)
+    second, _ = await an_instance(database, bus)
+    # The first instance runs one incident to its end: it keeps the system's slots as it wrote them
+    # (free). Then the second instance admits a run and keeps it going (its drive is held).
+    assert await first.consider("i-0", document=incident(0)) == "run started"
+    await drives_done(first)
+    holding = asyncio.Event()
+    original_probe = second._caller.probe
+
+    async def slow_probe(url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+        await holding.wait()
+        return await original_probe(url, timeout_s, allowlist)
+
+    second._caller.probe = slow_probe  # type: ignore[method-assign]
+    assert await second.consider("i-1", document=incident(1)) == "run started"
+    for _ in range(100):
+        if (await first_store.load_slots("acme", "billing-api")).holders:
+            break
+        await asyncio.sleep(0)
+    assert (await first_store.load_slots("acme", "billing-api")).holders != []
+
+    # The first instance's copy says "free"; the stored slots say "taken": it must wait.
+    assert await first.consider("i-2", document=incident(2)) == "run started"
+    await drives_done(first)
+    queued = await first_store.load_run("i-2")
+    assert queued is not None and queued[0].status == "queued", queued
+    assert len((await first_store.load_slots("acme", "billing-api")).holders) == 1
+
+    holding.set()
+    await drives_done(first, second)
+    await first.stop()
+    await second.stop()
+
+
+async def test_a_run_waiting_on_a_slow_system_does_not_hold_up_starting_another() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    await acme_with_a_noop_runbook(database)
+    db: Any = database
+    store = RemediationStore(db)
+    turns = Turns()
+    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
+    answering = asyncio.Event()
+    probed: list[str] = []
+
+    class SlowSystem(SystemCaller):
+        async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+            probed.append(url)
+            await answering.wait()
+            return ProbeAnswer(200, 1.0, '{"status":"healthy"}')
+
+    # One drive at a time in this process (the permits bound the store work).
+    engine = RunEngine(
+        store, TenantCopy(db), CredentialVault(db, None), SlowSystem(), desk, relay, turns, lambda: T0, 15.0, 1
+    )
+    assert await engine.consider("i-0", document=incident(0)) == "run started"
+    for _ in range(100):
+        if probed:
+            break
+        await asyncio.sleep(0)
+    assert probed, "the first run never reached its verification probe"
+
+    # The first run waits on the system's answer; the second is admitted and probes meanwhile.
+    assert await engine.consider("i-1", document=incident(1)) == "run started"
+    for _ in range(100):
+        if len(probed) == 2:
+            break
+        await asyncio.sleep(0)
+    assert len(probed) == 2, "the second run waited for the first one's slow system"
+    assert len((await store.load_slots("acme", "billing-api")).holders) == 2
+
+    answering.set()
+    await drives_done(engine)
+    for number in range(2):
+        loaded = await store.load_run(f"i-{number}")
+        assert loaded is not None and loaded[0].status == "succeeded", loaded
+    started = sorted(e.incident_id or "" for e in bus.published if e.type == "remediation.started")
+    assert started == ["i-0", "i-1"], started
+    await engine.stop()
