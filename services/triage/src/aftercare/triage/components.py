@@ -49,7 +49,7 @@ class TriageComponents:
         incidents = TriageIncidents(database, relay, runtime.require_producer())
         rule_store = RuleStore(database)
         rules = RuleBook(rule_store)
-        prober = Prober()
+        prober = Prober(instance=runtime.holder_id)
         diagnosis = IncidentDiagnosis(incidents, prober, runtime.spawn)
         triage = IncidentTriage(
             incidents, tenants, rules, GroupingHeads(database), FlapHistory(database), on_triaged=diagnosis.after_triage

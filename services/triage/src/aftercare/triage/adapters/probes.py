@@ -76,7 +76,9 @@ def split_host_port(address: str, default_port: int | None = None) -> tuple[str,
 class Prober:
     """Runs probes; one per process (it holds the HTTP connection pool)."""
 
-    def __init__(self, *, verify_tls: bool | ssl.SSLContext = True) -> None:
+    def __init__(self, *, verify_tls: bool | ssl.SSLContext = True, instance: str | None = None) -> None:
+        # The customer's logs can tell which triage instance probed (two instances share the work).
+        self._user_agent = f"aftercare-triage-probe ({instance})" if instance else "aftercare-triage-probe"
         self._http = httpx.AsyncClient(
             verify=verify_tls,
             follow_redirects=False,
@@ -153,7 +155,7 @@ class Prober:
         async with self._http.stream(
             "GET",
             pinned,
-            headers={"Host": host_header, "User-Agent": "aftercare-triage-probe"},
+            headers={"Host": host_header, "User-Agent": self._user_agent},
             timeout=timeout_s,
             extensions=extensions,
         ) as answer:
