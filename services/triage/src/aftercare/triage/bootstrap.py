@@ -52,6 +52,7 @@ def build_app(settings: TriageSettings | None = None) -> FastAPI:
                 group_id=consumer.CONSUMER_GROUP,
                 topics=consumer.TOPICS,
                 handlers=lambda rt: consumer.handlers(app.state.triage),
+                concurrency=settings.consumer_concurrency,
             )
         ],
         on_connected=on_connected,

@@ -19,3 +19,6 @@ class TriageSettings(ServiceSettings):
     rules_seed_file: Path | None = None
     regular_diagnostics_enabled: bool = True
     probe_concurrency: int = 200
+    # Incidents handled side by side; their store calls share round trips (adapters/batching.py),
+    # so more at once means fewer round trips per incident.
+    consumer_concurrency: int = 64

@@ -10,11 +10,14 @@ Collections:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import structlog
+from pymongo import DeleteOne, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -25,7 +28,10 @@ from aftercare.events.outbox import OutboxRelay
 from aftercare.events.producer import EventProducer
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import TenantUpserted
+from aftercare.triage.adapters.batching import BatchedCollection
 from aftercare.triage.domain.grouping import OpenIncident
+
+log = structlog.stdlib.get_logger("aftercare.triage")
 
 FLAP_KEEP = 20
 
@@ -38,6 +44,9 @@ class TenantDirectory:
         self.copy = TenantCopy(database)
         self._cache: dict[str, tuple[float, TenantUpserted | None]] = {}
         self._max_age_s = max_age_s
+        # One read per tenant at a time: when the cached copy ages, the incidents triaged side by
+        # side wait for that one read instead of each reading the same tenant.
+        self._reading: dict[str, asyncio.Future[TenantUpserted | None]] = {}
 
     async def apply(self, envelope: Envelope[TenantUpserted]) -> None:
         await self.copy.apply(envelope)
@@ -48,7 +57,16 @@ class TenantDirectory:
         now = time.monotonic()
         if not fresh and cached is not None and now - cached[0] < self._max_age_s:
             return cached[1]
-        tenant = await self.copy.get(tenant_id)
+        if not fresh and (reading := self._reading.get(tenant_id)) is not None:
+            return await asyncio.shield(reading)
+        read = asyncio.ensure_future(self.copy.get(tenant_id))
+        if not fresh:
+            self._reading[tenant_id] = read
+        try:
+            tenant = await asyncio.shield(read)
+        finally:
+            if self._reading.get(tenant_id) is read:
+                del self._reading[tenant_id]
         self._cache[tenant_id] = (now, tenant)
         return tenant
 
@@ -63,6 +81,9 @@ class TenantDirectory:
 class TriageIncidents:
     def __init__(self, database: AsyncDatabase[dict[str, Any]], relay: OutboxRelay, producer: EventProducer) -> None:
         self.collection: AsyncCollection[dict[str, Any]] = database["incidents"]
+        # Incidents are triaged side by side: their reads and writes share round trips.
+        self.batched = BatchedCollection(self.collection, projection={outbox.FIELD: 0})
+        self._clearing: set[asyncio.Future[None]] = set()
         self.relay = relay
         self.producer = producer
 
@@ -70,22 +91,33 @@ class TriageIncidents:
         await OutboxRelay.ensure_indexes(self.collection)
 
     async def get(self, incident_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": incident_id}, {outbox.FIELD: 0})
+        return await self.batched.find_one(incident_id)
 
     async def save(self, incident_id: str, update: dict[str, Any], *events: Envelope[Any]) -> None:
         """One write: the incident's new state and the events that announce it; then publish
         them and take exactly those entries out (no read back: we know what we wrote). What a
         crash leaves behind, the outbox sweep publishes."""
         if not events:
-            await self.collection.update_one({"_id": incident_id}, update, upsert=True)
+            await self.batched.write(UpdateOne({"_id": incident_id}, update, upsert=True))
             return
         entries = [outbox.stored(envelope) for envelope in events]
         merged = {key: dict(value) for key, value in update.items()}
         merged.setdefault("$push", {})[outbox.FIELD] = {"$each": entries}
         merged.setdefault("$set", {})[outbox.FLAG] = True
-        await self.collection.update_one({"_id": incident_id}, merged, upsert=True)
+        await self.batched.write(UpdateOne({"_id": incident_id}, merged, upsert=True))
         await self.producer.publish_many(list(events))
-        await self.collection.update_one({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}})
+        # Taking the published entries out waits for nobody: if it is lost, the outbox sweep
+        # publishes them again under the same ids, which consumers drop as repeats.
+        clearing = asyncio.ensure_future(
+            self.batched.write(UpdateOne({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}}))
+        )
+        self._clearing.add(clearing)
+        clearing.add_done_callback(self._cleared)
+
+    def _cleared(self, clearing: asyncio.Future[None]) -> None:
+        self._clearing.discard(clearing)
+        if not clearing.cancelled() and (error := clearing.exception()) is not None:
+            log.warning("outbox entries not cleared; the sweep publishes them again", error=str(error))
 
     async def take_parked(self, incident_id: str) -> bool:
         """True for the one caller that takes a report parked for its tenant (one atomic write)."""
@@ -134,9 +166,10 @@ class GroupingHeads:
 
     def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
         self.collection: AsyncCollection[dict[str, Any]] = database["grouping_heads"]
+        self.batched = BatchedCollection(self.collection)
 
     async def holder(self, key: str) -> OpenIncident | None:
-        document = await self.collection.find_one({"_id": key})
+        document = await self.batched.find_one(key)
         return _open_incident(document) if document is not None else None
 
     async def find(self, keys: Sequence[str]) -> list[OpenIncident]:
@@ -153,7 +186,7 @@ class GroupingHeads:
         holder: OpenIncident | None = None
         for _ in range(self.CLAIM_ATTEMPTS):
             try:
-                await self.collection.insert_one({"_id": key, **document})
+                await self.batched.write(InsertOne({"_id": key, **document}))
                 return head
             except DuplicateKeyError:
                 pass
@@ -176,7 +209,7 @@ class GroupingHeads:
 
     async def release(self, keys: Sequence[str], incident_id: str) -> None:
         for key in keys:
-            await self.collection.delete_one({"_id": key, "incident_id": incident_id})
+            await self.batched.write(DeleteOne({"_id": key, "incident_id": incident_id}))
 
     async def drop(self) -> None:
         await self.collection.drop()
@@ -185,9 +218,10 @@ class GroupingHeads:
 class FlapHistory:
     def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
         self.collection: AsyncCollection[dict[str, Any]] = database["flap_history"]
+        self.batched = BatchedCollection(self.collection)
 
     async def get(self, key: str) -> tuple[list[datetime], list[datetime]]:
-        document = await self.collection.find_one({"_id": key}) or {}
+        document = await self.batched.find_one(key) or {}
         return list(document.get("opened", [])), list(document.get("resolved", []))
 
     async def record(
@@ -201,10 +235,10 @@ class FlapHistory:
         moments = opened if what == "opened" else resolved
         if moment in moments:
             return  # a redelivered event
-        await self.collection.update_one({"_id": key}, {"$addToSet": {what: moment}}, upsert=True)
+        await self.batched.write(UpdateOne({"_id": key}, {"$addToSet": {what: moment}}, upsert=True))
         surplus = sorted([*moments, moment])[: max(0, len(moments) + 1 - FLAP_KEEP)]
         if surplus:
-            await self.collection.update_one({"_id": key}, {"$pullAll": {what: surplus}})
+            await self.batched.write(UpdateOne({"_id": key}, {"$pullAll": {what: surplus}}))
 
     async def drop(self) -> None:
         await self.collection.drop()

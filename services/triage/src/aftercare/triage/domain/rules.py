@@ -22,6 +22,8 @@ is saved, so one bad rule cannot stall triage.
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +35,11 @@ from aftercare.events.incidents import Channel, Severity
 from aftercare.events.tenants import Priority
 from aftercare.triage.domain.categories import Category
 from aftercare.triage.domain.words import Words, find_phrase, words_of
+
+# The standard library's regex parser, only read (see required_literal); it has no public name.
+_STANDARD_PARSER: Any = importlib.import_module("re._parser")
+_LITERAL: Any = importlib.import_module("re._constants").LITERAL
+_COUNT = re.compile(r"\{\d*,?\d*\}")
 
 REGEX_TIMEOUT_S = 0.05
 MAX_PATTERN_LENGTH = 300
@@ -171,18 +178,50 @@ def _glob(patterns: Sequence[str], value: str | None) -> str | None:
     return None
 
 
+def required_literal(pattern: str) -> str | None:
+    """Lower-case ASCII letters that every text the pattern matches contains, or None.
+
+    A rule book has many regex rules and most texts match none of them; a substring test rules
+    out most searches at a fraction of a search's cost. Taken from the pattern's top-level
+    sequence only (what is in a group, an alternation or a repeat is not certain to appear).
+    Read with the standard library's parser; a pattern it does not read the same way (the
+    ``regex`` package's own syntax) gets no shortcut, nor does one with a brace that is not a
+    ``{m,n}`` count: ``regex`` reads ``{e<=1}`` as fuzzy matching where the standard parser sees
+    literal characters."""
+    if "{" in _COUNT.sub("", pattern) or "}" in _COUNT.sub("", pattern):
+        return None  # a brace that is no {m,n} count: the two parsers may disagree
+    try:
+        parsed = _STANDARD_PARSER.parse(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return None
+    runs: list[str] = []
+    run: list[str] = []
+    for op, value in parsed:
+        if op is _LITERAL and 32 <= value < 127:
+            run.append(chr(value))
+            continue
+        if run:
+            runs.append("".join(run))
+            run = []
+    if run:
+        runs.append("".join(run))
+    longest = max(runs, key=len, default="")
+    return longest.lower() if len(longest) >= 2 else None
+
+
 @dataclass
 class CompiledRule:
     """A rule ready to match: regex compiled, phrases split into words, once per rule set."""
 
     rule: Rule
     pattern: regex.Pattern[str] | None
+    required: str | None = None  # in every text the pattern matches (lower case), see required_literal
 
     @classmethod
     def of(cls, rule: Rule) -> CompiledRule:
         text = rule.spec.when.text
         pattern = check_pattern(text.regex) if text is not None and text.regex else None
-        return cls(rule, pattern)
+        return cls(rule, pattern, required_literal(pattern.pattern) if pattern is not None else None)
 
     def match(self, facts: Facts, words: Words | None = None) -> Match | None:
         """The conditions that matched, or None if one did not (or the regex ran out of time)."""
@@ -230,8 +269,13 @@ class CompiledRule:
                 if find_phrase(phrase, words) is not None:
                     return None
             if self.pattern is not None:
+                text = facts.text
+                # Case-insensitive ASCII matches ASCII letters only through their lower case;
+                # other texts (Unicode case folding has surprises) are always searched.
+                if self.required is not None and text.isascii() and self.required not in text.lower():
+                    return None
                 try:
-                    hit = self.pattern.search(facts.text, timeout=REGEX_TIMEOUT_S)
+                    hit = self.pattern.search(text, timeout=REGEX_TIMEOUT_S)
                 except TimeoutError:
                     return None
                 if hit is None:

@@ -240,18 +240,33 @@ def _word_matches(expected: str, seen: str) -> bool:
 
 class Words:
     """A text's words, with where each expected word matches remembered: hundreds of rules ask
-    about the same text, and most of their words appear nowhere in it."""
+    about the same text, and most of their words appear nowhere in it. A word is looked up
+    exactly, and only the text's words of a near length are compared fuzzily (the others
+    cannot reach the fuzzy score)."""
 
-    __slots__ = ("_positions", "words")
+    __slots__ = ("_at", "_by_length", "_positions", "words")
 
     def __init__(self, words: Sequence[str]) -> None:
         self.words = list(words)
         self._positions: dict[str, frozenset[int]] = {}
+        self._at: dict[str, list[int]] = {}
+        for index, word in enumerate(self.words):
+            self._at.setdefault(word, []).append(index)
+        self._by_length: dict[int, list[str]] = {}
+        for word in self._at:
+            self._by_length.setdefault(len(word), []).append(word)
 
     def positions(self, expected: str) -> frozenset[int]:
         found = self._positions.get(expected)
         if found is None:
-            found = frozenset(index for index, seen in enumerate(self.words) if _word_matches(expected, seen))
+            hits = list(self._at.get(expected, ()))
+            size = len(expected)
+            if size >= FUZZY_MIN_LENGTH:
+                for length in range(size - 2, size + 3):
+                    for seen in self._by_length.get(length, ()):
+                        if seen != expected and _word_matches(expected, seen):
+                            hits.extend(self._at[seen])
+            found = frozenset(hits)
             self._positions[expected] = found
         return found
 

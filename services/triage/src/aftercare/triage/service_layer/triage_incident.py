@@ -8,6 +8,7 @@ redelivered event republishes the same ids and consumers drop the copy.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -228,11 +229,12 @@ class IncidentTriage:
             category=decision.category,
             dedup_key=event.dedup_key,
         )
-        grouped, held = await self._group(
-            envelope.tenant_id, me, event.channel.value, open_now=document["status"] == "open"
-        )
         source_key = flap_key(envelope.tenant_id, document, decision.system, decision.category)
-        opened, resolved = await self.flaps.get(source_key)
+        # The source's history does not depend on the grouping: read it in the same round trip.
+        (grouped, held), (opened, resolved) = await asyncio.gather(
+            self._group(envelope.tenant_id, me, event.channel.value, open_now=document["status"] == "open"),
+            self.flaps.get(source_key),
+        )
         # The store keeps milliseconds: this report's own open, stored by an earlier delivery, is not "before" it.
         reported_ms = event.reported_at.replace(microsecond=event.reported_at.microsecond // 1000 * 1000)
         flap = grouping.flapping([m for m in opened if m < reported_ms], resolved, event.reported_at)
@@ -296,8 +298,11 @@ class IncidentTriage:
             },
             "$unset": {"report_envelope": ""},
         }
-        await self.incidents.save(event.incident_id, update, *events)
-        await self.flaps.record(source_key, "opened", event.reported_at, known=(opened, resolved))
+        # Side by side: a redelivery repeats both (the open is recorded once, the events keep their ids).
+        await asyncio.gather(
+            self.incidents.save(event.incident_id, update, *events),
+            self.flaps.record(source_key, "opened", event.reported_at, known=(opened, resolved)),
+        )
         log.info(
             "incident triaged",
             incident_id=event.incident_id,  # also when triaged on its tenant's arrival
