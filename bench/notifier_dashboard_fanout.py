@@ -43,7 +43,9 @@ async def sign_in(base: str, email: str) -> httpx.AsyncClient:
     raise RuntimeError("could not sign in")
 
 
-async def listen(client: httpx.AsyncClient, arrivals: dict[str, list[float]], ready: asyncio.Event) -> None:
+async def listen(
+    client: httpx.AsyncClient, number: int, arrivals: dict[str, dict[int, float]], ready: asyncio.Event
+) -> None:
     async with client.stream("GET", "/dashboard/events", timeout=None) as stream:
         ready.set()
         event = ""
@@ -52,7 +54,8 @@ async def listen(client: httpx.AsyncClient, arrivals: dict[str, list[float]], re
                 event = line[6:].strip()
             elif line.startswith("data:") and event == "incident":
                 row = json.loads(line[5:])
-                arrivals.setdefault(row["incident_id"], []).append(time.perf_counter())
+                # The first row of an incident per client counts (a later one is an update).
+                arrivals.setdefault(row["incident_id"], {}).setdefault(number, time.perf_counter())
 
 
 async def kafka_round_trip(bootstrap: str, producer: EventProducer, samples: int = 20) -> float:
@@ -120,9 +123,12 @@ async def main(clients: int, incidents: int) -> None:
             sessions = [first] + [
                 httpx.AsyncClient(base_url=base, cookies=cookies, timeout=30) for _ in range(clients - 1)
             ]
-            arrivals: dict[str, list[float]] = {}
+            arrivals: dict[str, dict[int, float]] = {}
             readies = [asyncio.Event() for _ in sessions]
-            tasks = [asyncio.create_task(listen(s, arrivals, r)) for s, r in zip(sessions, readies, strict=True)]
+            tasks = [
+                asyncio.create_task(listen(s, n, arrivals, r))
+                for n, (s, r) in enumerate(zip(sessions, readies, strict=True))
+            ]
             await asyncio.gather(*(r.wait() for r in readies))
             await asyncio.sleep(1)
             latencies: list[float] = []
@@ -132,9 +138,9 @@ async def main(clients: int, incidents: int) -> None:
                 await producer.publish(envelope)
                 acked = time.perf_counter()
                 deadline = acked + 30
-                while len(arrivals.get(envelope.incident_id, [])) < clients and time.perf_counter() < deadline:  # noqa: ASYNC110
+                while len(arrivals.get(envelope.incident_id, {})) < clients and time.perf_counter() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
-                got = arrivals.get(envelope.incident_id, [])
+                got = list(arrivals.get(envelope.incident_id, {}).values())
                 latencies.extend(t - acked for t in got)
                 latencies.extend([float("inf")] * (clients - len(got)))
                 peak_rss = max(peak_rss, rss_mb(process.pid))

@@ -372,8 +372,13 @@ async def test_responder_approves_a_pending_run_from_the_live_dashboard(
             incident_id = await reported_and_triaged(stack, publisher)
             [pending] = await wait_for("the approval arrives live", lambda: approvals_in(rows, incident_id))
             run_id = pending["run_id"]
-            page = await responder.get("/dashboard")
-            assert f"id='approval-{pending['approval_id']}'" in page.text
+            listed = f"id='approval-{pending['approval_id']}'"
+
+            async def on_the_page() -> bool:
+                return listed in (await responder.get("/dashboard")).text
+
+            # The live row goes out before the read model's write: the page follows within a write.
+            await wait_for("the dashboard page to list the approval", on_the_page, timeout_s=30)
 
             # A viewer sees it but may not decide; a forged form (wrong CSRF token) is refused.
             refused = await viewer.post(

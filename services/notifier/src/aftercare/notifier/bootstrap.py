@@ -45,7 +45,11 @@ def build_app(settings: NotifierSettings | None = None) -> FastAPI:
         runtime.on_due(notify.PERIODIC_UPDATE, notifier.planner.fire_periodic_update)
         runtime.on_due(notify.DIGEST, notifier.digests.send)
         runtime.spawn(
-            live_feed.tail(settings.kafka_bootstrap_servers, consumer.DASHBOARD_TOPICS, notifier.read_model),
+            live_feed.tail(
+                settings.kafka_bootstrap_servers,
+                consumer.DASHBOARD_TOPICS,
+                live_feed.LiveRows(notifier.read_model, notifier.live),
+            ),
             "dashboard-live-tail",
         )
 

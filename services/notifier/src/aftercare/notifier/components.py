@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,6 +11,7 @@ import httpx
 from aftercare.events.operators import OperatorDirectory
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.runtime import ServiceRuntime
+from aftercare.events.schedule import Leases
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import NotificationChannel
 from aftercare.notifier.adapters.chat import ChatSender
@@ -20,7 +19,7 @@ from aftercare.notifier.adapters.live_feed import LiveFeed
 from aftercare.notifier.adapters.read_model import IncidentReadModel
 from aftercare.notifier.adapters.sms import SmsSender
 from aftercare.notifier.adapters.smtp import EmailRelay, EmailSender, SmtpSettings
-from aftercare.notifier.adapters.store import Lease, Store
+from aftercare.notifier.adapters.store import DeliveryLease, Store
 from aftercare.notifier.adapters.target_latency import TargetLatencies
 from aftercare.notifier.adapters.templates import MessageTemplates
 from aftercare.notifier.adapters.webhook import WebhookSender
@@ -41,7 +40,7 @@ class NotifierComponents:
     planner: NotificationPlanner
     worker: DeliveryWorker
     digests: Digests
-    delivery_lease: Lease
+    delivery_lease: DeliveryLease
     relay: OutboxRelay
     email: EmailRelay
     http: httpx.AsyncClient
@@ -113,11 +112,13 @@ class NotifierComponents:
             planner=NotificationPlanner(store, tenants, read_model, settings, wake, runtime.due_times),
             worker=worker,
             digests=Digests(store, tenants, templates, senders),
-            delivery_lease=Lease(
-                store,
-                "deliveries",
-                f"{socket.gethostname()}:{os.getpid()}",
-                timedelta(seconds=max(10.0, settings.delivery_poll_seconds * 10)),
+            # The period the notifier's own lease had: a restarted notifier takes over as soon.
+            delivery_lease=DeliveryLease(
+                Leases(
+                    runtime.db,
+                    runtime.holder_id,
+                    period=timedelta(seconds=max(10.0, settings.delivery_poll_seconds * 10)),
+                )
             ),
             relay=relay,
             email=email,

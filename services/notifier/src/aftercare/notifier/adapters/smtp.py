@@ -111,13 +111,16 @@ class EmailRelay:
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                else:
-                    try:
-                        await client.rset()  # a reused connection starts a clean transaction
-                    except (aiosmtplib.SMTPException, OSError):
-                        client.close()
-                        client = await self._connect()
-                await client.mail(parseaddr(email.sender)[1])
+                try:
+                    # No RSET first: a connection goes back idle only after a finished
+                    # transaction (250 to DATA, or RSET after a declined claim).
+                    await client.mail(parseaddr(email.sender)[1])
+                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException, OSError) as error:
+                    if isinstance(error, aiosmtplib.SMTPResponseException) and error.code != 421:
+                        raise
+                    client.close()  # an idle connection the relay closed (or is closing) meanwhile
+                    client = await self._connect()
+                    await client.mail(parseaddr(email.sender)[1])
                 await client.rcpt(email.recipient)
                 if not await point_of_no_return():
                     await client.rset()
@@ -171,7 +174,11 @@ class EmailSender:
             if root != own_id:
                 references.append(root)
                 in_reply_to = in_reply_to or root
-        inbound = tenant.inbound_emails if tenant else []
+        if "reply_to" in delivery:  # the tenant's inbound address, taken when it was planned
+            reply_to = delivery["reply_to"]
+        else:
+            inbound = tenant.inbound_emails if tenant else []
+            reply_to = inbound[0] if inbound else None
         return OutgoingEmail(
             sender=self._sender,
             recipient=delivery["recipient"],
@@ -179,7 +186,7 @@ class EmailSender:
             text=message.text,
             html=message.html,
             message_id=own_id,
-            reply_to=inbound[0] if inbound else None,
+            reply_to=reply_to,
             in_reply_to=in_reply_to,
             references=tuple(references),
             headers=(("X-Aftercare-Notification", delivery["_id"]),)

@@ -1,6 +1,6 @@
 """The notifier's own database: collections, indexes, and the delivery job's single-instance
-lease. Periodic updates and digests are the platform's stored due times (``runtime.due_times``,
-collection ``due_times``).
+lease (the platform's ``Leases``). Periodic updates and digests are the platform's stored due
+times (``runtime.due_times``, collection ``due_times``).
 
 Collections:
 * ``tenants`` — the tenant copy (``aftercare.events.tenant_copy``);
@@ -10,7 +10,7 @@ Collections:
 * ``throttle`` — when the last progress update per incident x address x channel was due;
 * ``incidents`` — the dashboard's read model, built only from events;
 * ``advisories`` — published advisories and the tenants they matched;
-* ``leases`` — which instance runs the single-instance jobs;
+* ``leases``, ``lease_claims`` — which instance runs the single-instance jobs (platform's ``Leases``);
 * ``waiting_notices`` — notices whose tenant event has not arrived yet;
 * ``chat_webhooks`` — operators' chat rooms (Slack/Teams incoming webhooks), by name;
 * ``target_latency`` — each diagnostic target's latest probes, for the dashboard's sparklines.
@@ -19,13 +19,13 @@ Collections:
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from aftercare.events.outbox import OutboxRelay
+from aftercare.events.schedule import Leases
 
 
 class Store:
@@ -53,27 +53,28 @@ class Store:
         await self.target_latency.create_index("tenant_id")
 
 
-class Lease:
-    """One holder at a time for a named job, renewed while it runs; taken over when it lapses."""
+class DeliveryLease:
+    """The delivery job's single-instance lease: the platform's ``Leases`` (a takeover is decided
+    by a unique claim insert, so exactly one instance wins even on the embedded store, whose
+    conditional updates are not atomic), asked of the store only once a third of the period is
+    used up, so a busy delivery loop does not pay two store round trips per round for it."""
 
-    def __init__(self, store: Store, name: str, holder: str, ttl: timedelta) -> None:
-        self._leases = store.leases
+    def __init__(self, leases: Leases, name: str = "delivery-job") -> None:
+        self._leases = leases
         self.name = name
-        self.holder = holder
-        self._ttl = ttl
+        self._expires_at: datetime | None = None
 
     async def hold(self, now: datetime) -> bool:
-        """Take or renew the lease; True if this instance holds it now."""
-        try:
-            result = await self._leases.update_one(
-                {"_id": self.name, "$or": [{"holder": self.holder}, {"until": {"$lt": now}}]},
-                {"$set": {"holder": self.holder, "until": now + self._ttl}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # someone else holds it: the filter missed and the upsert collided
-        return result.matched_count == 1 or result.upserted_id is not None
+        """Take or renew the lease when due; True if this instance holds it now."""
+        if self._expires_at is not None and self._expires_at - now > self._leases.period * 2 / 3:
+            return True
+        ours, _ = await self._leases.acquire(self.name, now)
+        self._expires_at = ours.expires_at if ours is not None else None
+        return ours is not None
 
     async def release(self) -> None:
+        if self._expires_at is None:
+            return
+        self._expires_at = None
         with contextlib.suppress(Exception):
-            await self._leases.delete_one({"_id": self.name, "holder": self.holder})
+            await self._leases.release(self.name, datetime.now(UTC))

@@ -249,3 +249,39 @@ def opened_per_hour(views: list[dict[str, Any]], now: datetime, hours: int = 24)
         series = counts.setdefault(str(view.get("tenant_id")), [0] * hours)
         series[hours - 1 - int(age)] += 1
     return dict(sorted(counts.items()))
+
+
+def row_json(view: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """An incident as a row of the operators' list (page and live stream alike)."""
+    state, left = sla_state(view, now)
+    due = view.get("resolution_due_at") or view.get("response_due_at")
+    return {
+        "incident_id": view["incident_id"],
+        "number": view.get("number") or "",
+        "tenant_id": view.get("tenant_id"),
+        "title": view.get("title") or "",
+        "priority": view.get("priority") or "",
+        "status": view.get("status"),
+        "channel": view.get("channel") or "",
+        "verdict": view.get("verdict") or "",
+        "sla": state,
+        "sla_due": due.isoformat() if isinstance(due, datetime) else None,
+        "sla_left_s": left,
+        "notifications_sent": view.get("notifications_sent", 0),
+        "approvals": pending_approvals(view),
+    }
+
+
+def pending_approvals(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """The incident's runs waiting for a person, as the dashboard lists them."""
+    return [
+        {
+            "approval_id": approval.get("approval_id"),
+            "run_id": approval.get("run_id"),
+            "step": approval.get("step"),
+            "reason": approval.get("reason"),
+            "incident_id": view.get("incident_id"),
+            "number": view.get("number") or "",
+        }
+        for approval in view.get("pending_approvals") or []
+    ]

@@ -94,6 +94,7 @@ async def put_subscription(
     if secret is not None:
         fields["webhook_secret"] = secret
     await notifier.store.subscriptions.update_one({"_id": f"{tenant_id}|{key}"}, {"$set": fields}, upsert=True)
+    notifier.planner.forget_subscriptions(tenant_id)
     return SubscriptionAnswer(tenant_id=tenant_id, contact=key, subscription=subscription, webhook_secret=secret)
 
 
@@ -189,6 +190,7 @@ async def put_chat_webhook(name: ChatName, room: ChatWebhook, notifier: Componen
     await notifier.store.chat_webhooks.update_one(
         {"_id": name}, {"$set": {"room": room.model_dump(mode="json"), "updated_at": datetime.now(UTC)}}, upsert=True
     )
+    notifier.planner.forget_chat_rooms()
     return {"name": name} | room.model_dump(mode="json")
 
 
@@ -201,7 +203,9 @@ async def list_chat_webhooks(notifier: Components) -> list[dict[str, Any]]:
 @router.delete("/v1/chat-webhooks/{name}", dependencies=[Admin], tags=["chat"], status_code=204)
 async def delete_chat_webhook(name: ChatName, notifier: Components) -> None:
     """Stop sending to a chat room (messages already planned for it still go)."""
-    if (await notifier.store.chat_webhooks.delete_one({"_id": name})).deleted_count == 0:
+    deleted = (await notifier.store.chat_webhooks.delete_one({"_id": name})).deleted_count
+    notifier.planner.forget_chat_rooms()
+    if deleted == 0:
         raise Problem(404, "Unknown chat webhook", f"No chat webhook named {name!r}.", kind="not-found")
 
 

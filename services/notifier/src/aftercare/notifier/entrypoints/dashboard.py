@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from aftercare.events.operators import Operator, Role
 from aftercare.notifier.components import NotifierComponents
-from aftercare.notifier.domain.incident_view import opened_per_hour, sla_state
+from aftercare.notifier.domain.incident_view import opened_per_hour, pending_approvals, row_json
 from aftercare.notifier.domain.target_latency import latency_line
 from aftercare.notifier.entrypoints.dependencies import Components
 
@@ -154,41 +154,6 @@ async def logout(request: Request, notifier: Components, csrf: Annotated[str, Fo
 
 def _visible(operator: Operator) -> list[str] | None:
     return None if operator.tenants is None else sorted(operator.tenants)
-
-
-def row_json(view: dict[str, Any], now: datetime) -> dict[str, Any]:
-    state, left = sla_state(view, now)
-    due = view.get("resolution_due_at") or view.get("response_due_at")
-    return {
-        "incident_id": view["incident_id"],
-        "number": view.get("number") or "",
-        "tenant_id": view.get("tenant_id"),
-        "title": view.get("title") or "",
-        "priority": view.get("priority") or "",
-        "status": view.get("status"),
-        "channel": view.get("channel") or "",
-        "verdict": view.get("verdict") or "",
-        "sla": state,
-        "sla_due": due.isoformat() if isinstance(due, datetime) else None,
-        "sla_left_s": left,
-        "notifications_sent": view.get("notifications_sent", 0),
-        "approvals": _approvals_of(view),
-    }
-
-
-def _approvals_of(view: dict[str, Any]) -> list[dict[str, Any]]:
-    """The incident's runs waiting for a person, as the dashboard lists them."""
-    return [
-        {
-            "approval_id": approval.get("approval_id"),
-            "run_id": approval.get("run_id"),
-            "step": approval.get("step"),
-            "reason": approval.get("reason"),
-            "incident_id": view.get("incident_id"),
-            "number": view.get("number") or "",
-        }
-        for approval in view.get("pending_approvals") or []
-    ]
 
 
 def _approval_html(approval: dict[str, Any], csrf: str, can_act: bool) -> str:
@@ -325,7 +290,7 @@ async def dashboard(
     rows = "".join(_row_html(row_json(v, now)) for v in shown)
     can_act = operator.can(Role.RESPONDER)
     approvals = "".join(
-        _approval_html(approval, session["csrf"], can_act) for view in views for approval in _approvals_of(view)
+        _approval_html(approval, session["csrf"], can_act) for view in views for approval in pending_approvals(view)
     )
     notice = _e(request.query_params.get("notice", ""))
     body = (
@@ -380,17 +345,16 @@ async def events(request: Request, notifier: Components) -> Response:
 
     async def stream() -> Any:
         try:
-            yield ": connected\n\n"
+            yield b": connected\n\n"
             while True:
                 try:
-                    view = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_S)
+                    async with asyncio.timeout(HEARTBEAT_S):
+                        row = await queue.get()
                 except TimeoutError:
-                    yield ": heartbeat\n\n"
+                    yield b": heartbeat\n\n"
                     continue
-                if not operator.may_see(str(view.get("tenant_id"))):
-                    continue
-                data = json.dumps(row_json(view, datetime.now(UTC)), default=str)
-                yield f"event: incident\ndata: {data}\n\n"
+                if operator.may_see(row.tenant_id):
+                    yield row.frame  # rendered once for every browser (adapters/live_feed.py)
         finally:
             notifier.live.unsubscribe(queue)
 

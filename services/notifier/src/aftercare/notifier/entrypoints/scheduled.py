@@ -1,7 +1,8 @@
-"""The single-instance delivery job: whoever holds the ``deliveries`` lease sends what is due and
-recovers claims that died with their process. It keeps its own lease and loop rather than
-``runtime.every`` because a handler that plans a delivery wakes it at once (``notifier.wake``):
-an acknowledgement goes out in well under a second, not at the next interval. Periodic updates
+"""The single-instance delivery job: whoever holds the ``delivery-job`` lease (the platform's
+``Leases``, see ``adapters/store.py``) sends what is due and recovers claims that died with their
+process. It keeps its own loop rather than ``runtime.every`` because a handler that plans a
+delivery wakes it at once (``notifier.wake``): an acknowledgement goes out in well under a
+second, not at the next interval, and ``runtime.every`` has no way to be woken. Periodic updates
 and digests are the platform's stored due times (``runtime.on_due``, wired in bootstrap)."""
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ async def tick(notifier: NotifierComponents) -> int:
     now = datetime.now(UTC)
     if not await notifier.delivery_lease.hold(now):
         return 0
-    await notifier.worker.recover_lost_claims()
-    return await notifier.worker.run_due(ROUND_LIMIT)
+    await notifier.worker.recover_lost_claims_when_due(now)
+    # Looked at again before each delivery (from memory, mostly): a round that outlives the
+    # lease stops sending rather than share the work with the instance that took it over.
+    return await notifier.worker.run_due(
+        ROUND_LIMIT, still_held=lambda: notifier.delivery_lease.hold(datetime.now(UTC))
+    )
 
 
 async def run_forever(notifier: NotifierComponents, poll_seconds: float) -> None:

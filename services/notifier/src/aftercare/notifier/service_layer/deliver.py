@@ -71,9 +71,11 @@ class DeliveryWorker:
         self._lease = sending_lease
         self._slots = asyncio.Semaphore(concurrency)
         self._clock = clock
+        self._next_recovery = datetime.min.replace(tzinfo=UTC)  # at once when the job starts here
 
-    async def run_due(self, limit: int = 200) -> int:
-        """Send what is due now; returns how many deliveries were attempted."""
+    async def run_due(self, limit: int = 200, still_held: Callable[[], Awaitable[bool]] | None = None) -> int:
+        """Send what is due now; returns how many deliveries were taken up. ``still_held`` is
+        asked before each delivery: once it says no, the round sends nothing more."""
         now = self._clock()
         due = [
             document
@@ -83,12 +85,14 @@ class DeliveryWorker:
             .sort("due_at", 1)
             .limit(limit)
         ]
-        await asyncio.gather(*(self._attempt(document) for document in due))
+        await asyncio.gather(*(self._attempt(document, still_held) for document in due))
         return len(due)
 
-    async def _attempt(self, delivery: dict[str, Any]) -> None:
+    async def _attempt(self, delivery: dict[str, Any], still_held: Callable[[], Awaitable[bool]] | None) -> None:
         async with self._slots:
             try:
+                if still_held is not None and not await still_held():
+                    return  # the lease went to another instance: it sends this one
                 await self.attempt(delivery)
             except Exception:  # one broken delivery must not stop the others; it stays due
                 log.exception("delivery attempt crashed", delivery=delivery["_id"])
@@ -96,7 +100,9 @@ class DeliveryWorker:
     async def attempt(self, delivery: dict[str, Any]) -> None:
         channel = NotificationChannel(delivery["channel"])
         sender = self._senders.get(channel)
-        tenant = await self._tenants.get(delivery["tenant_id"])
+        # The tenant is read only for an email planned before deliveries carried their Reply-To.
+        needs_tenant = channel is NotificationChannel.EMAIL and "reply_to" not in delivery
+        tenant = await self._tenants.get(delivery["tenant_id"]) if needs_tenant else None
         attempt_no = delivery["attempt_count"] + 1
         started = self._clock()
 
@@ -215,6 +221,14 @@ class DeliveryWorker:
         await self._store.deliveries.update_one({"_id": delivery["_id"]}, update)
         if event is not None:
             await self._relay.flush(self._store.deliveries, delivery["_id"])
+
+    async def recover_lost_claims_when_due(self, now: datetime) -> int:
+        """``recover_lost_claims`` at most every quarter of the sending lease (a claim is lost
+        only once that lease ran out), not in every round: it is a scan of the deliveries."""
+        if now < self._next_recovery:
+            return 0
+        self._next_recovery = now + min(self._lease / 4, timedelta(seconds=5))
+        return await self.recover_lost_claims()
 
     async def recover_lost_claims(self) -> int:
         """Deliveries whose claim outlived its lease: their process died at or after the point of

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,10 @@ from aftercare.notifier.settings import NotifierSettings
 log = structlog.stdlib.get_logger("aftercare.notifier.notify")
 
 PERIODIC_UPDATE = "periodic-update"
+# Subscriptions and chat rooms are read once per this many seconds, not for every notice (two
+# scans of the store each): a change made through another instance counts here after it at
+# the latest; one made through this instance counts at once (``forget_*``).
+SETTINGS_SEEN_SECONDS = 2.0
 DIGEST = "digest"
 
 
@@ -69,6 +74,8 @@ class NotificationPlanner:
         self._wake = wake_delivery
         self._clock = clock
         self.links = Links(settings.portal_base_url, settings.public_base_url)
+        self._subscriptions_seen: dict[str, tuple[float, dict[str, Subscription]]] = {}
+        self._rooms_seen: tuple[float, dict[str, ChatWebhook]] | None = None
         self.policy = Policy(
             throttle_minutes=settings.throttle_minutes,
             digest_every=timedelta(minutes=settings.digest_interval_minutes),
@@ -117,10 +124,7 @@ class NotificationPlanner:
                 return 0
             await self._store.waiting_notices.delete_one({"_id": notice.notice_id})
         contacts = list(tenant.contacts) if tenant else []
-        subscriptions = {
-            document["contact"]: Subscription.model_validate(document["subscription"])
-            async for document in self._store.subscriptions.find({"tenant_id": notice.tenant_id})
-        }
+        subscriptions = await self._subscriptions_of(notice.tenant_id)
         throttled: dict[str, datetime] = {}
         if notice.kind in THROTTLED_KINDS and notice.incident_id:
             async for document in self._store.throttle.find({"incident_id": notice.incident_id}):
@@ -128,6 +132,7 @@ class NotificationPlanner:
         digest_at = next_digest(now, self.policy.digest_every)
         planned = plan(notice, contacts, subscriptions, now, throttled, digest_at, self.policy)
         contact_names = {c.email or c.phone or c.name: c.name for c in contacts}
+        reply_to = tenant.inbound_emails[0] if tenant and tenant.inbound_emails else None
         new = 0
         for delivery in planned:
             context = notice.context | {
@@ -156,6 +161,8 @@ class NotificationPlanner:
                 "context": context,
                 "subject": notice.subject,
                 "in_reply_to": notice.in_reply_to,
+                # Replies join the incident at intake; kept here so sending needs no tenant read.
+                "reply_to": reply_to,
                 "state": DeliveryState.PENDING.value,
                 "due_at": delivery.due_at,
                 "held_reason": delivery.held_reason,
@@ -191,10 +198,7 @@ class NotificationPlanner:
 
     async def _store_chat_deliveries(self, notice: Notice, tenant: TenantUpserted | None, now: datetime) -> int:
         """The operators' chat rooms that want ``notice`` (domain/chat.py); sent at once."""
-        rooms = {
-            document["_id"]: ChatWebhook.model_validate(document["room"])
-            async for document in self._store.chat_webhooks.find({})
-        }
+        rooms = await self._chat_rooms()
         new = 0
         for key, name, url in chat_deliveries(notice, rooms):
             document: dict[str, Any] = {
@@ -233,6 +237,39 @@ class NotificationPlanner:
                 continue
             new += 1
         return new
+
+    # --- subscriptions and chat rooms, read at most every SETTINGS_SEEN_SECONDS ----------------
+
+    async def _subscriptions_of(self, tenant_id: str) -> dict[str, Subscription]:
+        seen = self._subscriptions_seen.get(tenant_id)
+        if seen is not None and time.monotonic() - seen[0] < SETTINGS_SEEN_SECONDS:
+            return seen[1]
+        subscriptions = {
+            document["contact"]: Subscription.model_validate(document["subscription"])
+            async for document in self._store.subscriptions.find({"tenant_id": tenant_id})
+        }
+        if len(self._subscriptions_seen) >= 10_000:
+            self._subscriptions_seen.clear()
+        self._subscriptions_seen[tenant_id] = (time.monotonic(), subscriptions)
+        return subscriptions
+
+    async def _chat_rooms(self) -> dict[str, ChatWebhook]:
+        if self._rooms_seen is not None and time.monotonic() - self._rooms_seen[0] < SETTINGS_SEEN_SECONDS:
+            return self._rooms_seen[1]
+        rooms = {
+            document["_id"]: ChatWebhook.model_validate(document["room"])
+            async for document in self._store.chat_webhooks.find({})
+        }
+        self._rooms_seen = (time.monotonic(), rooms)
+        return rooms
+
+    def forget_subscriptions(self, tenant_id: str) -> None:
+        """A contact's subscription changed through this instance: the next notice reads it."""
+        self._subscriptions_seen.pop(tenant_id, None)
+
+    def forget_chat_rooms(self) -> None:
+        """A chat room changed through this instance: the next notice reads the rooms."""
+        self._rooms_seen = None
 
     # --- periodic updates while a P1/P2 is open ------------------------------------------------
 
