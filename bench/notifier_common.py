@@ -106,6 +106,13 @@ async def _start_at_the_end(bootstrap: str, group: str) -> None:
         await consumer.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used: unlike wall time, hardly changed by how many other
+    processes share the machine, so before/after comparisons hold at any load average."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

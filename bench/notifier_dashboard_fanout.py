@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import httpx
 from aiokafka import AIOKafkaConsumer
-from notifier_common import infrastructure, notifier_process, rss_mb
+from notifier_common import cpu_seconds, infrastructure, notifier_process, rss_mb
 
 from aftercare.events import topics
 from aftercare.events.envelope import envelope_for
@@ -133,6 +133,7 @@ async def main(clients: int, incidents: int) -> None:
             await asyncio.sleep(1)
             latencies: list[float] = []
             peak_rss = rss_mb(process.pid)
+            cpu_before = cpu_seconds(process.pid)
             for _ in range(incidents):
                 envelope = _incident("fanout")
                 await producer.publish(envelope)
@@ -145,6 +146,7 @@ async def main(clients: int, incidents: int) -> None:
                 latencies.extend([float("inf")] * (clients - len(got)))
                 peak_rss = max(peak_rss, rss_mb(process.pid))
                 await asyncio.sleep(0.2)
+            cpu_used = cpu_seconds(process.pid) - cpu_before  # includes the 0.2 s pauses' idle upkeep
             rtt = await kafka_round_trip(bootstrap, producer)
             for task in tasks:
                 task.cancel()
@@ -159,6 +161,7 @@ async def main(clients: int, incidents: int) -> None:
     print(f"  p50 {p50 * 1000:.0f} ms   p99 {p99 * 1000:.0f} ms   (target p99 <= 200 ms)")
     print(f"  bare Kafka round trip (produce -> consume) p50 {rtt * 1000:.0f} ms; p99/rtt = {p99 / rtt:.1f}x")
     print(f"  notifier RSS peak {peak_rss:.0f} MB (target <= 150 MB)")
+    print(f"  notifier CPU per new incident pushed to {clients} clients: {cpu_used / incidents * 1000:.0f} ms")
     print(f"  load average at start {LOAD_AT_START}, at the end {load_average()} (1/5/15 min, {os.cpu_count()} cores)")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer
 from aiosmtpd.controller import Controller
-from notifier_common import free_port, infrastructure, notifier_process, rss_mb
+from notifier_common import cpu_seconds, free_port, infrastructure, notifier_process, rss_mb
 
 from aftercare.events import topics
 from aftercare.events.envelope import envelope_for
@@ -162,11 +162,15 @@ async def main(count: int) -> None:
                         break
                     await asyncio.sleep(0.2)
             await asyncio.sleep(3)  # tenants reach the notifier
+            cpu_before = cpu_seconds(process.pid)
             await publish(producer, "mail", count)
             email_s = await wait_count(lambda: capture.count, count, 600)
+            cpu_email = cpu_seconds(process.pid) - cpu_before
             rss_email = rss_mb(process.pid)
+            cpu_before = cpu_seconds(process.pid)
             await publish(producer, "hook", count)
             hook_s = await wait_count(lambda: len(hits), count, 600)
+            cpu_hook = cpu_seconds(process.pid) - cpu_before
             rss = max(rss_email, rss_mb(process.pid))
             await producer.stop()
         bare_s = await bare_loop(bootstrap, 2 * count)
@@ -176,6 +180,10 @@ async def main(count: int) -> None:
     print(f"\nnotifier, one process, {count} notifications per channel (publish to accepted by the receiver):")
     print(f"  email   {count / email_s:8.1f}/s   ({email_s:.1f}s)   = {count / email_s / bare_rate:.4f} x bare loop")
     print(f"  webhook {count / hook_s:8.1f}/s   ({hook_s:.1f}s)   = {count / hook_s / bare_rate:.4f} x bare loop")
+    print(
+        f"  notifier CPU per notification: email {cpu_email / count * 1000:.1f} ms,"
+        f" webhook {cpu_hook / count * 1000:.1f} ms"
+    )
     print(f"  bare consumer loop (aiokafka, same events, no work): {bare_rate:.0f} events/s")
     print(f"  notifier RSS: {rss:.0f} MB")
     print(f"  load average at start {LOAD_AT_START}, at the end {load_average()} (1/5/15 min, {os.cpu_count()} cores)")
