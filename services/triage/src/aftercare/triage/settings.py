@@ -19,6 +19,8 @@ class TriageSettings(ServiceSettings):
     rules_seed_file: Path | None = None
     regular_diagnostics_enabled: bool = True
     probe_concurrency: int = 200
-    # Incidents handled side by side; their store calls share round trips (adapters/batching.py),
-    # so more at once means fewer round trips per incident.
-    consumer_concurrency: int = 64
+    # Incidents handled side by side; their store calls share round trips (adapters/batching.py).
+    # 16 (the runner's default): at 64, a rebalance under load waited for so many events in hand
+    # that an instance lost its group membership and 15 of 18 incidents were handled twice
+    # (test_two_instances, load 20); the bench gained little from more (64: 10/s, 256: 8/s).
+    consumer_concurrency: int = 16
