@@ -30,6 +30,10 @@ $(UV):
 
 python-env: $(UV)
 	$(UV) sync --all-packages --locked --quiet
+	@# Bytecode once, here: the tests start dozens of service processes, and where the environment
+	@# sets PYTHONDONTWRITEBYTECODE (this machine's does) each start compiled every module again
+	@# (importing two services: 5.6 s CPU without cached bytecode, 2.8 s with it).
+	@$(UV) run --no-sync python -m compileall -q -j 0 .venv/lib/python3.11/site-packages libs services infra tests > /dev/null
 
 infra-setup:
 	$(PYTHON) infra/localinfra.py setup

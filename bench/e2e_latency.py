@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -193,4 +194,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a stopped run) unwinds like Ctrl-C, so the stack's processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(asyncio.run(main()))
