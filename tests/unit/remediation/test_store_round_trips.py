@@ -21,7 +21,7 @@ from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, SupportedSystem, TenantUpserted
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.adapters.credentials import CredentialVault
-from aftercare.remediation.adapters.executor import SystemCaller
+from aftercare.remediation.adapters.executor import CallResult, SystemCaller
 from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain.runbook import parse_runbook
@@ -249,4 +249,80 @@ async def test_a_run_waiting_on_a_slow_system_does_not_hold_up_starting_another(
         assert loaded is not None and loaded[0].status == "succeeded", loaded
     started = sorted(e.incident_id or "" for e in bus.published if e.type == "remediation.started")
     assert started == ["i-0", "i-1"], started
+    await engine.stop()
+
+
+# A call to a customer's admin endpoint is recorded as started only when it is really on its way: the
+# engine takes one of a bounded number of call slots first, so a crash leaves at most that many
+# not-safe-to-repeat steps that "may have run" (each escalates to a person).
+RUNS = 6
+CALLS_IN_FLIGHT = 2
+
+
+async def test_at_most_the_bounded_number_of_admin_calls_are_recorded_as_started_at_once() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    db: Any = database
+    await acme_with_a_noop_runbook(database)
+    restart = parse_runbook(
+        {
+            "name": "noop",  # the incidents name this runbook
+            "steps": [
+                {
+                    "name": "restart the service",
+                    "action": "http_admin",
+                    "params": {"path": "/restart-service"},
+                    "timeout_seconds": 30,
+                    "safe_to_repeat": False,
+                }
+            ],
+            "verification": {"expect_status": [200]},
+            "blast_radius": {"max_concurrent_per_system": 100, "max_runs_per_system_per_hour": 1000},
+        }
+    )
+    store = RemediationStore(db)
+    await store.save_runbook(restart, "test", "test", T0)
+    answering = asyncio.Event()
+    calls: list[str] = []
+
+    class SlowAdminEndpoint(SystemCaller):
+        async def call_admin(self, url: str, *_: Any) -> CallResult:
+            calls.append(url)
+            await answering.wait()
+            return CallResult("succeeded", "HTTP 200")
+
+        async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+            return ProbeAnswer(200, 1.0, '{"status":"healthy"}')
+
+    turns = Turns()
+    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
+    engine = RunEngine(
+        store,
+        TenantCopy(db),
+        CredentialVault(db, None),
+        SlowAdminEndpoint(),
+        desk,
+        relay,
+        turns,
+        lambda: T0,
+        max_admin_calls_in_flight=CALLS_IN_FLIGHT,
+    )
+    for number in range(RUNS):
+        assert await engine.consider(f"i-{number}", document=incident(number)) == "run started"
+    for _ in range(500):  # let every run get as far as it can while the endpoint does not answer
+        await asyncio.sleep(0)
+
+    async def recorded_as_started() -> int:
+        runs = [await store.load_run(f"i-{number}") for number in range(RUNS)]
+        return sum(1 for loaded in runs if loaded and any(r.status == "started" for r in loaded[0].records))
+
+    assert len(calls) == CALLS_IN_FLIGHT
+    assert await recorded_as_started() == CALLS_IN_FLIGHT  # the others wait unrecorded: safe to start later
+
+    answering.set()
+    await drives_done(engine)
+    assert len(calls) == RUNS  # every run made its one call
+    for number in range(RUNS):
+        loaded = await store.load_run(f"i-{number}")
+        assert loaded is not None and loaded[0].status == "succeeded", loaded
     await engine.stop()

@@ -148,8 +148,15 @@ class RunEngine:
         clock: Callable[[], datetime],
         lease_margin_s: float = LEASE_MARGIN_S,
         max_concurrent_drives: int = 64,
+        max_admin_calls_in_flight: int = 16,
     ) -> None:
         self._lease_margin_s = lease_margin_s
+        # A call to a customer's admin endpoint is recorded as started only once it holds one of
+        # these: a call recorded as started is really on its way, not queued behind others. A crash
+        # then leaves at most this many not-safe-to-repeat steps that "may have run" (each one
+        # escalates to a person); unbounded, 47 runs queued behind one slow system escalated after
+        # one kill -9 in the 2,000-incident fault run.
+        self._admin_calls = asyncio.Semaphore(max_admin_calls_in_flight)
         # A burst of incidents must not become thousands of runs hammering the store at once.
         self._drives = asyncio.Semaphore(max_concurrent_drives)
         self._store = store
@@ -514,30 +521,36 @@ class RunEngine:
                     outcome, output = "failed", f"not run: system {run.system!r} has no registered admin endpoint"
                 else:
                     target = admin_url(system.admin_endpoint, str(step.params["path"]))
-                    # Recorded before the call (with whatever rode along so far): a crash during
-                    # it must not lead to a second call, nor may a second instance's.
-                    progress.run = run = machine.start_step(run, move, params, target, started)
-                    lease = started + timedelta(seconds=step.timeout_seconds + self._lease_margin_s)
-                    if not await self._store_progress(progress, lease):
-                        return
-                    outside_effect = True
+                    async with progress.away():  # waiting for a call slot holds no drive permit
+                        await self._admin_calls.acquire()
                     try:
-                        token = await self._vault.bearer_token(run.tenant_id, system.name)
-                    except CredentialKeyMissing as error:
-                        outcome, output = "failed", f"not run: {error}"
-                    else:
-                        before = time.perf_counter()
-                        async with progress.away():
-                            result = await self._caller.call_admin(
-                                target,
-                                str(params.get("method", "POST")).upper(),
-                                str(params["query"]) if "query" in params else None,
-                                token,
-                                step.timeout_seconds,
-                                allowlist,
-                            )
-                        action_seconds = time.perf_counter() - before
-                        outcome, output = result.outcome, result.output
+                        started = self._clock()
+                        # Recorded before the call (with whatever rode along so far): a crash during
+                        # it must not lead to a second call, nor may a second instance's.
+                        progress.run = run = machine.start_step(run, move, params, target, started)
+                        lease = started + timedelta(seconds=step.timeout_seconds + self._lease_margin_s)
+                        if not await self._store_progress(progress, lease):
+                            return
+                        outside_effect = True
+                        try:
+                            token = await self._vault.bearer_token(run.tenant_id, system.name)
+                        except CredentialKeyMissing as error:
+                            outcome, output = "failed", f"not run: {error}"
+                        else:
+                            before = time.perf_counter()
+                            async with progress.away():
+                                result = await self._caller.call_admin(
+                                    target,
+                                    str(params.get("method", "POST")).upper(),
+                                    str(params["query"]) if "query" in params else None,
+                                    token,
+                                    step.timeout_seconds,
+                                    allowlist,
+                                )
+                            action_seconds = time.perf_counter() - before
+                            outcome, output = result.outcome, result.output
+                    finally:
+                        self._admin_calls.release()
             elif step.action == "wait":
                 outcome, output = "succeeded", f"waiting {params['seconds']}s (a stored due time)"
             elif step.action == "rerun_diagnosis":
