@@ -178,11 +178,19 @@ async def test_a_broken_system_is_noticed_fixed_verified_resolved_and_explained_
 
 
 async def seeded_escalation_policy(stack: DemoStack, operator: Operator) -> dict[str, Any]:
-    """The demo tenant's policy as remediation stored it from the seed (no API call sets it)."""
+    """The demo tenant's policy as remediation stored it from the seed (no API call sets it).
+
+    The operator was just registered at intake: remediation knows it once the operator event has
+    reached its directory (401 until then), so the first answers may be refusals."""
     async with httpx.AsyncClient(timeout=10) as client:
-        answer = await client.get(
-            stack.url("remediation", f"/v1/tenants/{DEMO_TENANT}/escalation-policy"), headers=operator.auth()
-        )
+
+        async def answered() -> httpx.Response | None:
+            answer = await client.get(
+                stack.url("remediation", f"/v1/tenants/{DEMO_TENANT}/escalation-policy"), headers=operator.auth()
+            )
+            return None if answer.status_code == 401 else answer
+
+        answer = await wait_until(answered, timeout=60, interval=0.5, message="remediation to know the operator")
     assert answer.status_code == 200, answer.text
     policy: dict[str, Any] = answer.json()["policy"]
     return policy
