@@ -762,6 +762,11 @@ class MailCatcherNode:
             f"{self.host}:{self.http_port}",
             "--database",
             str((self.data_dir / "mailpit.db").resolve()),
+            # Keep every message: Mailpit keeps only the newest 500 by default, and the fault run
+            # counts the "resolved" email of each of its 2,000 incidents in this inbox (with 500 it
+            # could never find them all, nor tell one from two).
+            "--max",
+            "0",
             # Offline machines: no update check, no reverse DNS of each sender.
             "--disable-version-check",
             "--smtp-disable-rdns",
