@@ -26,7 +26,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -34,11 +33,9 @@ from aftercare.events import topics
 from aftercare.events.envelope import Envelope as EventEnvelope
 from aftercare.events.envelope import Event, envelope_for
 from aftercare.events.producer import EventProducer
-from aftercare.events.runtime import ensure_topics
 from aftercare.events.tenants import Contact, ContractTier, SlaTarget, SupportedSystem, TenantUpserted
-from aftercare.events.topics import topic_specs
 
-from kafka_helpers import Infrastructure, partitions_of, unique_name
+from kafka_helpers import Infrastructure, commit_end_offsets, unique_name
 from localinfra import free_port
 
 Behaviour = Callable[[str], str | None]  # phase ("rcpt" or "data") -> SMTP reply to give, or None for OK
@@ -120,7 +117,7 @@ class NotifierUnderTest:
             bootstrap = self.env["AFTERCARE_KAFKA_BOOTSTRAP_SERVERS"]
             group = self.env["AFTERCARE_NOTIFIER_CONSUMER_GROUP_PREFIX"] + "notifier"
             with ThreadPoolExecutor(max_workers=1) as pool:
-                pool.submit(asyncio.run, _commit_end_offsets(bootstrap, group, INCIDENT_TOPICS)).result()
+                pool.submit(asyncio.run, commit_end_offsets(bootstrap, group, INCIDENT_TOPICS)).result()
         self.started_once = True
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(
@@ -162,19 +159,6 @@ class NotifierUnderTest:
 
 
 INCIDENT_TOPICS = [topics.INCIDENTS, topics.TRIAGE, topics.REMEDIATION, topics.NOTIFICATIONS]
-
-
-async def _commit_end_offsets(bootstrap: str, group: str, names: list[str]) -> None:
-    await ensure_topics(bootstrap, topic_specs(), partitions=3)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(name, p) for name in names for p in await partitions_of(bootstrap, name)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit({tp: offset for tp, offset in ends.items()})
-    finally:
-        await consumer.stop()
 
 
 def make_notifier(

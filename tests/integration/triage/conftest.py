@@ -3,6 +3,7 @@ Kafka and store, and helpers to publish what intake would and read back what tri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +29,7 @@ from aftercare.events.operators import OPERATOR_EVENTS_TENANT, OperatorUpserted,
 from aftercare.events.producer import EventProducer
 from aftercare.events.tenants import ContractTier, Criticality, SlaTarget, SupportedSystem, TenantUpserted
 
-from kafka_helpers import Infrastructure, headers_of, read_all, unique_name, wait_until
+from kafka_helpers import Infrastructure, commit_end_offsets, headers_of, read_all, unique_name, wait_until
 from localinfra import free_port
 
 
@@ -47,11 +49,21 @@ def start_triage(
     extra_env: dict[str, str] | None = None,
     database: str | None = None,
     ready_timeout: float = 180,
+    from_now: bool = False,
 ) -> TriageUnderTest:
-    """Start ``python -m aftercare.triage`` and wait for /readyz; the caller stops it."""
+    """Start ``python -m aftercare.triage`` and wait for /readyz; the caller stops it.
+
+    ``from_now``: its consumer group starts at the end of the incidents topic (tenants are read
+    from the start), so it triages only what its test reports, not the session's earlier incidents."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
     database = database or unique_name("triage").replace("-", "_")
+    if from_now:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the caller may be inside an event loop
+            pool.submit(
+                asyncio.run,
+                commit_end_offsets(infrastructure.bootstrap_servers, f"{database}-triage", [topics.INCIDENTS]),
+            ).result()
     env = (
         dict(os.environ)
         | {

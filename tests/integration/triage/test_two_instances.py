@@ -75,7 +75,9 @@ def two_triages(
     with ThreadPoolExecutor(max_workers=2) as pool:
         # Started side by side (a process takes tens of seconds to import on a loaded machine).
         starts = [
-            pool.submit(start_triage, infrastructure, workdir / name, database=database, ready_timeout=240)
+            pool.submit(
+                start_triage, infrastructure, workdir / name, database=database, ready_timeout=240, from_now=True
+            )
             for name in ("a", "b")
         ]
         services = [start.result() for start in starts]
