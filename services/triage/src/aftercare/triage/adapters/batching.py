@@ -21,6 +21,7 @@ order; calls of different incidents in one batch were concurrent anyway.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import DeleteOne, InsertOne, UpdateOne
@@ -75,9 +76,7 @@ class BatchedCollection:
                 query = {"_id": ids[0]} if len(ids) == 1 else {"_id": {"$in": ids}}
                 found = {document["_id"]: document async for document in self.collection.find(query, self._projection)}
             except BaseException as error:
-                for _, waiting in batch:
-                    if not waiting.done():
-                        waiting.set_exception(error if isinstance(error, Exception) else RuntimeError(str(error)))
+                _fail_callers(batch, error)
                 if not isinstance(error, Exception):
                     raise
                 continue
@@ -102,9 +101,7 @@ class BatchedCollection:
                 if error.details.get("writeConcernErrors"):
                     failed = dict.fromkeys(range(len(batch)), OperationFailure("write concern not met"))
             except BaseException as error:
-                for _, waiting in batch:
-                    if not waiting.done():
-                        waiting.set_exception(error if isinstance(error, Exception) else RuntimeError(str(error)))
+                _fail_callers(batch, error)
                 if not isinstance(error, Exception):
                     raise
                 continue
@@ -115,3 +112,11 @@ class BatchedCollection:
                     waiting.set_exception(failed[index])
                 else:
                     waiting.set_result(None)
+
+
+def _fail_callers(batch: Sequence[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:
+    """Every caller waiting on a failed round trip gets its error (a cancellation as a RuntimeError:
+    the batch loop re-raises the cancellation itself)."""
+    for _, waiting in batch:
+        if not waiting.done():
+            waiting.set_exception(error if isinstance(error, Exception) else RuntimeError(str(error)))
