@@ -300,6 +300,11 @@ class MemoryCollection:
     documents: dict[Any, dict[str, Any]] = field(default_factory=dict)
     unique: list[tuple[str, ...]] = field(default_factory=list)
 
+    @property
+    def full_name(self) -> str:
+        """``database.collection``, as PyMongo names it (the outbox relay keys on it)."""
+        return f"{self.database.name}.{self.name}"
+
     async def create_index(self, keys: Any, *, unique: bool = False, **_: Any) -> str:
         fields = (keys,) if isinstance(keys, str) else tuple(key for key, _ in keys)
         if unique:

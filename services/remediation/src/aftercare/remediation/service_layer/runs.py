@@ -381,12 +381,28 @@ class RunEngine:
         progress.rev = await self._store.save_run(progress.run, progress.rev, next_at, entries)
         if progress.rev is None:
             return False
-        if progress.leftover:
-            # Events someone else left in the outbox (a crashed instance) go first, in order.
-            await self._relay.flush(self._store.runs, progress.run.incident.incident_id)
-            progress.leftover = False
-        elif entries:
-            await self._relay.flush_entries(self._store.runs, progress.run.incident.incident_id, entries)
+        # The write landed, so the run has moved on: a failed publish (Kafka down) must not stop
+        # it. The events stay in the run's outbox and the relay remembers the run for its sweep.
+        # Raising here used to end the drive after a run's last write (no due time left), so a
+        # verified run never gave its system's slot back and the next run of that system waited
+        # for a slot until its queue timeout escalated it (the 2,000-incident fault run, broker
+        # kill).
+        try:
+            if progress.leftover:
+                # Events someone else left in the outbox (a crashed instance, a failed publish)
+                # go first, in order.
+                await self._relay.flush(self._store.runs, progress.run.incident.incident_id)
+                progress.leftover = False
+            elif entries:
+                await self._relay.flush_entries(self._store.runs, progress.run.incident.incident_id, entries)
+        except Exception as error:
+            # Later writes publish the whole outbox (``flush``), so these go out before them.
+            progress.leftover = True
+            log.warning(
+                "run's events not published yet; its outbox keeps them for the sweep",
+                incident_id=progress.run.incident.incident_id,
+                error=str(error),
+            )
         return True
 
     async def _automation_paused(self, tenant_id: str) -> dict[str, Any] | None:
@@ -771,7 +787,12 @@ class RunEngine:
             entries = self._store.outbox_entries(events)
             if await self._store.save_run(decided, rev, now if approved else None, entries) is None:
                 raise ApprovalProblem(409, "the run changed meanwhile; read it again and retry")
-            await self._relay.flush(self._store.runs, incident_id)
+            try:
+                await self._relay.flush(self._store.runs, incident_id)
+            except Exception as error:
+                # The decision is stored: answering the responder with an error would invite a
+                # second decision. Its events wait in the run's outbox for the sweep.
+                log.warning("approval's events not published yet", incident_id=incident_id, error=str(error))
         if approved:
             self.spawn_drive(incident_id, now=True)
         return decided
