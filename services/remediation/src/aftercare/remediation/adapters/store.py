@@ -259,6 +259,14 @@ class RemediationStore:
         document = await self.slots.find_one({"_id": f"{tenant_id}|{system}"})
         return SystemSlots.model_validate(document) if document else SystemSlots()
 
+    async def finished_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` are finished or do not exist (one indexed read)."""
+        if not run_ids:
+            return set()
+        cursor = self.runs.find({"run_id": {"$in": run_ids}}, {"run_id": 1, "status": 1})
+        open_runs = {document["run_id"] async for document in cursor if document.get("status") in OPEN_STATUSES}
+        return set(run_ids) - open_runs
+
     async def save_slots(self, tenant_id: str, system: str, read: SystemSlots, new: SystemSlots) -> bool:
         key = f"{tenant_id}|{system}"
         fields = {"holders": new.holders, "starts": new.starts, "version": new.version}

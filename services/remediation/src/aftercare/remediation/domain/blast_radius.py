@@ -66,3 +66,13 @@ def release(slots: SystemSlots, run_id: str) -> SystemSlots | None:
     return SystemSlots(
         holders=[holder for holder in slots.holders if holder != run_id], starts=slots.starts, version=slots.version + 1
     )
+
+
+def without_finished(slots: SystemSlots, finished: set[str]) -> SystemSlots | None:
+    """The slots without the holders in ``finished`` (runs that ended, or no longer exist, but
+    never gave their slot back: a crash, or a lost reply to their last write); None when none
+    of them holds a slot."""
+    kept = [holder for holder in slots.holders if holder not in finished]
+    if len(kept) == len(slots.holders):
+        return None
+    return SystemSlots(holders=kept, starts=slots.starts, version=slots.version + 1)

@@ -450,6 +450,7 @@ class RunEngine:
             # holding, refusing or "already admitted" are decided on the stored slots.
             slots: blast_radius.SystemSlots | None = self._slots.pop(key, None)
             fresh = slots is None
+            holders_checked = False
             for _ in range(10):
                 if slots is None:
                     slots, fresh = await self._store.load_slots(run.tenant_id, system), True
@@ -457,6 +458,27 @@ class RunEngine:
                 if not fresh and not (isinstance(decision, blast_radius.Admitted) and decision.slots is not slots):
                     slots = decision = None
                     continue
+                if isinstance(decision, blast_radius.Hold) and not holders_checked:
+                    # Before waiting, make sure every holder is still working: a run that ended
+                    # without giving its slot back (killed between its last write and the
+                    # release, or its last write landed but the store's reply was lost) would
+                    # otherwise block its system until the queue timeout escalates every run
+                    # behind it. Only when a run would wait, so it costs nothing otherwise.
+                    holders_checked = True
+                    finished = await self._store.finished_runs(slots.holders)
+                    freed = blast_radius.without_finished(slots, finished)
+                    if freed is not None:
+                        if await self._store.save_slots(run.tenant_id, system, slots, freed):
+                            log.warning(
+                                "slots given back for runs that had ended without releasing them",
+                                system=system,
+                                tenant_id=run.tenant_id,
+                                runs=sorted(finished & set(slots.holders)),
+                            )
+                            slots = freed
+                        else:
+                            slots = None  # changed meanwhile: read it again and decide again
+                        continue
                 if not isinstance(decision, blast_radius.Admitted):
                     self._slots[key] = slots
                     break
