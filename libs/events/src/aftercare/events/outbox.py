@@ -323,13 +323,19 @@ class OutboxRelay:
         self,
         collections: Sequence[AsyncCollection[dict[str, Any]]],
         interval_s: float = 5.0,
-        full_scan_every_s: float = 600.0,
+        full_scan_every_s: float = 60.0,
     ) -> None:
         """Background loop: publish what requests or crashes left pending.
 
         Every ``interval_s``: the group-commit ledger and the documents whose flush failed here
         (both small, whatever the store holds). At start-up and every ``full_scan_every_s``: also
-        every flagged document (what a crash of any instance left in documents' outboxes).
+        every flagged document: what a crash of any instance left in documents' outboxes, and
+        what a write left whose reply was lost (the store killed after the write landed: the
+        writer saw an error, so nothing here remembers that document). The flag is indexed and
+        the embedded store answers that equality from the index (20,000 documents: 10 ms, against
+        1.9 s for a scan), so once a minute costs nothing; it was every 10 minutes while that
+        query was a full read, and a run's "succeeded" event then waited 9.5 minutes for it in
+        the 2,000-incident fault run.
         """
         next_full = 0.0
         while True:
