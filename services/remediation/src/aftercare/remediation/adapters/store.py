@@ -259,13 +259,18 @@ class RemediationStore:
         document = await self.slots.find_one({"_id": f"{tenant_id}|{system}"})
         return SystemSlots.model_validate(document) if document else SystemSlots()
 
-    async def finished_runs(self, run_ids: list[str]) -> set[str]:
-        """Which of ``run_ids`` are finished or do not exist (one indexed read)."""
+    async def finished_runs(self, run_ids: list[str]) -> dict[str, str | None]:
+        """Which of ``run_ids`` are finished (run id -> incident id) or do not exist (-> None);
+        one indexed read."""
         if not run_ids:
-            return set()
-        cursor = self.runs.find({"run_id": {"$in": run_ids}}, {"run_id": 1, "status": 1})
-        open_runs = {document["run_id"] async for document in cursor if document.get("status") in OPEN_STATUSES}
-        return set(run_ids) - open_runs
+            return {}
+        finished: dict[str, str | None] = dict.fromkeys(run_ids)
+        async for document in self.runs.find({"run_id": {"$in": run_ids}}, {"run_id": 1, "status": 1}):
+            if document.get("status") in OPEN_STATUSES:
+                finished.pop(document["run_id"], None)
+            else:
+                finished[document["run_id"]] = str(document["_id"])
+        return finished
 
     async def save_slots(self, tenant_id: str, system: str, read: SystemSlots, new: SystemSlots) -> bool:
         key = f"{tenant_id}|{system}"

@@ -444,6 +444,10 @@ class RunEngine:
         # guard still decides races with other instances).
         key = f"{run.tenant_id}|{system}"
         async with self._turns(f"slots:{key}"):
+            # The time of the admission is now, not when this run started waiting for its turn:
+            # the run it may take the slot from ended meanwhile, and the audit's admitted_at must
+            # not come before that run's finished_at.
+            now = self._clock()
             # From the slots as this process last wrote them, while its writes land: a write is
             # guarded by the version it was decided on, so a copy another instance has made stale
             # is refused, read again and decided again. Only an admission written from it counts;
@@ -465,7 +469,13 @@ class RunEngine:
                     # otherwise block its system until the queue timeout escalates every run
                     # behind it. Only when a run would wait, so it costs nothing otherwise.
                     holders_checked = True
-                    finished = await self._store.finished_runs(slots.holders)
+                    # A run this process is still driving gives its slot back itself in a moment
+                    # (it ended while this admission held the system's turn).
+                    finished = {
+                        run_id
+                        for run_id, incident_id in (await self._store.finished_runs(slots.holders)).items()
+                        if incident_id not in self.driving
+                    }
                     freed = blast_radius.without_finished(slots, finished)
                     if freed is not None:
                         if await self._store.save_slots(run.tenant_id, system, slots, freed):
@@ -476,6 +486,7 @@ class RunEngine:
                                 runs=sorted(finished & set(slots.holders)),
                             )
                             slots = freed
+                            now = self._clock()  # after the freed runs' ends (their finished_at)
                         else:
                             slots = None  # changed meanwhile: read it again and decide again
                         continue

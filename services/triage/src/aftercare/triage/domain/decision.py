@@ -196,7 +196,18 @@ def decide(
 
     runbook = chosen.get("runbook")
     if runbook:
-        lines.append(f"Runbook {runbook}: named by rule {next(f.rule for f in fired if 'runbook' in f.sets)}.")
+        naming_rule = next(f.rule for f in fired if "runbook" in f.sets)
+        if system is None:
+            # A runbook acts on a system (its admin endpoint, its health probe). Without one it
+            # could only escalate after starting, and a person is the right first step anyway:
+            # "Question 503: how do we export invoices?" once matched the restart rule's "503".
+            lines.append(
+                f"Runbook {runbook} (rule {naming_rule}) not tried: no affected system is known, "
+                "and a runbook works on a system."
+            )
+            runbook = None
+        else:
+            lines.append(f"Runbook {runbook}: named by rule {naming_rule}.")
 
     return Decision(
         category=category,
