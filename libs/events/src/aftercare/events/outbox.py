@@ -116,6 +116,23 @@ class OutboxRelay:
             self._remembered.setdefault(collection.full_name, set()).add(document_id)
             raise
 
+    async def flush_entries(
+        self, collection: AsyncCollection[dict[str, Any]], document_id: Any, entries: Sequence[dict[str, Any]]
+    ) -> list[Envelope[Any]]:
+        """Publish ``entries`` (exactly as the caller stored them in the document's outbox, in
+        order) and pull them out: one round trip fewer than ``flush``, which reads the outbox
+        first. Entries left there by others (a crashed instance, a failed flush) are not looked
+        at, so a caller that may find such entries, and whose events must keep their order,
+        uses ``flush``."""
+        if not entries:
+            return []
+        try:
+            return await self._publish(collection, document_id, entries)
+        except Exception:
+            # As flush: left pending, the next sweep pass looks at this document first.
+            self._remembered.setdefault(collection.full_name, set()).add(document_id)
+            raise
+
     async def _send(self, entries: Sequence[dict[str, Any]]) -> list[Envelope[Any]]:
         records: list[tuple[str, bytes, Envelope[Any]]] = []
         for entry in entries:

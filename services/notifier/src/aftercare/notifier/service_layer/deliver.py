@@ -213,14 +213,23 @@ class DeliveryWorker:
             "$push": {"attempts": attempt},
             "$unset": {"claimed_until": ""},
         }
+        entries: list[dict[str, Any]] = []
         if event is not None:
             envelope = envelope_for(
                 event, source="notifier", tenant_id=delivery["tenant_id"], incident_id=delivery.get("incident_id")
             )
-            update = outbox.add_to_update(update, envelope)
+            entries = [outbox.stored(envelope)]
+            update.setdefault("$push", {})[outbox.FIELD] = {"$each": entries}
+            update["$set"][outbox.FLAG] = True
         await self._store.deliveries.update_one({"_id": delivery["_id"]}, update)
-        if event is not None:
+        if not entries:
+            return
+        if delivery.get(outbox.FIELD):
+            # An earlier attempt's event is still waiting there: publish everything, in order.
             await self._relay.flush(self._store.deliveries, delivery["_id"])
+        else:
+            # The usual case: publish the entry just written without reading the document again.
+            await self._relay.flush_entries(self._store.deliveries, delivery["_id"], entries)
 
     async def recover_lost_claims_when_due(self, now: datetime) -> int:
         """``recover_lost_claims`` at most every quarter of the sending lease (a claim is lost
