@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,13 @@ class NotificationPlanner:
         self._clock = clock
         self.links = Links(settings.portal_base_url, settings.public_base_url)
         self._subscriptions_seen: dict[str, tuple[float, dict[str, Subscription]]] = {}
+        self._tenants_seen: dict[str, tuple[float, TenantUpserted]] = {}
+        # Incidents whose periodic update this process knows is not scheduled (cancelled, or
+        # never scheduled): every later event of a resolved incident (its notifications sent,
+        # its steps) used to cost a delete of a due time that was not there. An incident's events
+        # come to one instance at a time (its key), so this copy is the one that matters; a new
+        # owner after a rebalance starts empty and cancels once.
+        self._no_periodic_update: OrderedDict[str, None] = OrderedDict()
         self._rooms_seen: tuple[float, dict[str, ChatWebhook]] | None = None
         self.policy = Policy(
             throttle_minutes=settings.throttle_minutes,
@@ -94,6 +102,7 @@ class NotificationPlanner:
     async def on_tenant(self, envelope: Envelope[TenantUpserted]) -> None:
         """Keep the tenant copy, then plan the notices that waited for this tenant."""
         await self._tenants.apply(envelope)
+        self._tenants_seen.pop(envelope.data.tenant_id, None)
         async for document in self._store.waiting_notices.find({"tenant_id": envelope.data.tenant_id}):
             await self.store_notice(notice_from_document(document["notice"]))
             await self._store.waiting_notices.delete_one({"_id": document["_id"]})
@@ -105,7 +114,7 @@ class NotificationPlanner:
     async def store_notice(self, notice: Notice) -> int:
         """Plan ``notice``'s deliveries and store the new ones; returns how many were new."""
         now = self._clock()
-        tenant = await self._tenants.get(notice.tenant_id)
+        tenant = await self._tenant(notice.tenant_id)
         if tenant is None and notice.recipient is None:
             # The tenant travels on another topic and may arrive later (a fresh notifier reads
             # everything from the start): park the notice until it does (see ``on_tenant``).
@@ -253,6 +262,20 @@ class NotificationPlanner:
         self._subscriptions_seen[tenant_id] = (time.monotonic(), subscriptions)
         return subscriptions
 
+    async def _tenant(self, tenant_id: str) -> TenantUpserted | None:
+        # Read at most every SETTINGS_SEEN_SECONDS per tenant (every notice asks); a tenant that
+        # arrives through this instance's consumer counts at once (on_tenant). Not found is never
+        # kept: a notice for a tenant not known yet parks and looks again (store_notice).
+        seen = self._tenants_seen.get(tenant_id)
+        if seen is not None and time.monotonic() - seen[0] < SETTINGS_SEEN_SECONDS:
+            return seen[1]
+        tenant = await self._tenants.get(tenant_id)
+        if tenant is not None:
+            if len(self._tenants_seen) >= 10_000:
+                self._tenants_seen.clear()
+            self._tenants_seen[tenant_id] = (time.monotonic(), tenant)
+        return tenant
+
     async def _chat_rooms(self) -> dict[str, ChatWebhook]:
         if self._rooms_seen is not None and time.monotonic() - self._rooms_seen[0] < SETTINGS_SEEN_SECONDS:
             return self._rooms_seen[1]
@@ -286,14 +309,23 @@ class NotificationPlanner:
             return
         key = f"{PERIODIC_UPDATE}|{incident_id}"
         if isinstance(envelope.data, IncidentResolved | IncidentClosed) or not is_open(view):
-            await self._due.cancel(key)
+            await self._cancel_periodic_update(incident_id, key)
             return
         if isinstance(envelope.data, IncidentTriaged | IncidentReopened):
             interval = self.update_interval(view.get("priority"))
             if interval is None:
-                await self._due.cancel(key)
+                await self._cancel_periodic_update(incident_id, key)
             else:
+                self._no_periodic_update.pop(incident_id, None)
                 await self._due.schedule(key, self._clock() + interval, PERIODIC_UPDATE, {"incident_id": incident_id})
+
+    async def _cancel_periodic_update(self, incident_id: str, key: str) -> None:
+        if incident_id in self._no_periodic_update:
+            return
+        await self._due.cancel(key)
+        self._no_periodic_update[incident_id] = None
+        if len(self._no_periodic_update) > 10_000:
+            self._no_periodic_update.popitem(last=False)
 
     async def fire_periodic_update(self, item: DueItem) -> None:
         """A P1/P2 incident's update is due: tell its contacts it is still being worked on.
