@@ -113,6 +113,17 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
             }
             assert await coll.find_one(query, HIDDEN) is not None
 
+        async def by_id_and_field(i: int) -> None:
+            # A write guarded by a revision, or a document of one tenant: _id beside another field.
+            n = picks[i]
+            query = {"_id": f"inc-{n:07d}", "tenant_id": f"tenant-{n % args.tenants:03d}"}
+            assert await coll.find_one(query, HIDDEN) is not None
+
+        async def ids_in(i: int) -> None:
+            # The consumer runner's processed-event check: a batch's ids in one $in.
+            ids = [f"inc-{(picks[i] + k) % args.incidents:07d}" for k in range(5)]
+            assert len(await coll.find({"_id": {"$in": ids}}, HIDDEN).to_list()) == 5
+
         async def incident_list(i: int) -> None:
             query = {"tenant_id": f"tenant-{picks[i] % args.tenants:03d}"}
             total = await coll.count_documents(query)
@@ -127,6 +138,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
         return {
             "get by id (reference)": await p50(args.samples, by_id),
             "get_by_number": await p50(args.samples, by_number),
+            "_id and tenant_id": await p50(args.samples, by_id_and_field),
+            "_id $in of 5": await p50(args.samples, ids_in),
             "e-mail thread lookup": await p50(args.samples, email_thread),
             "incident list (count + page of 10)": await p50(args.samples, incident_list),
         }

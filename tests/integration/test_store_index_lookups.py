@@ -45,6 +45,9 @@ CASES: list[tuple[str, dict[str, Any], list[int]]] = [
     ("null matches missing and null", {"tag": None}, [4, 5, 6, 7]),
     ("_id and a field", {"_id": 3, "tenant_id": "globex"}, [3]),
     ("_id and another tenant", {"_id": 3, "tenant_id": "acme"}, []),
+    ("_id $in", {"_id": {"$in": [2, 5, 9]}}, [2, 5]),
+    ("_id $in and a field", {"_id": {"$in": [1, 2, 3]}, "tenant_id": "acme"}, [1, 2]),
+    ("_id and two fields", {"_id": 1, "tenant_id": "acme", "tag": "db"}, [1]),
     ("an indexed and an unindexed field", {"tenant_id": "acme", "tag": "db"}, [1]),
     ("a range beside an equality", {"tenant_id": "acme", "weight": {"$gte": 1}}, [1, 2]),
 ]
