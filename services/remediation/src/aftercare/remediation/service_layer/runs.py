@@ -49,6 +49,10 @@ from aftercare.remediation.service_layer.turns import Turns
 
 log = structlog.stdlib.get_logger("aftercare.remediation.runs")
 
+# How often a system whose slots are all taken has its holders checked for runs that ended
+# without releasing (a crash, a lost reply): a leaked slot is back within this time.
+HOLDERS_CHECK_S = 30.0
+
 SOURCE = "remediation"
 LEASE_MARGIN_S = 15.0
 # Queued runs are woken when a slot frees; this re-check only covers a wake-up lost to a crash.
@@ -173,6 +177,9 @@ class RunEngine:
         self._paused_cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
         # Each system's blast-radius slots as this process last wrote or read them (see _admit).
         self._slots: dict[str, blast_radius.SystemSlots] = {}
+        # When this process last asked the store whether a system's slot holders still work
+        # (monotonic s), see _admit.
+        self._holders_checked: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -462,13 +469,21 @@ class RunEngine:
                 if not fresh and not (isinstance(decision, blast_radius.Admitted) and decision.slots is not slots):
                     slots = decision = None
                     continue
-                if isinstance(decision, blast_radius.Hold) and not holders_checked:
+                if (
+                    isinstance(decision, blast_radius.Hold)
+                    and not holders_checked
+                    and time.monotonic() - self._holders_checked.get(key, -HOLDERS_CHECK_S) >= HOLDERS_CHECK_S
+                ):
                     # Before waiting, make sure every holder is still working: a run that ended
                     # without giving its slot back (killed between its last write and the
                     # release, or its last write landed but the store's reply was lost) would
                     # otherwise block its system until the queue timeout escalates every run
                     # behind it. Only when a run would wait, so it costs nothing otherwise.
                     holders_checked = True
+                    # At most every HOLDERS_CHECK_S per system: in a burst hundreds of runs wait
+                    # for a slot, and asking for every one of them would read every holder's run
+                    # inside the system's turn, which every admission and release waits for.
+                    self._holders_checked[key] = time.monotonic()
                     # A run this process is still driving gives its slot back itself in a moment
                     # (it ended while this admission held the system's turn).
                     finished = {
