@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from aftercare.events.envelope import Envelope
+from aftercare.events.outbox import OutboxRelay
 from aftercare.events.producer import PublishFailed
 from aftercare.events.testing import MemoryBus, MemoryDatabase
-from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
+from aftercare.remediation.adapters.store import RemediationStore
+from aftercare.remediation.service_layer.runs import RunEngine
 from tests.unit.remediation.test_store_round_trips import acme_with_a_noop_runbook, an_instance, drives_done, incident
 
 
@@ -53,7 +55,7 @@ async def test_a_run_verified_while_kafka_is_down_frees_its_slot_and_its_events_
     assert bus.published == []  # nothing reached Kafka yet: it is all in the runs' outboxes
 
     bus.down = False
-    relay = RunOutboxRelay(bus)  # type: ignore[arg-type]
+    relay = OutboxRelay(bus)  # type: ignore[arg-type]
     swept = await relay.sweep(store.runs, min_age_s=0)
     assert swept == len(bus.published) > 0
     for incident_id in ("i-1", "i-2"):
@@ -65,6 +67,16 @@ async def test_a_run_verified_while_kafka_is_down_frees_its_slot_and_its_events_
     await engine.stop()
 
 
+async def held_by(store: RemediationStore, engine: RunEngine, run_id: str) -> None:
+    """Billing-api's one slot held by ``run_id``, as another process (or one since restarted)
+    left it; ``engine`` remembers nothing about the slots, as after a restart."""
+    slots = await store.load_slots("acme", "billing-api")
+    assert slots.holders == []
+    held = slots.model_copy(update={"holders": [run_id], "version": slots.version + 1})
+    assert await store.save_slots("acme", "billing-api", slots, held)
+    engine._slots.clear()
+
+
 async def test_a_slot_left_held_by_a_run_that_ended_is_given_back_to_the_next_run_of_the_system() -> None:
     database, bus = MemoryDatabase(), MemoryBus()
     await acme_with_a_noop_runbook(database, max_concurrent=1)
@@ -74,11 +86,7 @@ async def test_a_slot_left_held_by_a_run_that_ended_is_given_back_to_the_next_ru
     first = await store.load_run("i-1")
     assert first is not None and first[0].status == "succeeded"
     # What the store kill left: the run's end stored, its slot never released.
-    slots = await store.load_slots("acme", "billing-api")
-    assert slots.holders == []
-    leaked = slots.model_copy(update={"holders": [first[0].run_id], "version": slots.version + 1})
-    assert await store.save_slots("acme", "billing-api", slots, leaked)
-    engine._slots.clear()  # a restarted process: nothing remembered
+    await held_by(store, engine, first[0].run_id)
 
     assert await engine.consider("i-2", document=incident(2)) == "run started"
     await drives_done(engine)
@@ -98,10 +106,7 @@ async def test_a_slot_held_by_a_run_still_working_keeps_the_next_run_waiting() -
     working = await store.load_run("i-1")
     assert working is not None
     await store.runs.update_one({"_id": "i-1"}, {"$set": {"status": "active"}})
-    slots = await store.load_slots("acme", "billing-api")
-    held = slots.model_copy(update={"holders": [working[0].run_id], "version": slots.version + 1})
-    assert await store.save_slots("acme", "billing-api", slots, held)
-    engine._slots.clear()
+    await held_by(store, engine, working[0].run_id)
 
     assert await engine.consider("i-2", document=incident(2)) == "run started"
     await drives_done(engine)

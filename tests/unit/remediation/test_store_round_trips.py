@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aftercare.events.envelope import envelope_for
+from aftercare.events.outbox import OutboxRelay
 from aftercare.events.schedule import DueTimes
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import ContractTier, DiagnosticTarget, SupportedSystem, TenantUpserted
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.adapters.credentials import CredentialVault
 from aftercare.remediation.adapters.executor import CallResult, SystemCaller
-from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain.runbook import parse_runbook
 from aftercare.remediation.domain.verification import ProbeAnswer
@@ -70,7 +70,7 @@ async def an_instance(database: MemoryDatabase, bus: MemoryBus) -> tuple[RunEngi
     db: Any = database
     store = RemediationStore(db)
     turns = Turns()
-    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
     desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
     tenants = TenantCopy(db)
     engine = RunEngine(store, tenants, CredentialVault(db, None), HealthySystem(), desk, relay, turns, lambda: T0)
@@ -211,7 +211,7 @@ async def test_a_run_waiting_on_a_slow_system_does_not_hold_up_starting_another(
     db: Any = database
     store = RemediationStore(db)
     turns = Turns()
-    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
     desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
     answering = asyncio.Event()
     probed: list[str] = []
@@ -294,7 +294,7 @@ async def test_at_most_the_bounded_number_of_admin_calls_are_recorded_as_started
             return ProbeAnswer(200, 1.0, '{"status":"healthy"}')
 
     turns = Turns()
-    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
     desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
     engine = RunEngine(
         store,

@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aftercare.events.outbox import OutboxRelay
 from aftercare.events.schedule import DueTimes
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.adapters.credentials import CredentialVault
 from aftercare.remediation.adapters.executor import SystemCaller
-from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain import blast_radius
 from aftercare.remediation.domain import run as machine
@@ -30,7 +30,7 @@ def an_instance(database: MemoryDatabase, bus: MemoryBus) -> tuple[RunEngine, Re
     db: Any = database
     store = RemediationStore(db)
     turns = Turns()
-    relay = RunOutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
+    relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
     desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
     engine = RunEngine(
         store, TenantCopy(db), CredentialVault(db, None), SystemCaller(), desk, relay, turns, lambda: T0, 2.0

@@ -49,10 +49,16 @@ LEDGER = "outbox_ledger"  # batches of a group commit not finished yet (see grou
 
 def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str, Any]:
     """Return ``update`` extended so that it also stores ``envelopes`` in the outbox."""
-    if not envelopes:
+    return add_entries_to_update(update, [stored(envelope) for envelope in envelopes])
+
+
+def add_entries_to_update(update: dict[str, Any], entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``add_to_update`` for entries already made with ``stored``: the caller keeps them, to
+    publish exactly these afterwards (``OutboxRelay.flush_entries``)."""
+    if not entries:
         return update
     merged = {key: dict(value) for key, value in update.items()}
-    merged.setdefault("$push", {})[FIELD] = {"$each": [stored(envelope) for envelope in envelopes]}
+    merged.setdefault("$push", {})[FIELD] = {"$each": list(entries)}
     merged.setdefault("$set", {})[FLAG] = True
     return merged
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import structlog
 
+from aftercare.events.outbox import OutboxRelay
 from aftercare.events.runtime import ServiceRuntime
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.remediation.adapters.credentials import CredentialVault
 from aftercare.remediation.adapters.executor import SystemCaller
-from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.service_layer.escalations import EscalationDesk
 from aftercare.remediation.service_layer.runbooks import RunbookLibrary
@@ -35,7 +35,7 @@ class RemediationComponents:
     tenants: TenantCopy
     vault: CredentialVault
     caller: SystemCaller
-    relay: RunOutboxRelay
+    relay: OutboxRelay
     turns: Turns
     escalations: EscalationDesk
     engine: RunEngine
@@ -48,7 +48,7 @@ class RemediationComponents:
         vault = CredentialVault(runtime.db, settings.credential_key)
         caller = SystemCaller()
         turns = Turns()
-        relay = RunOutboxRelay(runtime.require_producer(), turn=turns)
+        relay = OutboxRelay(runtime.require_producer(), turn=turns)
         secret_text = settings.link_secret or settings.credential_key
         if secret_text is None:
             log.warning(

@@ -219,8 +219,7 @@ class DeliveryWorker:
                 event, source="notifier", tenant_id=delivery["tenant_id"], incident_id=delivery.get("incident_id")
             )
             entries = [outbox.stored(envelope)]
-            update.setdefault("$push", {})[outbox.FIELD] = {"$each": entries}
-            update["$set"][outbox.FLAG] = True
+            update = outbox.add_entries_to_update(update, entries)
         await self._store.deliveries.update_one({"_id": delivery["_id"]}, update)
         if not entries:
             return

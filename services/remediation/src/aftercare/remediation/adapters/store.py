@@ -211,11 +211,8 @@ class RemediationStore:
         outbox; the new rev, or None when it changed meanwhile."""
         # What never changes after the insert (the runbook, the incident) is not sent again.
         fields = run.model_dump(exclude=set(IMMUTABLE_RUN_FIELDS)) | {"next_at": next_at}
-        update: Document = {"$set": fields, "$inc": {"rev": 1}}
-        if entries:
-            # The entries as given (not re-made from the events): the caller pulls exactly these.
-            update["$push"] = {outbox.FIELD: {"$each": entries}}
-            fields[outbox.FLAG] = True
+        # The entries as given (not re-made from the events): the caller pulls exactly these.
+        update = outbox.add_entries_to_update({"$set": fields, "$inc": {"rev": 1}}, entries or [])
         result = await self.runs.update_one({"_id": run.incident.incident_id, "rev": rev}, update)
         return rev + 1 if result.modified_count else None
 

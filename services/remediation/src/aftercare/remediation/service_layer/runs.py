@@ -23,6 +23,7 @@ import structlog
 from prometheus_client import Histogram
 
 from aftercare.events.envelope import Envelope, envelope_for
+from aftercare.events.outbox import OutboxRelay
 from aftercare.events.remediation import (
     ApprovalGranted,
     ApprovalRejected,
@@ -37,7 +38,6 @@ from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import SupportedSystem, TenantUpserted
 from aftercare.remediation.adapters.credentials import CredentialKeyMissing, CredentialVault
 from aftercare.remediation.adapters.executor import SystemCaller
-from aftercare.remediation.adapters.run_outbox import RunOutboxRelay
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain import blast_radius
 from aftercare.remediation.domain import run as machine
@@ -147,7 +147,7 @@ class RunEngine:
         vault: CredentialVault,
         caller: SystemCaller,
         escalations: EscalationDesk,
-        relay: RunOutboxRelay,
+        relay: OutboxRelay,
         turns: Turns,
         clock: Callable[[], datetime],
         lease_margin_s: float = LEASE_MARGIN_S,
@@ -461,7 +461,6 @@ class RunEngine:
             # holding, refusing or "already admitted" are decided on the stored slots.
             slots: blast_radius.SystemSlots | None = self._slots.pop(key, None)
             fresh = slots is None
-            holders_checked = False
             for _ in range(10):
                 if slots is None:
                     slots, fresh = await self._store.load_slots(run.tenant_id, system), True
@@ -469,41 +468,11 @@ class RunEngine:
                 if not fresh and not (isinstance(decision, blast_radius.Admitted) and decision.slots is not slots):
                     slots = decision = None
                     continue
-                if (
-                    isinstance(decision, blast_radius.Hold)
-                    and not holders_checked
-                    and time.monotonic() - self._holders_checked.get(key, -HOLDERS_CHECK_S) >= HOLDERS_CHECK_S
-                ):
-                    # Before waiting, make sure every holder is still working: a run that ended
-                    # without giving its slot back (killed between its last write and the
-                    # release, or its last write landed but the store's reply was lost) would
-                    # otherwise block its system until the queue timeout escalates every run
-                    # behind it. Only when a run would wait, so it costs nothing otherwise.
-                    holders_checked = True
-                    # At most every HOLDERS_CHECK_S per system: in a burst hundreds of runs wait
-                    # for a slot, and asking for every one of them would read every holder's run
-                    # inside the system's turn, which every admission and release waits for.
-                    self._holders_checked[key] = time.monotonic()
-                    # A run this process is still driving gives its slot back itself in a moment
-                    # (it ended while this admission held the system's turn).
-                    finished = {
-                        run_id
-                        for run_id, incident_id in (await self._store.finished_runs(slots.holders)).items()
-                        if incident_id not in self.driving
-                    }
-                    freed = blast_radius.without_finished(slots, finished)
-                    if freed is not None:
-                        if await self._store.save_slots(run.tenant_id, system, slots, freed):
-                            log.warning(
-                                "slots given back for runs that had ended without releasing them",
-                                system=system,
-                                tenant_id=run.tenant_id,
-                                runs=sorted(finished & set(slots.holders)),
-                            )
-                            slots = freed
-                            now = self._clock()  # after the freed runs' ends (their finished_at)
-                        else:
-                            slots = None  # changed meanwhile: read it again and decide again
+                if isinstance(decision, blast_radius.Hold) and self._holders_due(key):
+                    taken_back, slots = await self._take_back_slots_of_ended_runs(run, system, slots)
+                    if taken_back:
+                        now = self._clock()  # after the freed runs' ends (their finished_at)
+                    if taken_back or slots is None:
                         continue
                 if not isinstance(decision, blast_radius.Admitted):
                     self._slots[key] = slots
@@ -750,6 +719,45 @@ class RunEngine:
         if await self._store_progress(progress, None):
             log.warning("run escalated", incident_id=run.incident.incident_id, reason=move.reason)
         await self._release(run)
+
+    def _holders_due(self, key: str) -> bool:
+        """Whether a system whose slots are all taken should have its holders checked now: at
+        most every HOLDERS_CHECK_S. In a burst hundreds of runs wait for a slot, and checking
+        for every one would read every holder's run inside the system's turn, which every
+        admission and release waits for."""
+        now = time.monotonic()
+        if now - self._holders_checked.get(key, -HOLDERS_CHECK_S) < HOLDERS_CHECK_S:
+            return False
+        self._holders_checked[key] = now
+        return True
+
+    async def _take_back_slots_of_ended_runs(
+        self, run: Run, system: str, slots: blast_radius.SystemSlots
+    ) -> tuple[bool, blast_radius.SystemSlots | None]:
+        """Give back the slots of holders that ended without releasing them (killed between
+        their last write and the release, or their last write landed and the store's reply was
+        lost): otherwise they block the system until the queue timeout escalates every run
+        behind them. Returns whether slots were taken back, and the slots now (None: they
+        changed meanwhile, read them again)."""
+        # A run this process is still driving gives its slot back itself in a moment (it ended
+        # while this admission held the system's turn).
+        finished = {
+            run_id
+            for run_id, incident_id in (await self._store.finished_runs(slots.holders)).items()
+            if incident_id not in self.driving
+        }
+        freed = blast_radius.without_finished(slots, finished)
+        if freed is None:
+            return False, slots
+        if not await self._store.save_slots(run.tenant_id, system, slots, freed):
+            return False, None
+        log.warning(
+            "slots given back for runs that had ended without releasing them",
+            system=system,
+            tenant_id=run.tenant_id,
+            runs=sorted(finished & set(slots.holders)),
+        )
+        return True, freed
 
     async def _release(self, run: Run) -> None:
         system = run.system or "(no system)"
