@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
-from aftercare.events.envelope import envelope_for
+from remediation_doubles import T0, acme_with_a_noop_runbook, an_instance, count_operations, drives_done, incident
+
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.schedule import DueTimes
 from aftercare.events.tenant_copy import TenantCopy
-from aftercare.events.tenants import ContractTier, DiagnosticTarget, SupportedSystem, TenantUpserted
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.adapters.credentials import CredentialVault
 from aftercare.remediation.adapters.executor import CallResult, SystemCaller
@@ -29,108 +28,6 @@ from aftercare.remediation.domain.verification import ProbeAnswer
 from aftercare.remediation.service_layer.escalations import EscalationDesk
 from aftercare.remediation.service_layer.runs import RunEngine
 from aftercare.remediation.service_layer.turns import Turns
-
-T0 = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
-OPERATIONS = ("find_one", "find", "insert_one", "update_one", "find_one_and_update")
-
-
-class HealthySystem(SystemCaller):
-    """The customer's system answering its health probe with 200 (no network in a unit test)."""
-
-    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
-        return ProbeAnswer(200, 1.0, '{"status":"healthy"}')
-
-
-def count_operations(collection: Any, counts: Counter[str]) -> None:
-    """Count the calls the service makes (the fake's find_one_and_update calls its own find_one)."""
-    for operation in OPERATIONS:
-        original = getattr(collection, operation)
-        if operation == "find":
-
-            def counted_find(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                counts[f"{collection.name}.find"] += 1
-                return _original(*args, **kwargs)
-
-            setattr(collection, operation, counted_find)
-            continue
-
-        async def counted(*args: Any, _original: Any = original, _operation: str = operation, **kwargs: Any) -> Any:
-            if not counts["(inside)"]:
-                counts[f"{collection.name}.{_operation}"] += 1
-            counts["(inside)"] += 1
-            try:
-                return await _original(*args, **kwargs)
-            finally:
-                counts["(inside)"] -= 1
-
-        setattr(collection, operation, counted)
-
-
-async def an_instance(database: MemoryDatabase, bus: MemoryBus) -> tuple[RunEngine, RemediationStore]:
-    db: Any = database
-    store = RemediationStore(db)
-    turns = Turns()
-    relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
-    desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
-    tenants = TenantCopy(db)
-    engine = RunEngine(store, tenants, CredentialVault(db, None), HealthySystem(), desk, relay, turns, lambda: T0)
-    return engine, store
-
-
-async def acme_with_a_noop_runbook(database: MemoryDatabase, max_concurrent: int = 100) -> None:
-    db: Any = database
-    await TenantCopy(db).apply(
-        envelope_for(
-            TenantUpserted(
-                tenant_id="acme",
-                name="Acme",
-                tier=ContractTier(name="gold"),
-                systems=[
-                    SupportedSystem(
-                        name="billing-api",
-                        diagnostic_target=DiagnosticTarget(kind="http", address="http://billing/health"),
-                        admin_endpoint="http://billing/admin",
-                    )
-                ],
-            ),
-            source="test",
-            tenant_id="acme",
-        )
-    )
-    runbook = parse_runbook(
-        {
-            "name": "noop",
-            "steps": [
-                {"name": f"note {i}", "action": "add_note", "params": {"text": "looking"}, "timeout_seconds": 5}
-                for i in range(3)
-            ],
-            "verification": {"expect_status": [200]},
-            "blast_radius": {"max_concurrent_per_system": max_concurrent, "max_runs_per_system_per_hour": 1000},
-        }
-    )
-    await RemediationStore(db).save_runbook(runbook, "test", "test", T0)
-
-
-def incident(number: int) -> dict[str, Any]:
-    return {
-        "_id": f"i-{number}",
-        "tenant_id": "acme",
-        "reported": True,
-        "triaged": True,
-        "number": f"INC-{number}",
-        "system": "billing-api",
-        "category": "application",
-        "runbook": "noop",
-    }
-
-
-async def drives_done(*engines: RunEngine) -> None:
-    for _ in range(100):
-        tasks = [task for engine in engines for task in engine._tasks]
-        if not tasks:
-            return
-        await asyncio.gather(*tasks)
-    raise AssertionError("drives did not settle")
 
 
 async def test_a_noop_run_costs_one_insert_one_write_one_outbox_pull_and_one_write_per_slot_move() -> None:
