@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from remediation_doubles import acme_with_a_noop_runbook, an_instance, drives_done, incident
-
 from aftercare.events.envelope import Envelope
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.producer import PublishFailed
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.service_layer.runs import RunEngine
+
+from remediation_doubles import acme_with_a_noop_runbook, an_instance, drives_done, incident
 
 
 class BrokerThatCanBeDown(MemoryBus):

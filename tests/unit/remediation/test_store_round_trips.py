@@ -14,8 +14,6 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from remediation_doubles import T0, acme_with_a_noop_runbook, an_instance, count_operations, drives_done, incident
-
 from aftercare.events.outbox import OutboxRelay
 from aftercare.events.schedule import DueTimes
 from aftercare.events.tenant_copy import TenantCopy
@@ -28,6 +26,8 @@ from aftercare.remediation.domain.verification import ProbeAnswer
 from aftercare.remediation.service_layer.escalations import EscalationDesk
 from aftercare.remediation.service_layer.runs import RunEngine
 from aftercare.remediation.service_layer.turns import Turns
+
+from remediation_doubles import T0, acme_with_a_noop_runbook, an_instance, count_operations, drives_done, incident
 
 
 async def test_a_noop_run_costs_one_insert_one_write_one_outbox_pull_and_one_write_per_slot_move() -> None:
