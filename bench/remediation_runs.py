@@ -8,7 +8,8 @@ temporary directory and stops them at the end. It also starts the demo customer 
 verification probe's target) and one remediation process.
 
 What it does: stores a no-op runbook (three ``add_note`` steps, verification by the customer
-system's health endpoint, blast-radius limits out of the way), publishes ``--runs`` incidents
+system's health endpoint, blast-radius limits at their widest: 100 runs at once on the one system,
+so with more than 100 runs the rest wait for slots and each finish admits the next), publishes ``--runs`` incidents
 (IncidentReported + IncidentTriaged naming that runbook) before remediation consumes, then lets
 remediation work through the backlog. It prints:
 

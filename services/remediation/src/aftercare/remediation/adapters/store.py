@@ -9,6 +9,7 @@ Documents that announce events carry them in their outbox in that same write.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -238,13 +239,17 @@ class RemediationStore:
         due = sorted([(document["next_at"], document["_id"]) async for document in cursor])
         return [incident_id for _, incident_id in due[:limit]]
 
-    async def queued_runs(self, tenant_id: str, system: str | None, limit: int = 1) -> list[str]:
-        """Runs of one system waiting for a slot, oldest first."""
-        cursor = self.runs.find(
-            {"status": "queued", "tenant_id": tenant_id, "system": system}, {"_id": 1, "created_at": 1}
+    async def next_queued_run(self, tenant_id: str, system: str | None, skip: Collection[str] = ()) -> str | None:
+        """The oldest run of one system waiting for a slot, leaving out ``skip``."""
+        cursor = (
+            self.runs.find({"status": "queued", "tenant_id": tenant_id, "system": system}, {"_id": 1})
+            .sort("created_at", ASCENDING)
+            .limit(len(skip) + 1)
         )
-        waiting = sorted([(document["created_at"], document["_id"]) async for document in cursor])
-        return [str(incident_id) for _, incident_id in waiting[:limit]]
+        async for document in cursor:
+            if document["_id"] not in skip:
+                return str(document["_id"])
+        return None
 
     async def runs_of(self, query: Document, limit: int = 500) -> list[Document]:
         cursor = self.runs.find(query, {outbox.FIELD: 0}).sort("created_at", ASCENDING).limit(limit)

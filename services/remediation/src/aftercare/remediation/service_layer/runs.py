@@ -780,9 +780,13 @@ class RunEngine:
                     self._slots[key] = freed
                     break
                 slots = None
-        # Let the next queued run of this system go now rather than at its next re-check.
-        for incident_id in await self._store.queued_runs(run.tenant_id, run.system, limit=1):
-            self.spawn_drive(incident_id, now=True)
+        # Let the next queued run of this system go now rather than at its next re-check. Not one
+        # this process is driving already: a run woken by an earlier release is still "queued" in
+        # the store until its next write, and waking it again would wake nobody, leaving the freed
+        # slot empty until the re-check (a burst ran at a fraction of its limit).
+        waiting = await self._store.next_queued_run(run.tenant_id, run.system, skip=self.driving)
+        if waiting is not None:
+            self.spawn_drive(waiting, now=True)
 
     # --- people --------------------------------------------------------------------------
 
