@@ -407,6 +407,41 @@ async def test_responder_approves_a_pending_run_from_the_live_dashboard(
         assert again.status_code == 303 and "remediation+answered+409" in again.headers["location"]
 
 
+async def test_an_approval_asked_for_before_the_live_connection_opens_still_reaches_the_page(
+    approvals: ApprovalStack, publisher: EventProducer
+) -> None:
+    """A loaded machine can open a page's live connection seconds after the page was drawn (CI
+    did: the approval never appeared). The connection starts from the page's stamp."""
+    stack = approvals
+    async with httpx.AsyncClient(base_url=stack.notifier.base_url, timeout=30) as responder:
+        await signed_in(responder, stack.responder)
+        page = await responder.get("/dashboard")
+        since = re.search(r"const SINCE=([0-9.]+);", page.text)
+        assert since, page.text
+        incident_id = await reported_and_triaged(stack, publisher)
+
+        async def asked_for() -> bool:
+            run = await run_of(stack, incident_id)
+            return run is not None and run["status"] == "awaiting_approval"
+
+        await wait_for("remediation asks for approval", asked_for)
+        await asyncio.sleep(1)  # the notifier's tail has pushed the row by now, to nobody
+        frames: list[str] = []
+        async with responder.stream("GET", f"/dashboard/events?since={since[1]}") as stream:
+            assert stream.status_code == 200
+            async with asyncio.timeout(30):
+                async for line in stream.aiter_lines():
+                    frames.append(line)
+                    if line.startswith("data: ") and approvals_in([json.loads(line[6:])], incident_id):
+                        break
+        ids = [line for line in frames if line.startswith("id: ")]
+        assert ids, frames  # every row carries an id: the browser sends the last one when it reconnects
+
+        # A Last-Event-ID this dashboard never sent is refused with what to change, not a 500.
+        refused = await responder.get("/dashboard/events", headers={"Last-Event-ID": "yesterday"})
+        assert refused.status_code == 400 and "Last-Event-ID" in refused.json()["detail"], refused.text
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
 async def test_responder_rejects_in_the_browser_and_the_approval_leaves_without_a_reload(
     approvals: ApprovalStack, publisher: EventProducer

@@ -3,7 +3,6 @@ costs, that browsers get a row before any write, each event once, rendered once 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +12,7 @@ from aftercare.events.incidents import Channel, IncidentReported, IncidentResolv
 from aftercare.events.tenants import Priority
 from aftercare.events.testing import MemoryCollection, MemoryDatabase
 from aftercare.events.triage import IncidentTriaged
-from aftercare.notifier.adapters.live_feed import LiveFeed, LiveRows
+from aftercare.notifier.adapters.live_feed import LiveFeed, LiveRow, LiveRows, LiveSubscription
 from aftercare.notifier.adapters.read_model import IncidentReadModel
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -59,10 +58,9 @@ def resolved(incident_id: str = "i1") -> Envelope[Any]:
     return envelope.model_copy(update={"time": T0 + timedelta(seconds=2)})
 
 
-def frames(queue: asyncio.Queue[Any]) -> list[Any]:
-    rows = []
-    while not queue.empty():
-        rows.append(queue.get_nowait())
+def frames(subscription: LiveSubscription) -> list[LiveRow]:
+    rows = subscription.take()
+    assert rows is not None, "rows were lost"
     return rows
 
 

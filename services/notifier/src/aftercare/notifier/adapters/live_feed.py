@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,42 +29,122 @@ log = structlog.stdlib.get_logger("aftercare.notifier.live")
 
 @dataclass(frozen=True)
 class LiveRow:
-    """A changed incident as every browser gets it: the server-sent event is rendered once."""
+    """A changed incident as every browser gets it: the server-sent event is rendered once. Its
+    ``stamp`` (wall-clock seconds, unique and rising in this instance) is the event's SSE id, so a
+    browser that reconnects says how far it got (Last-Event-ID)."""
 
     tenant_id: str
+    stamp: float
     frame: bytes
 
 
-def render_row(view: dict[str, Any], now: datetime) -> LiveRow:
+def render_row(view: dict[str, Any], now: datetime, stamp: float) -> LiveRow:
     data = json.dumps(row_json(view, now), default=str, separators=(",", ":"))
-    return LiveRow(str(view.get("tenant_id")), f"event: incident\ndata: {data}\n\n".encode())
+    return LiveRow(str(view.get("tenant_id")), stamp, f"id: {stamp:.6f}\nevent: incident\ndata: {data}\n\n".encode())
+
+
+# Rows pushed shortly before a page read the store may not be in the store yet (the tail pushes
+# before the group consumer writes): a page's browser is also sent the rows of this long before it.
+REPLAY_MARGIN_S = 10.0
+
+
+class LiveSubscription:
+    """One browser's place in the feed: the rows it has not been sent yet, in order."""
+
+    def __init__(self, feed: LiveFeed, next_seq: int) -> None:
+        self._feed = feed
+        self.next_seq = next_seq
+
+    def take(self) -> list[LiveRow] | None:
+        """The rows pushed since the last take; None when some of them are no longer remembered
+        (the browser fell too far behind, or its page is older than this instance's memory): it
+        must load the page again to be whole."""
+        rows = self._feed.rows_from(self.next_seq)
+        if rows is not None:
+            self.next_seq += len(rows)
+        return rows
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until a row arrives (True) or ``timeout_s`` passes (False)."""
+        if self.next_seq < self._feed.next_seq:
+            return True
+        arrived = self._feed.arrived
+        try:
+            async with asyncio.timeout(timeout_s):
+                await arrived.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 class LiveFeed:
-    """Fan-out of changed incident rows to subscribers (one bounded queue per browser).
+    """Fan-out of changed incident rows to browsers: an in-memory log of the last rows, read by
+    each browser from its own place (``LiveSubscription``).
 
     Each event is pushed once per instance: the live tail pushes it before the store has it,
     and the group consumer's write pushes only an event the tail has not (the tail starts at the
-    end of the topics, so events from before it was positioned reach browsers that way)."""
+    end of the topics, so events from before it was positioned reach browsers that way).
 
-    def __init__(self, queue_size: int = 256, remembered_events: int = 4096) -> None:
-        self._subscribers: set[asyncio.Queue[LiveRow]] = set()
-        self._queue_size = queue_size
+    Nothing is lost between a page and its live connection: the page notes ``stamp()`` before
+    it reads the store, and its connection starts from there (so does a reconnection, from its
+    Last-Event-ID). A browser whose rows are no longer remembered is told to reload."""
+
+    def __init__(
+        self, remembered_rows: int = 10_000, remembered_events: int = 4096, replay_margin_s: float = REPLAY_MARGIN_S
+    ) -> None:
+        self._rows: deque[LiveRow] = deque()
+        self._replay_margin_s = replay_margin_s
+        self._remembered_rows = remembered_rows
+        self._first_seq = 0  # the sequence number of self._rows[0]
+        self._subscribers: set[LiveSubscription] = set()
         self._pushed: OrderedDict[str, None] = OrderedDict()
         self._remembered = remembered_events
+        self._last_stamp = 0.0
+        # Rows stamped after this are all remembered (this instance's start, then the last row forgotten).
+        self._whole_after = time.time()
+        self.arrived = asyncio.Event()
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
-    def subscribe(self) -> asyncio.Queue[LiveRow]:
-        queue: asyncio.Queue[LiveRow] = asyncio.Queue(self._queue_size)
-        self._subscribers.add(queue)
-        return queue
+    @property
+    def next_seq(self) -> int:
+        return self._first_seq + len(self._rows)
 
-    def unsubscribe(self, queue: asyncio.Queue[LiveRow]) -> None:
-        self._subscribers.discard(queue)
+    def stamp(self) -> float:
+        """Now, as rows are stamped: a page's connection is sent every row stamped after it."""
+        self._last_stamp = max(time.time(), self._last_stamp + 1e-6)
+        return self._last_stamp
+
+    def subscribe(self, since: float | None = None) -> LiveSubscription:
+        """A browser's subscription: rows from now on, or from ``since`` (a page's stamp or a
+        Last-Event-ID) less the replay margin. Rows sent twice are harmless: they come in order,
+        so each incident's row ends as its latest."""
+        if since is None:
+            subscription = LiveSubscription(self, self.next_seq)
+        elif since < self._whole_after:
+            subscription = LiveSubscription(self, -1)  # rows after it were forgotten: take() says so
+        else:
+            seq = self.next_seq
+            for row in reversed(self._rows):
+                if row.stamp <= since - self._replay_margin_s:
+                    break
+                seq -= 1
+            subscription = LiveSubscription(self, seq)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: LiveSubscription) -> None:
+        self._subscribers.discard(subscription)
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+    def rows_from(self, seq: int) -> list[LiveRow] | None:
+        if seq < self._first_seq:
+            return None
+        if seq >= self.next_seq:
+            return []
+        return list(itertools.islice(self._rows, seq - self._first_seq, None))
 
     def publish(self, view: dict[str, Any], event_id: str) -> bool:
         """Push ``view`` (changed by event ``event_id``) to every browser, unless that event was
@@ -72,14 +154,13 @@ class LiveFeed:
         self._pushed[event_id] = None
         if len(self._pushed) > self._remembered:
             self._pushed.popitem(last=False)
-        if not self._subscribers:
-            return True
-        row = render_row(view, self.clock())
-        for queue in list(self._subscribers):
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()  # a slow browser loses old rows, never blocks the others
-            queue.put_nowait(row)
+        # Rendered even with nobody watching: a page rendered a moment ago connects after this.
+        self._rows.append(render_row(view, self.clock(), self.stamp()))
+        if len(self._rows) > self._remembered_rows:
+            self._whole_after = self._rows.popleft().stamp
+            self._first_seq += 1
+        self.arrived.set()
+        self.arrived = asyncio.Event()
         return True
 
 

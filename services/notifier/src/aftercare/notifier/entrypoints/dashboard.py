@@ -10,7 +10,6 @@ never in the browser), since operator tokens are issued by intake and only their
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import secrets
@@ -25,6 +24,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from aftercare.events.operators import Operator, Role
+from aftercare.events.web import Problem
 from aftercare.notifier.components import NotifierComponents
 from aftercare.notifier.domain.incident_view import opened_per_hour, pending_approvals, row_json
 from aftercare.notifier.domain.target_latency import latency_line
@@ -285,6 +285,9 @@ async def dashboard(
         return RedirectResponse("/dashboard/login", status_code=303)
     session, operator = found
     now = datetime.now(UTC)
+    # Before the store is read: the live connection sends every row pushed from here on, so an
+    # incident that changes while the page loads is not missed.
+    since = notifier.live.stamp()
     views = await notifier.read_model.list(_visible(operator))
     shown = [v for v in views if _matches(v, tenant, status, priority)]
     rows = "".join(_row_html(row_json(v, now)) for v in shown)
@@ -312,7 +315,7 @@ async def dashboard(
         "<th>SLA</th><th>Channel</th><th>Diagnosis</th><th>Sent</th></tr></thead>"
         f"<tbody id='incidents'>{rows}</tbody></table>"
         f"<script>const FILTER={json.dumps({'tenant': tenant, 'status': status, 'priority': priority})};"
-        f"const CSRF={json.dumps(session['csrf'])};const CAN_ACT={json.dumps(can_act)};"
+        f"const CSRF={json.dumps(session['csrf'])};const CAN_ACT={json.dumps(can_act)};const SINCE={since:.6f};"
         f"{LIVE_JS}</script>"
     )
     return _page("Dashboard - Aftercare", body)
@@ -335,28 +338,46 @@ LIVE_JS = (Path(__file__).resolve().parent.parent / "templates" / "dashboard.js"
 
 
 @router.get("/events")
-async def events(request: Request, notifier: Components) -> Response:
-    """Server-sent events: each changed incident the operator may see, as a JSON row."""
+async def events(
+    request: Request,
+    notifier: Components,
+    since: Annotated[float | None, Query(description="The page's stamp: rows from then on are sent first.")] = None,
+) -> Response:
+    """Server-sent events: each changed incident the operator may see, as a JSON row; first the
+    rows since the page was made (``since``) or since the last one this browser got
+    (Last-Event-ID, sent by the browser when it reconnects)."""
     found = await _session(request, notifier)
     if found is None:
         return Response(status_code=401)
     _, operator = found
-    queue = notifier.live.subscribe()
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        try:
+            since = float(last_event_id)
+        except ValueError:
+            raise Problem(
+                400,
+                "Invalid Last-Event-ID",
+                f"Last-Event-ID {last_event_id[:40]!r} is not one this dashboard sent (seconds since the epoch)",
+            ) from None
+    subscription = notifier.live.subscribe(since)
 
     async def stream() -> Any:
         try:
             yield b": connected\n\n"
             while True:
-                try:
-                    async with asyncio.timeout(HEARTBEAT_S):
-                        row = await queue.get()
-                except TimeoutError:
+                rows = subscription.take()
+                if rows is None:
+                    # Rows this browser missed are no longer in memory: the page, read again, is whole.
+                    yield b"event: reload\ndata: missed rows\n\n"
+                    return
+                for row in rows:
+                    if operator.may_see(row.tenant_id):
+                        yield row.frame  # rendered once for every browser (adapters/live_feed.py)
+                if not rows and not await subscription.wait(HEARTBEAT_S):
                     yield b": heartbeat\n\n"
-                    continue
-                if operator.may_see(row.tenant_id):
-                    yield row.frame  # rendered once for every browser (adapters/live_feed.py)
         finally:
-            notifier.live.unsubscribe(queue)
+            notifier.live.unsubscribe(subscription)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 

@@ -4,7 +4,10 @@ function rowHtml(r){return `<td><a href="/dashboard/incidents/${esc(r.incident_i
  `<td>${esc(r.status)}</td><td class="sla ${esc(r.sla)}" data-due="${esc(r.sla_due||'')}" data-state="${esc(r.sla)}">${esc(r.sla)}</td>`+
  `<td>${esc(r.channel)}</td><td>${esc(r.verdict)}</td><td>${esc(r.notifications_sent)}</td>`;}
 function matches(r){return (!FILTER.tenant||r.tenant_id===FILTER.tenant)&&(!FILTER.status||r.status===FILTER.status)&&(!FILTER.priority||r.priority===FILTER.priority);}
-const source = new EventSource('/dashboard/events');
+// From the page's stamp: rows that changed while the page loaded come first. On a reconnect the
+// browser sends the last row's id; told to reload when the rows it missed are gone.
+const source = new EventSource('/dashboard/events?since=' + SINCE);
+source.addEventListener('reload', () => location.reload());
 source.addEventListener('incident', e => {
   const r = JSON.parse(e.data); if(!matches(r)) return;
   let tr = document.getElementById('row-'+r.incident_id);
