@@ -63,14 +63,18 @@ def count_operations(collection: Any, counts: Counter[str]) -> None:
         setattr(collection, operation, counted)
 
 
-async def an_instance(database: MemoryDatabase, bus: MemoryBus) -> tuple[RunEngine, RemediationStore]:
+async def an_instance(
+    database: MemoryDatabase, bus: MemoryBus, caller: SystemCaller | None = None
+) -> tuple[RunEngine, RemediationStore]:
     db: Any = database
     store = RemediationStore(db)
     turns = Turns()
     relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
     desk = EscalationDesk(store, relay, turns, lambda: T0, b"secret", "http://remediation", DueTimes(db))
     tenants = TenantCopy(db)
-    engine = RunEngine(store, tenants, CredentialVault(db, None), HealthySystem(), desk, relay, turns, lambda: T0)
+    engine = RunEngine(
+        store, tenants, CredentialVault(db, None), caller or HealthySystem(), desk, relay, turns, lambda: T0
+    )
     return engine, store
 
 

@@ -13,8 +13,9 @@ import asyncio
 from typing import Any
 
 from aftercare.events.testing import MemoryBus, MemoryDatabase
+from aftercare.remediation.domain.verification import ProbeAnswer
 
-from remediation_doubles import acme_with_a_noop_runbook, an_instance, drives_done, incident
+from remediation_doubles import HealthySystem, acme_with_a_noop_runbook, an_instance, drives_done, incident
 
 BURST = 8
 SLOTS = 2
@@ -69,3 +70,41 @@ async def test_every_freed_slot_goes_to_a_waiting_run_without_waiting_for_the_re
     # admissions then write one holder, not two).
     assert len(holders_written) == 2 * BURST, holders_written  # one admission and one release each
     assert holders_written.count(SLOTS) == BURST // SLOTS, holders_written  # 1,2,1,0 per wave of two
+
+
+class SystemRecovering(HealthySystem):
+    """Its health probe answers once the test lets it: the run probing it stays at work."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+
+    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+        await self.answer.wait()
+        return await super().probe(url, timeout_s, allowlist)
+
+
+async def test_a_slot_freed_by_one_instance_goes_to_a_run_another_instance_saw_wait() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    await acme_with_a_noop_runbook(database, max_concurrent=1)
+    system = SystemRecovering()
+    first, store = await an_instance(database, bus, system)
+    second, _ = await an_instance(database, bus)
+    # The first instance's run holds the one slot while it verifies; the second's waits for it.
+    assert await first.consider("i-0", document=incident(0)) == "run started"
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert (await store.load_slots("acme", "billing-api")).holders != []
+    assert await second.consider("i-1", document=incident(1)) == "run started"
+    await drives_done(second)
+    waiting = await store.load_run("i-1")
+    assert waiting is not None and waiting[0].status == "queued", waiting
+
+    system.answer.set()
+    await drives_done(first, second)
+    statuses = []
+    for number in range(2):
+        loaded = await store.load_run(f"i-{number}")
+        assert loaded is not None
+        statuses.append(loaded[0].status)
+    # The first instance knew of no waiting run itself: it found the second's in the store.
+    assert statuses == ["succeeded", "succeeded"]

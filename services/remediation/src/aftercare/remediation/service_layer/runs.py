@@ -180,6 +180,11 @@ class RunEngine:
         # When this process last asked the store whether a system's slot holders still work
         # (monotonic s), see _admit.
         self._holders_checked: dict[str, float] = {}
+        # Runs whose last drive here ended waiting for a slot, per system (tenant|system): incident
+        # id -> created_at. A release wakes the oldest of them without asking the store, whose
+        # query for queued runs reads every queued run whole (1.7 s each with 400 queued).
+        self._waiting: dict[str, dict[str, datetime]] = {}
+        self._waiting_on: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -305,6 +310,7 @@ class RunEngine:
         ``start``: the run as this process just wrote it, and its due time (not read again).
         """
         self.driving.add(incident_id)
+        self._stop_waiting(incident_id)
         try:
             async with _DrivePermit(self._drives) as permit, self._turns(incident_id):
                 await self._drive(incident_id, now, start, permit)
@@ -491,6 +497,8 @@ class RunEngine:
             await self._store.set_next_at(
                 run.incident.incident_id, progress.rev, now + timedelta(seconds=QUEUE_RECHECK_S)
             )
+            self._waiting.setdefault(key, {})[run.incident.incident_id] = run.created_at
+            self._waiting_on[run.incident.incident_id] = key
             return False
         if decision is None:
             await self._store.set_next_at(
@@ -784,9 +792,25 @@ class RunEngine:
         # this process is driving already: a run woken by an earlier release is still "queued" in
         # the store until its next write, and waking it again would wake nobody, leaving the freed
         # slot empty until the re-check (a burst ran at a fraction of its limit).
-        waiting = await self._store.next_queued_run(run.tenant_id, run.system, skip=self.driving)
+        waiting = self._oldest_waiting(key)
+        if waiting is None:  # none seen waiting here: maybe runs another instance queued
+            waiting = await self._store.next_queued_run(run.tenant_id, run.system, skip=self.driving)
         if waiting is not None:
             self.spawn_drive(waiting, now=True)
+
+    def _oldest_waiting(self, key: str) -> str | None:
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return None
+        return min(waiting, key=lambda incident_id: waiting[incident_id])
+
+    def _stop_waiting(self, incident_id: str) -> None:
+        key = self._waiting_on.pop(incident_id, None)
+        if key is not None:
+            waiting = self._waiting[key]
+            waiting.pop(incident_id, None)
+            if not waiting:
+                del self._waiting[key]
 
     # --- people --------------------------------------------------------------------------
 
