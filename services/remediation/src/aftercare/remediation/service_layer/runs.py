@@ -57,6 +57,8 @@ SOURCE = "remediation"
 LEASE_MARGIN_S = 15.0
 # Queued runs are woken when a slot frees; this re-check only covers a wake-up lost to a crash.
 QUEUE_RECHECK_S = 30.0
+# How often a release that knows of no run waiting here asks the store for another instance's.
+STORE_QUEUE_CHECK_S = 1.0
 TENANT_RECHECK_S = 2.0
 TENANT_CACHE_S = 1.0
 # A runbook's head (its current version) is read at most this often per process for new runs; a
@@ -185,6 +187,7 @@ class RunEngine:
         # query for queued runs reads every queued run whole (1.7 s each with 400 queued).
         self._waiting: dict[str, dict[str, datetime]] = {}
         self._waiting_on: dict[str, str] = {}
+        self._store_queue_asked: dict[str, float] = {}  # monotonic s, per system
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -793,10 +796,21 @@ class RunEngine:
         # the store until its next write, and waking it again would wake nobody, leaving the freed
         # slot empty until the re-check (a burst ran at a fraction of its limit).
         waiting = self._oldest_waiting(key)
-        if waiting is None:  # none seen waiting here: maybe runs another instance queued
+        if waiting is None and self._store_queue_due(key):
+            # None seen waiting here: maybe runs another instance queued. Asked at most every
+            # STORE_QUEUE_CHECK_S per system: the query reads every queued run whole, and in a
+            # burst most queued runs are this process's, waiting for a drive permit (they take a
+            # free slot themselves when they get one).
             waiting = await self._store.next_queued_run(run.tenant_id, run.system, skip=self.driving)
         if waiting is not None:
             self.spawn_drive(waiting, now=True)
+
+    def _store_queue_due(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._store_queue_asked.get(key, -STORE_QUEUE_CHECK_S) < STORE_QUEUE_CHECK_S:
+            return False
+        self._store_queue_asked[key] = now
+        return True
 
     def _oldest_waiting(self, key: str) -> str | None:
         waiting = self._waiting.get(key)
