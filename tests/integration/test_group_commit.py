@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import AutoReconnect, DuplicateKeyError
 
 from aftercare.events import outbox, topics
 from aftercare.events.envelope import Envelope, envelope_for
@@ -128,6 +128,46 @@ async def test_the_sweep_finishes_a_batch_a_crash_left_for_the_documents_that_we
     events = await announced(infrastructure, {written["_id"], never["_id"]})
     assert [event["id"] for event in events] == [written_event.id]
     assert await mongo_db[outbox.LEDGER].count_documents({}) == 0
+
+
+class LedgerLosingItsConnection:
+    """The ledger of an instance whose store connection drops right after its insert failed."""
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    async def update_one(self, *args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("connection closed")
+
+
+async def test_the_sweep_never_announces_the_losing_batch_of_two_instances_opening_one_incident(
+    infrastructure: Infrastructure, mongo_db: AsyncDatabase[dict[str, Any]], producer: EventProducer
+) -> None:
+    """Two intake instances open the same incident (a dedup key claimed by one, taken over by the
+    other): one insert wins. The loser's ledger still lists its IncidentReported when its cleanup
+    fails (or before it ran, when the sweep is quicker on a loaded machine). CI saw the second
+    IncidentReported on Kafka: the sweep published the events of every document that existed."""
+    first = GroupCommit(mongo_db["incidents"], producer)
+    second = GroupCommit(mongo_db["incidents"], producer)
+    second._ledger = LedgerLosingItsConnection(second._ledger)  # type: ignore[assignment]
+    incident_id = str(uuid.uuid4())
+    winner, winner_event = opening(incident_id, "Checkout fails")
+    loser, loser_event = opening(incident_id, "Checkout fails")
+
+    await first.insert(winner, [winner_event])
+    with pytest.raises(DuplicateKeyError):
+        await second.insert(loser, [loser_event])
+    assert await mongo_db[outbox.LEDGER].count_documents({}) == 1  # the loser's, listing its event
+
+    published = await OutboxRelay(producer).sweep_ledger(mongo_db["incidents"], min_age_s=0)
+
+    assert published == 0
+    events = await announced(infrastructure, {incident_id})
+    assert [event["id"] for event in events] == [winner_event.id]
+    assert await mongo_db[outbox.LEDGER].count_documents({}) == 0  # nothing of it will ever go out
 
 
 def left_pending(incident_id: str, title: str) -> tuple[dict[str, Any], Envelope[IncidentReported]]:

@@ -13,8 +13,9 @@ already being committed goes as:
 4. the ledger document deleted (by ``_id``).
 
 A crash anywhere leaves the ledger document; ``OutboxRelay.sweep`` (``sweep_ledger``) then
-publishes the events of the documents that exist, in order, and drops those of documents that
-were never written (nobody was told they were accepted). So "written" and "announced" cannot
+publishes the events of the documents that this batch wrote (each carries its batch's id in
+``outbox_batch``: another instance may have written the same ``_id``), in order, and drops those
+of documents never written (nobody was told they were accepted). So "written" and "announced" cannot
 drift apart, as with the per-document outbox, with two small writes per batch instead of three
 per document. The ledger holds only unfinished batches, so the sweep reads a handful of
 documents, however many incidents the store holds.
@@ -101,6 +102,10 @@ class GroupCommit:
 
     async def _commit(self, batch: list[_Queued]) -> None:
         ledger_id = str(uuid.uuid4())
+        for queued in batch:
+            # Which batch wrote it: two instances can write the same _id (one wins), and the sweep
+            # must publish only the winner's events, never the loser's (a second IncidentReported).
+            queued.document[outbox.BATCH] = ledger_id
         await self._ledger.insert_one(
             {
                 "_id": ledger_id,

@@ -45,6 +45,9 @@ FIELD = "outbox"
 FLAG = "outbox_pending"  # indexed, so the sweep finds pending documents without a scan
 DEAD_LETTERS = "outbox_dead_letters"
 LEDGER = "outbox_ledger"  # batches of a group commit not finished yet (see group_commit.py)
+# The group-commit batch that wrote a document: its ledger entries are this document's events only
+# if the document carries that batch's id (another batch may have written the same _id).
+BATCH = "outbox_batch"
 
 
 def add_to_update(update: dict[str, Any], *envelopes: Envelope[Any]) -> dict[str, Any]:
@@ -327,15 +330,21 @@ class OutboxRelay:
                 continue  # its request is still committing it
             entries: list[dict[str, Any]] = batch.get("entries") or []
             document_ids = list(dict.fromkeys(entry["document_id"] for entry in entries))
-            written = {
-                document_id
-                for document_id in document_ids
-                if await collection.find_one({"_id": document_id}, {"_id": 1}) is not None
-            }
+            written: set[Any] = set()
+            taken: set[Any] = set()  # written, but by another batch: these events never go out
+            for document_id in document_ids:
+                document = await collection.find_one({"_id": document_id}, {"_id": 1, BATCH: 1})
+                if document is None:
+                    continue
+                # A document without the field was written before batches stamped it (kept as written).
+                if document.get(BATCH, batch["_id"]) == batch["_id"]:
+                    written.add(document_id)
+                else:
+                    taken.add(document_id)
             ready = [entry for entry in entries if entry["document_id"] in written]
             if ready:
                 count += await self._send_isolating(collection, ready, lambda entry: entry["document_id"])
-            unwritten = [entry for entry in entries if entry["document_id"] not in written]
+            unwritten = [entry for entry in entries if entry["document_id"] not in written | taken]
             if unwritten and batch.get("at", 0.0) > now - abandon_after_s:
                 await collection.database[LEDGER].update_one({"_id": batch["_id"]}, {"$set": {"entries": unwritten}})
             else:
