@@ -111,7 +111,9 @@ class LiveFeed:
 
     def stamp(self) -> float:
         """Now, as rows are stamped: a page's connection is sent every row stamped after it."""
-        self._last_stamp = max(time.time(), self._last_stamp + 1e-6)
+        # Whole microseconds: the SSE id carries six decimals, and a browser's Last-Event-ID must
+        # name exactly its row (rounded down in the id, the row itself would be sent again).
+        self._last_stamp = round(max(time.time(), self._last_stamp + 1e-6), 6)
         return self._last_stamp
 
     def subscribe(self, since: float | None = None) -> LiveSubscription:
