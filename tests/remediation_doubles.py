@@ -132,3 +132,21 @@ async def drives_done(*engines: RunEngine) -> None:
             return
         await asyncio.gather(*tasks)
     raise AssertionError("drives did not settle")
+
+
+async def run_statuses(store: RemediationStore, count: int) -> list[str | None]:
+    """The stored status of the runs of incidents i-0 .. i-<count-1> (None: no run)."""
+    statuses: list[str | None] = []
+    for number in range(count):
+        loaded = await store.load_run(f"i-{number}")
+        statuses.append(loaded[0].status if loaded else None)
+    return statuses
+
+
+async def until_a_slot_is_held(store: RemediationStore) -> None:
+    """Let the drives run until a run holds a slot of acme's billing-api."""
+    for _ in range(100):
+        if (await store.load_slots("acme", "billing-api")).holders:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("no run took a slot")

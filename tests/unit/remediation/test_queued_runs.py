@@ -15,7 +15,15 @@ from typing import Any
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.domain.verification import ProbeAnswer
 
-from remediation_doubles import HealthySystem, acme_with_a_noop_runbook, an_instance, drives_done, incident
+from remediation_doubles import (
+    HealthySystem,
+    acme_with_a_noop_runbook,
+    an_instance,
+    drives_done,
+    incident,
+    run_statuses,
+    until_a_slot_is_held,
+)
 
 BURST = 8
 SLOTS = 2
@@ -58,12 +66,7 @@ async def test_every_freed_slot_goes_to_a_waiting_run_without_waiting_for_the_re
     store.save_slots = recording_save_slots  # type: ignore[method-assign]
     await drives_done(engine)
 
-    statuses = {}
-    for number in range(BURST):
-        loaded = await store.load_run(f"i-{number}")
-        assert loaded is not None
-        statuses[f"i-{number}"] = loaded[0].status
-    assert statuses == {f"i-{number}": "succeeded" for number in range(BURST)}
+    assert await run_statuses(store, BURST) == ["succeeded"] * BURST
     assert (await store.load_slots("acme", "billing-api")).holders == []
     # Every admission fills the system up to its limit while runs wait: each release wakes a run
     # that takes the freed slot (a lost wake-up leaves a slot empty for the rest of the burst, and
@@ -91,20 +94,12 @@ async def test_a_slot_freed_by_one_instance_goes_to_a_run_another_instance_saw_w
     second, _ = await an_instance(database, bus)
     # The first instance's run holds the one slot while it verifies; the second's waits for it.
     assert await first.consider("i-0", document=incident(0)) == "run started"
-    for _ in range(100):
-        await asyncio.sleep(0)
-    assert (await store.load_slots("acme", "billing-api")).holders != []
+    await until_a_slot_is_held(store)
     assert await second.consider("i-1", document=incident(1)) == "run started"
     await drives_done(second)
-    waiting = await store.load_run("i-1")
-    assert waiting is not None and waiting[0].status == "queued", waiting
+    assert (await run_statuses(store, 2))[1] == "queued"  # the second waits (the first holds the slot)
 
     system.answer.set()
     await drives_done(first, second)
-    statuses = []
-    for number in range(2):
-        loaded = await store.load_run(f"i-{number}")
-        assert loaded is not None
-        statuses.append(loaded[0].status)
     # The first instance knew of no waiting run itself: it found the second's in the store.
-    assert statuses == ["succeeded", "succeeded"]
+    assert await run_statuses(store, 2) == ["succeeded", "succeeded"]

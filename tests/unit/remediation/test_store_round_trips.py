@@ -27,7 +27,15 @@ from aftercare.remediation.service_layer.escalations import EscalationDesk
 from aftercare.remediation.service_layer.runs import RunEngine
 from aftercare.remediation.service_layer.turns import Turns
 
-from remediation_doubles import T0, acme_with_a_noop_runbook, an_instance, count_operations, drives_done, incident
+from remediation_doubles import (
+    T0,
+    acme_with_a_noop_runbook,
+    an_instance,
+    count_operations,
+    drives_done,
+    incident,
+    until_a_slot_is_held,
+)
 
 
 async def test_a_noop_run_costs_one_insert_one_write_one_outbox_pull_and_one_write_per_slot_move() -> None:
@@ -84,11 +92,7 @@ async def test_a_copy_of_the_slots_made_stale_by_another_instance_never_admits_p
 
     second._caller.probe = slow_probe  # type: ignore[method-assign]
     assert await second.consider("i-1", document=incident(1)) == "run started"
-    for _ in range(100):
-        if (await first_store.load_slots("acme", "billing-api")).holders:
-            break
-        await asyncio.sleep(0)
-    assert (await first_store.load_slots("acme", "billing-api")).holders != []
+    await until_a_slot_is_held(first_store)
 
     # The first instance's copy says "free"; the stored slots say "taken": it must wait.
     assert await first.consider("i-2", document=incident(2)) == "run started"
