@@ -141,6 +141,22 @@ class _Progress:
         return self.permit.away() if self.permit is not None else contextlib.nullcontext()
 
 
+class AtMostEvery:
+    """Says yes for a key at most once every ``seconds`` (monotonic), for checks too costly to
+    make every time they could be made."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self._seconds) < self._seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
 class RunEngine:
     def __init__(
         self,
@@ -179,15 +195,16 @@ class RunEngine:
         self._paused_cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
         # Each system's blast-radius slots as this process last wrote or read them (see _admit).
         self._slots: dict[str, blast_radius.SystemSlots] = {}
-        # When this process last asked the store whether a system's slot holders still work
-        # (monotonic s), see _admit.
-        self._holders_checked: dict[str, float] = {}
-        # Runs whose last drive here ended waiting for a slot, per system (tenant|system): incident
-        # id -> created_at. A release wakes the oldest of them without asking the store, whose
+        # Whether a system's slot holders still work is asked of the store at most every
+        # HOLDERS_CHECK_S: in a burst hundreds of runs wait for a slot, and checking for every one
+        # would read every holder's run inside the system's turn, which every admission and
+        # release waits for.
+        self._holders_check = AtMostEvery(HOLDERS_CHECK_S)
+        # Runs whose last drive here ended waiting for a slot: incident id -> (tenant|system,
+        # created_at). A release wakes the oldest of its system without asking the store, whose
         # query for queued runs reads every queued run whole (1.7 s each with 400 queued).
-        self._waiting: dict[str, dict[str, datetime]] = {}
-        self._waiting_on: dict[str, str] = {}
-        self._store_queue_asked: dict[str, float] = {}  # monotonic s, per system
+        self._waiting: dict[str, tuple[str, datetime]] = {}
+        self._store_queue_check = AtMostEvery(STORE_QUEUE_CHECK_S)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -313,7 +330,7 @@ class RunEngine:
         ``start``: the run as this process just wrote it, and its due time (not read again).
         """
         self.driving.add(incident_id)
-        self._stop_waiting(incident_id)
+        self._waiting.pop(incident_id, None)
         try:
             async with _DrivePermit(self._drives) as permit, self._turns(incident_id):
                 await self._drive(incident_id, now, start, permit)
@@ -477,7 +494,7 @@ class RunEngine:
                 if not fresh and not (isinstance(decision, blast_radius.Admitted) and decision.slots is not slots):
                     slots = decision = None
                     continue
-                if isinstance(decision, blast_radius.Hold) and self._holders_due(key):
+                if isinstance(decision, blast_radius.Hold) and self._holders_check.due(key):
                     taken_back, slots = await self._take_back_slots_of_ended_runs(run, system, slots)
                     if taken_back:
                         now = self._clock()  # after the freed runs' ends (their finished_at)
@@ -500,8 +517,7 @@ class RunEngine:
             await self._store.set_next_at(
                 run.incident.incident_id, progress.rev, now + timedelta(seconds=QUEUE_RECHECK_S)
             )
-            self._waiting.setdefault(key, {})[run.incident.incident_id] = run.created_at
-            self._waiting_on[run.incident.incident_id] = key
+            self._waiting[run.incident.incident_id] = (key, run.created_at)
             return False
         if decision is None:
             await self._store.set_next_at(
@@ -731,17 +747,6 @@ class RunEngine:
             log.warning("run escalated", incident_id=run.incident.incident_id, reason=move.reason)
         await self._release(run)
 
-    def _holders_due(self, key: str) -> bool:
-        """Whether a system whose slots are all taken should have its holders checked now: at
-        most every HOLDERS_CHECK_S. In a burst hundreds of runs wait for a slot, and checking
-        for every one would read every holder's run inside the system's turn, which every
-        admission and release waits for."""
-        now = time.monotonic()
-        if now - self._holders_checked.get(key, -HOLDERS_CHECK_S) < HOLDERS_CHECK_S:
-            return False
-        self._holders_checked[key] = now
-        return True
-
     async def _take_back_slots_of_ended_runs(
         self, run: Run, system: str, slots: blast_radius.SystemSlots
     ) -> tuple[bool, blast_radius.SystemSlots | None]:
@@ -796,7 +801,7 @@ class RunEngine:
         # the store until its next write, and waking it again would wake nobody, leaving the freed
         # slot empty until the re-check (a burst ran at a fraction of its limit).
         waiting = self._oldest_waiting(key)
-        if waiting is None and self._store_queue_due(key):
+        if waiting is None and self._store_queue_check.due(key):
             # None seen waiting here: maybe runs another instance queued. Asked at most every
             # STORE_QUEUE_CHECK_S per system: the query reads every queued run whole, and in a
             # burst most queued runs are this process's, waiting for a drive permit (they take a
@@ -805,26 +810,12 @@ class RunEngine:
         if waiting is not None:
             self.spawn_drive(waiting, now=True)
 
-    def _store_queue_due(self, key: str) -> bool:
-        now = time.monotonic()
-        if now - self._store_queue_asked.get(key, -STORE_QUEUE_CHECK_S) < STORE_QUEUE_CHECK_S:
-            return False
-        self._store_queue_asked[key] = now
-        return True
-
     def _oldest_waiting(self, key: str) -> str | None:
-        waiting = self._waiting.get(key)
-        if not waiting:
-            return None
-        return min(waiting, key=lambda incident_id: waiting[incident_id])
-
-    def _stop_waiting(self, incident_id: str) -> None:
-        key = self._waiting_on.pop(incident_id, None)
-        if key is not None:
-            waiting = self._waiting[key]
-            waiting.pop(incident_id, None)
-            if not waiting:
-                del self._waiting[key]
+        """The run of system ``key`` that has waited here longest for a slot."""
+        mine = [
+            (created_at, incident_id) for incident_id, (system, created_at) in self._waiting.items() if system == key
+        ]
+        return min(mine)[1] if mine else None
 
     # --- people --------------------------------------------------------------------------
 
