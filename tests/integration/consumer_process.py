@@ -71,7 +71,7 @@ class WatchedProcessedLog(ProcessedEventLog):
         self._deliveries = database["deliveries"]
         self._args = args
 
-    async def begin_batch(self, ids: Iterable[str]) -> tuple[set[str], set[str]]:
+    async def begin(self, ids: Iterable[str]) -> set[str]:
         # The runner begins every batch it fetched with this call.
         wanted = list(ids)
         if wanted:
@@ -80,7 +80,7 @@ class WatchedProcessedLog(ProcessedEventLog):
             # command ends, and its pool has 100 connections per database, so a batch of over ~100
             # redelivered events (a successor after a kill -9) hung that database for good.
             await self._deliveries.insert_many([{"event_id": record.rsplit("|", 1)[1]} for record in wanted])
-        return await super().begin_batch(wanted)
+        return await super().begin(wanted)
 
     async def mark_many(self, group: str, handled: Iterable[tuple[str, str]]) -> None:
         pairs = list(handled)

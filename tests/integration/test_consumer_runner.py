@@ -377,13 +377,14 @@ async def test_begin_tells_new_from_processed_however_often_it_is_repeated(mongo
     assert await processed.begin([]) == set()
 
 
-async def test_purged_processed_records_are_forgotten_but_their_started_records_outlive_them(
+async def test_purged_processed_records_are_forgotten_and_what_older_versions_started_is_cleared(
     mongo_db: Database,
 ) -> None:
     processed = ProcessedEventLog(mongo_db)
     await processed.ensure_indexes()
     a = record_id("group", "notify", "a")
-    await processed.begin([a])
+    # Versions before session 6 wrote a "started" record per event; an upgraded store still has them.
+    await mongo_db[STARTED_COLLECTION].insert_one({"_id": a, "started_at": datetime.now(UTC)})
     await processed.mark_many("group", [("notify", "a")])
     # The store keeps times in milliseconds: let one pass, so the record is strictly older.
     await asyncio.sleep(0.01)
@@ -392,7 +393,18 @@ async def test_purged_processed_records_are_forgotten_but_their_started_records_
 
     assert await processed.begin([a]) == set()
     assert await mongo_db[PROCESSED_COLLECTION].count_documents({}) == 0
-    assert await mongo_db[STARTED_COLLECTION].count_documents({}) == 1
+    assert await mongo_db[STARTED_COLLECTION].count_documents({}) == 0, "begin writes nothing; the old records went"
+
+
+async def test_a_batch_larger_than_one_indexed_read_finds_every_processed_record(mongo_db: Database) -> None:
+    processed = ProcessedEventLog(mongo_db)
+    await processed.ensure_indexes()
+    events = [f"e{number}" for number in range(250)]
+    await processed.mark_many("group", [("notify", event) for event in events[::7]])
+
+    found = await processed.begin(record_id("group", "notify", event) for event in events)
+
+    assert found == {record_id("group", "notify", event) for event in events[::7]}
 
 
 # --- c. killed before the commit: redelivered after restart, effect still single -----------

@@ -341,10 +341,11 @@ class ConsumerRunner:
                         rid = record_id(self.group_id, handler_name(handler), envelope.id)
                         wanted[rid] = wanted.get(rid, 0) + 1
 
-        # One write for the whole batch instead of a query per message; see ProcessedEventLog.begin.
-        seen_before, processed = await self._transient_retry(lambda: self._processed.begin_batch(wanted), "store")
+        # One read for the whole batch instead of one per message; see ProcessedEventLog.begin.
+        processed = await self._transient_retry(lambda: self._processed.begin(wanted), "store")
         # Several copies in one batch: the first one's record is written later, so the others
-        # must look again when their turn comes.
+        # must look again when their turn comes. A copy in a later batch finds the record, or,
+        # until it is written, the id in ``_unwritten`` (one lane handles an event's copies in turn).
         repeated = {rid for rid, count in wanted.items() if count > 1}
         for message in messages:
             if not isinstance(message.envelope, EventRejected):
@@ -352,7 +353,7 @@ class ConsumerRunner:
                     rid = record_id(self.group_id, handler_name(handler), message.envelope.id)
                     if rid in processed:
                         message.skip.add(rid)
-                    elif rid in seen_before or rid in repeated:
+                    elif rid in repeated:
                         message.recheck.add(rid)
             progress = self._progress.get(message.partition)
             if progress is None or progress.generation != message.generation:

@@ -9,17 +9,15 @@ The store has no transactions, so a crash between a handler's write and this rec
 handler runs again on redelivery: handlers make their own writes idempotent too (upsert keyed
 by the event id, or an ``$ne`` guard on a list of applied event ids in the same document).
 
-Checking a batch against the processed records is done by writing, not reading: ``begin``
-inserts a "started" record per (group, handler, event) into a second collection, and only
-those whose insert hits the unique ``_id`` (seen before: a redelivery or a duplicate) are then
-looked up among the processed records. Every processed record has a started record (written
-first, purged last), so a successful insert proves the event new without a query. This keeps
-the usual path to index-backed inserts: the embedded store (FerretDB 1.24 on SQLite) answered
-every query, even by ``_id``, with a scan of the whole collection, so a lookup per batch would
-have slowed a consumer down in step with the size of its history. Since the store's pushdown
-patch (infra/ferretdb/_overlay, aftercare_pushdown.go) answers ``_id`` lookups from the index, a
-read of the processed records could replace the "started" insert (one write per event, 13 ms in
-the e2e profile of session 5); not changed yet.
+Checking a batch against the processed records is one read by ``_id`` (``$in``, in chunks the
+store's index pushdown takes: infra/ferretdb/_overlay, aftercare_pushdown.go). Until session 6 it
+was a write: a "started" record per (group, handler, event) was inserted, and only the ids whose
+insert hit the unique ``_id`` were looked up, because the embedded store then answered every
+query, even by ``_id``, with a scan of the whole collection. Since the pushdown an ``_id`` lookup
+is answered from the index, and a write costs more than a read there (writes take turns for the
+database file): the insert was 13 ms of every event's path in the e2e profile, and its purge
+deleted as many records again. The started collection is no longer written; the purge still
+clears what older versions left in it.
 """
 
 from __future__ import annotations
@@ -32,13 +30,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 COLLECTION = "processed_events"
-STARTED_COLLECTION = "processed_events_started"
-
-# Started records outlive their processed records by this much, so that a processed record never
-# exists without its started record (handling of a batch takes far less than this).
-_STARTED_EXTRA_RETENTION = timedelta(days=1)
+STARTED_COLLECTION = "processed_events_started"  # written by versions before session 6 only
 
 _DUPLICATE_KEY = 11000
+
+# The store's index pushdown takes an ``$in`` of at most 100 values (aftercareMaxIn); a longer
+# list would be answered by reading the whole collection.
+_IDS_PER_READ = 100
 
 
 def record_id(group: str, handler: str, event_id: str) -> str:
@@ -65,49 +63,25 @@ class ProcessedEventLog:
         # _id is unique already; the time index serves the periodic purge (TTL indexes are not
         # available on the embedded store).
         await self._records.create_index("processed_at")
-        await self._started.create_index("started_at")
 
     async def begin(self, ids: Iterable[str]) -> set[str]:
-        """Note that handling of the record ids ``ids`` begins; return those already processed.
-
-        Safe to repeat: ids whose started record exists (from an earlier delivery, or from an
-        earlier try of this call) are looked up among the processed records.
-        """
-        _, processed = await self.begin_batch(ids)
-        return processed
-
-    async def begin_batch(self, ids: Iterable[str]) -> tuple[set[str], set[str]]:
-        """Like ``begin``, returning ``(seen_before, already_processed)``.
-
-        ``seen_before`` are the ids whose started record existed (a redelivery or a duplicate);
-        those not processed yet may still be processed by another copy of the event handled
-        meanwhile, so a caller that handles events concurrently checks them again just before
-        running their handler. Ids never seen before are certainly not processed.
-        """
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return set(), set()
-        now = datetime.now(UTC)
-        seen_before: list[str] = []
-        try:
-            # Unordered: a duplicate does not stop the records after it from being written.
-            await self._started.insert_many([{"_id": id_, "started_at": now} for id_ in wanted], ordered=False)
-        except BulkWriteError as error:
-            _raise_unless_only_duplicates(error)
-            seen_before = [wanted[failure["index"]] for failure in error.details["writeErrors"]]
-        return set(seen_before), await self.already_processed(seen_before)
+        """The record ids among ``ids`` that are processed already (those of a batch about to be
+        handled). Nothing is written: an id not processed yet may still be handled meanwhile by
+        another copy of its event, which the consumer runner guards against itself (copies of
+        one event share a key, so one lane handles them in turn; see ``consumer.py``)."""
+        return await self.already_processed(dict.fromkeys(ids))
 
     async def already_processed(self, ids: Iterable[str]) -> set[str]:
-        """The record ids among ``ids`` that have a processed record (a query; see ``begin``)."""
+        """The record ids among ``ids`` that have a processed record (one ``_id`` read per chunk)."""
         wanted = list(ids)
-        if not wanted:
-            return set()
-        cursor = self._records.find({"_id": {"$in": wanted}}, {"_id": 1})
-        return {document["_id"] async for document in cursor}
+        found: set[str] = set()
+        for start in range(0, len(wanted), _IDS_PER_READ):
+            cursor = self._records.find({"_id": {"$in": wanted[start : start + _IDS_PER_READ]}}, {"_id": 1})
+            found.update([document["_id"] async for document in cursor])
+        return found
 
     async def mark(self, group: str, handler: str, event_id: str) -> None:
         """Record that ``handler`` of ``group`` has had its effect for ``event_id``."""
-        await self.begin([record_id(group, handler, event_id)])  # no-op if it has begun already
         try:
             await self._records.insert_one(_record(group, handler, event_id, datetime.now(UTC)))
         except DuplicateKeyError:
@@ -117,8 +91,7 @@ class ProcessedEventLog:
     async def mark_many(self, group: str, handled: Iterable[tuple[str, str]]) -> None:
         """Record several ``(handler, event id)`` pairs of ``group`` in one write.
 
-        Call ``begin`` for them first (the consumer runner does, before the handlers). Pairs
-        recorded already (by another instance during a rebalance) are left as they are.
+        Pairs recorded already (by another instance during a rebalance) are left as they are.
         """
         now = datetime.now(UTC)
         documents = [_record(group, handler, event_id, now) for handler, event_id in handled]
@@ -133,8 +106,8 @@ class ProcessedEventLog:
         """Forget records older than ``age`` (keep it longer than the topics' retention)."""
         cutoff = datetime.now(UTC) - age
         result = await self._records.delete_many({"processed_at": {"$lt": cutoff}})
-        # Processed records first, then the (older) started records: never one without the other.
-        await self._started.delete_many({"started_at": {"$lt": cutoff - _STARTED_EXTRA_RETENTION}})
+        # Started records are no longer written (see the module's doc); these are older versions'.
+        await self._started.delete_many({"started_at": {"$lt": cutoff}})
         return result.deleted_count
 
 
