@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aftercare.events import topics
-from aftercare.events.incidents import Channel, IncidentReported, IncidentResolved
+from aftercare.events.incidents import Channel, IncidentReported, IncidentResolved, Reporter
 from aftercare.events.notifications import NotificationRequested
 from aftercare.events.producer import EventProducer
 from aftercare.events.remediation import RemediationStarted
@@ -175,6 +175,7 @@ async def test_intake_acknowledgement_and_received_notice_are_one_email(
                 title="printer on fire",
                 channel=Channel.EMAIL,
                 reported_at=datetime.now(UTC),
+                reporter=Reporter(email=customer.contact_email),  # as intake's email channel says
             ),
             incident_id,
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
 
+from aftercare.events.envelope import envelope_for
+from aftercare.events.incidents import Channel, IncidentReported, Reporter
 from aftercare.events.tenants import Contact, NotificationChannel, Priority
-from aftercare.notifier.domain.notices import Notice, NoticeKind
+from aftercare.notifier.domain.notices import Notice, NoticeKind, notice_for
 from aftercare.notifier.domain.preferences import (
     Policy,
     QuietHours,
@@ -106,3 +108,36 @@ def test_a_notice_for_one_person_goes_to_that_person_by_email_at_once() -> None:
     (planned,) = plan(direct, [DANA], {"dana@acme.example": NIGHT}, NOW, {}, DIGEST_AT, Policy())
     assert planned.recipient == "someone@customer.example" and planned.due_at == NOW
     assert planned.key == delivery_key("i1:received", "someone@customer.example", NotificationChannel.EMAIL)
+
+
+def test_a_contact_who_reported_by_email_gets_intakes_acknowledgement_not_a_second_received() -> None:
+    """The report's "received" and intake's acknowledgement to its sender are one delivery key:
+    whichever was planned first won, and planned from the report the sender's copy lost its
+    "Re:" subject and thread. The report's notice now leaves the sender's email to intake."""
+    sam = Contact(name="Sam", email="sam@acme.example")
+    reported = envelope_for(
+        IncidentReported(
+            incident_id="i1",
+            number="INC-7",
+            title="printer on fire",
+            channel=Channel.EMAIL,
+            reported_at=NOW,
+            reporter=Reporter(email="Dana@Acme.example"),
+        ),
+        source="intake",
+        tenant_id="acme",
+        incident_id="i1",
+    )
+    received = notice_for(reported, None)
+    assert received is not None
+
+    planned = plan(received, [DANA, sam], {}, NOW, {}, DIGEST_AT)
+
+    assert [(p.channel, p.recipient) for p in planned] == [
+        (NotificationChannel.SMS, "+15550100"),
+        (NotificationChannel.EMAIL, "sam@acme.example"),
+    ]
+    by_phone = notice_for(
+        reported.model_copy(update={"data": reported.data.model_copy(update={"channel": Channel.PHONE})}), None
+    )
+    assert by_phone is not None and by_phone.acknowledged_by_intake is None

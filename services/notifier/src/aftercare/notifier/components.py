@@ -109,7 +109,9 @@ class NotifierComponents:
             tenants=tenants,
             templates=templates,
             read_model=read_model,
-            planner=NotificationPlanner(store, tenants, read_model, settings, wake, runtime.due_times),
+            planner=NotificationPlanner(
+                store, tenants, read_model, settings, wake, runtime.due_times, hand_over=worker.hand_over
+            ),
             worker=worker,
             digests=Digests(store, tenants, templates, senders),
             # The period the notifier's own lease had: a restarted notifier takes over as soon.

@@ -8,12 +8,13 @@ event behind it is redelivered.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from aftercare.events.envelope import Envelope
-from aftercare.events.incidents import IncidentReported, IncidentResolved
+from aftercare.events.incidents import Channel, IncidentReported, IncidentResolved
 from aftercare.events.notifications import NotificationRequested
 from aftercare.events.remediation import IncidentEscalated, RemediationStarted
 from aftercare.events.tenants import Priority
@@ -59,6 +60,11 @@ class Notice:
     language: str | None = None
     subject: str | None = None
     in_reply_to: str | None = None
+    # A reported email's sender: intake acknowledges it in the sender's own thread
+    # (NotificationRequested), so the contacts' "received" leaves that address's email to it.
+    # Both are one delivery key; planned from this notice first, the sender's copy lost its
+    # subject and In-Reply-To (the two events travel on different topics, in either order).
+    acknowledged_by_intake: str | None = None
 
 
 def received_notice_id(incident_id: str) -> str:
@@ -130,7 +136,10 @@ def notice_for(envelope: Envelope[Any], incident: dict[str, Any] | None) -> Noti
     if incident_id is None:
         return None
     if isinstance(data, IncidentReported):
-        return make(NoticeKind.RECEIVED, received_notice_id(incident_id), number=data.number, title=data.title)
+        received = make(NoticeKind.RECEIVED, received_notice_id(incident_id), number=data.number, title=data.title)
+        if data.channel is Channel.EMAIL and data.reporter.email:
+            return dataclasses.replace(received, acknowledged_by_intake=data.reporter.email)
+        return received
     if isinstance(data, IncidentGrouped):
         if data.channel not in TELL_CONTACTS_KNOWN:
             return None

@@ -163,6 +163,12 @@ def plan(
             address = address_of(contact, channel, subscription)
             if not address:
                 continue
+            if (
+                channel is NotificationChannel.EMAIL
+                and notice.acknowledged_by_intake is not None
+                and address.strip().lower() == notice.acknowledged_by_intake.strip().lower()
+            ):
+                continue  # intake's acknowledgement is this address's message (see Notice)
             key = delivery_key(notice.notice_id, address, channel)
             due, reason, digest = _when(
                 notice,

@@ -8,6 +8,7 @@ its outcome and the event announcing it in one write (outbox), then published.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -39,6 +40,10 @@ NOTIFICATIONS = Counter(
 )
 
 Claim = Callable[[], Awaitable[bool]]
+
+# At most this many handed-over deliveries wait for the next round; beyond, the oldest are left
+# to the due query (they are stored, so nothing is lost).
+HANDED_OVER_AT_MOST = 1000
 
 
 class ChannelSender(Protocol):
@@ -72,6 +77,27 @@ class DeliveryWorker:
         self._slots = asyncio.Semaphore(concurrency)
         self._clock = clock
         self._next_recovery = datetime.min.replace(tzinfo=UTC)  # at once when the job starts here
+        self._handed_over: deque[dict[str, Any]] = deque(maxlen=HANDED_OVER_AT_MOST)
+
+    def hand_over(self, delivery: dict[str, Any]) -> None:
+        """``delivery`` was just stored by this process and is due now: the next round sends it
+        from here instead of finding it with the due query (a store round trip on the way to
+        every customer's first email). Only a shortcut: if this process does not hold the
+        delivery lease, or stops first, the stored delivery is found by the due query like any
+        other, and its claim (a conditional write) keeps it from going out twice."""
+        self._handed_over.append(delivery)
+
+    def take_handed_over(self) -> list[dict[str, Any]]:
+        handed = list(self._handed_over)
+        self._handed_over.clear()
+        return handed
+
+    async def send_handed_over(
+        self, deliveries: list[dict[str, Any]], still_held: Callable[[], Awaitable[bool]] | None = None
+    ) -> int:
+        """Attempt deliveries handed over by the planner (``hand_over``); returns how many."""
+        await asyncio.gather(*(self._attempt(document, still_held) for document in deliveries))
+        return len(deliveries)
 
     async def run_due(self, limit: int = 200, still_held: Callable[[], Awaitable[bool]] | None = None) -> int:
         """Send what is due now; returns how many deliveries were taken up. ``still_held`` is

@@ -66,6 +66,7 @@ class NotificationPlanner:
         wake_delivery: asyncio.Event,
         due_times: DueTimes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        hand_over: Callable[[dict[str, Any]], None] = lambda delivery: None,
     ) -> None:
         self._store = store
         self._tenants = tenants
@@ -73,6 +74,8 @@ class NotificationPlanner:
         self._settings = settings
         self._due = due_times  # the platform's stored due times (runtime.due_times)
         self._wake = wake_delivery
+        # Deliveries due at once go to this process's delivery job directly (DeliveryWorker.hand_over).
+        self._hand_over = hand_over
         self._clock = clock
         self.links = Links(settings.portal_base_url, settings.public_base_url)
         self._subscriptions_seen: dict[str, tuple[float, dict[str, Subscription]]] = {}
@@ -185,6 +188,8 @@ class NotificationPlanner:
             except DuplicateKeyError:
                 continue  # planned before: a redelivered event, or intake's ack already took it
             new += 1
+            if not delivery.digest and delivery.due_at <= now:
+                self._hand_over(document)
             if notice.kind in THROTTLED_KINDS and notice.incident_id:
                 await self._store.throttle.update_one(
                     {"_id": throttle_key(notice, delivery.recipient, delivery.channel)},
@@ -245,6 +250,7 @@ class NotificationPlanner:
             except DuplicateKeyError:
                 continue
             new += 1
+            self._hand_over(document)
         return new
 
     # --- subscriptions and chat rooms, read at most every SETTINGS_SEEN_SECONDS ----------------
