@@ -45,7 +45,8 @@ def build_app(settings: RemediationSettings | None = None) -> FastAPI:
             parts.relay.sweep_forever([parts.store.runs, parts.store.escalations], OUTBOX_SWEEP_SECONDS),
             "outbox-sweep",
         )
-        runtime.spawn(scheduled.run_forever(parts, settings.poll_interval_seconds), "due-runs")
+        store_poll_s = scheduled.store_poll_seconds(settings.poll_interval_seconds, settings.lease_margin_seconds)
+        runtime.spawn(scheduled.run_forever(parts, settings.poll_interval_seconds, store_poll_s), "due-runs")
         runtime.on_due(escalations.DEADLINE, parts.escalations.deadline_due)
         app.state.remediation = parts
 

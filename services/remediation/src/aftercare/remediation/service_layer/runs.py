@@ -141,6 +141,11 @@ class _Progress:
         return self.permit.away() if self.permit is not None else contextlib.nullcontext()
 
 
+def _slots_key(run: Run) -> str:
+    """The key of the run's system's blast-radius slots (and of their turn)."""
+    return f"{run.tenant_id}|{run.system or '(no system)'}"
+
+
 class AtMostEvery:
     """Says yes for a key at most once every ``seconds`` (monotonic), for checks too costly to
     make every time they could be made."""
@@ -205,6 +210,17 @@ class RunEngine:
         # query for queued runs reads every queued run whole (1.7 s each with 400 queued).
         self._waiting: dict[str, tuple[str, datetime]] = {}
         self._store_queue_check = AtMostEvery(STORE_QUEUE_CHECK_S)
+        # Runs driven here that may still take a slot (incident id -> tenant|system): created or
+        # woken, waiting for a drive permit or the system's turn. A release while one of its
+        # system's is among them leaves the freed slot to it without asking the store for
+        # another instance's queued runs (in a burst most runs wait for a drive permit, not in
+        # ``_waiting``, and the query read every queued run whole, once a second per system).
+        self._starting: dict[str, str] = {}
+        # The due time of every run this process last wrote (incident id -> next_at): the poller
+        # wakes these from memory (``due_here``) and asks the store only now and then, for runs
+        # another instance left (killed) or this process wrote before a restart. The store's
+        # query reads every open run whole (it cannot use an index for a range on next_at).
+        self._due: dict[str, datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- starting ------------------------------------------------------------------------
@@ -281,6 +297,7 @@ class RunEngine:
             )
         if not await self._store.insert_run(run, next_at, events):
             return "run exists"
+        self._due[incident_id] = next_at
         if events:
             async with self._turns(incident_id):
                 await self._relay.flush(self._store.runs, incident_id)
@@ -288,6 +305,7 @@ class RunEngine:
         if run.status == "queued":
             # Driven in the background: a handler never waits for a customer's system. From the run
             # as inserted (rev 1): reading it back would only return what we wrote.
+            self._starting[incident_id] = _slots_key(run)
             self.spawn_drive(incident_id, now=True, start=(_Progress(run, 1), next_at))
         return "run started" if run.status != "awaiting_approval" else "awaiting approval"
 
@@ -330,7 +348,9 @@ class RunEngine:
         ``start``: the run as this process just wrote it, and its due time (not read again).
         """
         self.driving.add(incident_id)
-        self._waiting.pop(incident_id, None)
+        woken = self._waiting.pop(incident_id, None)
+        if woken is not None:
+            self._starting[incident_id] = woken[0]
         try:
             async with _DrivePermit(self._drives) as permit, self._turns(incident_id):
                 await self._drive(incident_id, now, start, permit)
@@ -338,6 +358,7 @@ class RunEngine:
             log.exception("run could not advance; it is retried when due", incident_id=incident_id)
         finally:
             self.driving.discard(incident_id)
+            self._starting.pop(incident_id, None)
             if incident_id in self._again:
                 self._again.discard(incident_id)
                 self.spawn_drive(incident_id, now=True)
@@ -358,9 +379,14 @@ class RunEngine:
                 return
             run, rev, next_at, leftover = loaded
             progress = _Progress(run, rev, leftover=leftover)
+            if run.status == "queued":
+                self._starting[incident_id] = _slots_key(run)
         progress.permit = permit
         now = self._clock()
         if run.status in machine.FINAL or next_at is None or (next_at > now and not early):
+            # Not ours to wake (another instance moved it on, or it ended): the store's poll
+            # finds it if it is ever due and left.
+            self._due.pop(incident_id, None)
             return
         # No separate claim write: every write below names the rev it read, and the first one
         # before any outside effect (the 'started' record of an HTTP call) also moves next_at to
@@ -411,9 +437,12 @@ class RunEngine:
         assert progress.rev is not None
         entries = self._store.outbox_entries(progress.pending)
         progress.pending = []
+        incident_id = progress.run.incident.incident_id
         progress.rev = await self._store.save_run(progress.run, progress.rev, next_at, entries)
         if progress.rev is None:
+            self._due.pop(incident_id, None)  # another writer has it now
             return False
+        self._remember_due(incident_id, next_at)
         # The write landed, so the run has moved on: a failed publish (Kafka down) must not stop
         # it. The events stay in the run's outbox and the relay remembers the run for its sweep.
         # Raising here used to end the drive after a run's last write (no due time left), so a
@@ -437,6 +466,32 @@ class RunEngine:
                 error=str(error),
             )
         return True
+
+    async def _set_next_at(self, progress: _Progress, next_at: datetime) -> None:
+        """Only move the run's due time (it waits: for a slot, for its tenant)."""
+        assert progress.rev is not None
+        incident_id = progress.run.incident.incident_id
+        progress.rev = await self._store.set_next_at(incident_id, progress.rev, next_at)
+        if progress.rev is None:
+            self._due.pop(incident_id, None)
+        else:
+            self._remember_due(incident_id, next_at)
+
+    def _remember_due(self, incident_id: str, next_at: datetime | None) -> None:
+        if next_at is None:
+            self._due.pop(incident_id, None)  # ended: nothing left to wake
+        else:
+            self._due[incident_id] = next_at
+
+    def due_here(self, now: datetime, limit: int = 200) -> list[str]:
+        """The runs this process last wrote whose due time has come, earliest first, not being
+        driven right now: what the poller wakes without asking the store."""
+        due = sorted(
+            (next_at, incident_id)
+            for incident_id, next_at in self._due.items()
+            if next_at <= now and incident_id not in self.driving
+        )
+        return [incident_id for _, incident_id in due[:limit]]
 
     async def _automation_paused(self, tenant_id: str) -> dict[str, Any] | None:
         # Read at most once a second per tenant (every fix step asks); a switch set through this
@@ -466,16 +521,14 @@ class RunEngine:
         if await self._tenant(run.tenant_id) is None:
             # Tenants come on their own topic and may arrive after the incident: wait for it (the
             # queue timeout escalates if it never comes).
-            await self._store.set_next_at(
-                run.incident.incident_id, progress.rev, now + timedelta(seconds=TENANT_RECHECK_S)
-            )
+            await self._set_next_at(progress, now + timedelta(seconds=TENANT_RECHECK_S))
             return False
         system = run.system or "(no system)"
         decision: blast_radius.Admitted | blast_radius.Hold | blast_radius.Refuse | None = None
         # One admission or release of a system at a time in this process: a burst's runs all want
         # the same slots document, and racing each other there only made them retry (its version
         # guard still decides races with other instances).
-        key = f"{run.tenant_id}|{system}"
+        key = _slots_key(run)
         async with self._turns(f"slots:{key}"):
             # The time of the admission is now, not when this run started waiting for its turn:
             # the run it may take the slot from ended meanwhile, and the audit's admitted_at must
@@ -514,18 +567,15 @@ class RunEngine:
             await self._escalate(progress, machine.Escalate(decision.reason))
             return False
         if isinstance(decision, blast_radius.Hold):
-            await self._store.set_next_at(
-                run.incident.incident_id, progress.rev, now + timedelta(seconds=QUEUE_RECHECK_S)
-            )
+            await self._set_next_at(progress, now + timedelta(seconds=QUEUE_RECHECK_S))
             self._waiting[run.incident.incident_id] = (key, run.created_at)
             return False
         if decision is None:
-            await self._store.set_next_at(
-                run.incident.incident_id, progress.rev, now + timedelta(seconds=TENANT_RECHECK_S)
-            )
+            await self._set_next_at(progress, now + timedelta(seconds=TENANT_RECHECK_S))
             return False
         # The slot is the system's (stored); the run's change rides in its next write. A crash
         # before it finds the slot held by this run and is admitted again.
+        self._starting.pop(run.incident.incident_id, None)
         progress.run = run = machine.admit(run, now)
         progress.pending.append(
             self._event(
@@ -777,7 +827,7 @@ class RunEngine:
 
     async def _release(self, run: Run) -> None:
         system = run.system or "(no system)"
-        key = f"{run.tenant_id}|{system}"
+        key = _slots_key(run)
         async with self._turns(f"slots:{key}"):
             # As in _admit: from this process's last written copy while its guarded writes land.
             slots: blast_radius.SystemSlots | None = self._slots.pop(key, None)
@@ -801,7 +851,8 @@ class RunEngine:
         # the store until its next write, and waking it again would wake nobody, leaving the freed
         # slot empty until the re-check (a burst ran at a fraction of its limit).
         waiting = self._oldest_waiting(key)
-        if waiting is None and self._store_queue_check.due(key):
+        starting_here = key in self._starting.values()
+        if waiting is None and not starting_here and self._store_queue_check.due(key):
             # None seen waiting here: maybe runs another instance queued. Asked at most every
             # STORE_QUEUE_CHECK_S per system: the query reads every queued run whole, and in a
             # burst most queued runs are this process's, waiting for a drive permit (they take a
@@ -876,6 +927,7 @@ class RunEngine:
             entries = self._store.outbox_entries(events)
             if await self._store.save_run(decided, rev, now if approved else None, entries) is None:
                 raise ApprovalProblem(409, "the run changed meanwhile; read it again and retry")
+            self._remember_due(incident_id, now if approved else None)
             try:
                 await self._relay.flush(self._store.runs, incident_id)
             except Exception as error:
