@@ -228,3 +228,35 @@ async def test_at_most_the_bounded_number_of_admin_calls_are_recorded_as_started
         loaded = await store.load_run(f"i-{number}")
         assert loaded is not None and loaded[0].status == "succeeded", loaded
     await engine.stop()
+
+
+async def test_runs_created_side_by_side_are_inserted_in_one_write_and_each_incident_still_gets_one() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    await acme_with_a_noop_runbook(database)
+    engine, store = await an_instance(database, bus)
+    assert await engine.consider("i-0", document=incident(0)) == "run started"
+    await drives_done(engine)
+
+    batches: list[int] = []
+    insert_many = store.runs.insert_many
+
+    async def recording_insert_many(documents: Any, ordered: bool = True) -> Any:
+        documents = list(documents)
+        batches.append(len(documents))
+        return await insert_many(documents, ordered=ordered)
+
+    store.runs.insert_many = recording_insert_many  # type: ignore[method-assign]
+    # A consumer poll's incidents handled side by side: i-0 again (a redelivered triage), and i-3
+    # twice (its report and its triage arriving at the same moment).
+    numbers = [0, 1, 2, 3, 3, 4, 5]
+    answers = await asyncio.gather(*(engine.consider(f"i-{n}", document=incident(n)) for n in numbers))
+    await drives_done(engine)
+
+    assert batches == [len(numbers)]  # one store write for all of them
+    started, exists = "run started", "run exists"
+    assert answers == [exists, started, started, started, exists, started, started]
+    for number in range(6):
+        loaded = await store.load_run(f"i-{number}")
+        assert loaded is not None and loaded[0].status == "succeeded", loaded
+    assert len([e for e in bus.published if e.type == "remediation.started"]) == 6  # one per incident
+    await engine.stop()

@@ -8,15 +8,16 @@ Documents that announce events carry them in their outbox in that same write.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from aftercare.events import outbox
 from aftercare.events.envelope import Envelope
@@ -42,6 +43,47 @@ IMMUTABLE_RUN_FIELDS = (
 )
 
 
+Request = TypeVar("Request")
+Answer = TypeVar("Answer")
+
+
+class Batched(Generic[Request, Answer]):
+    """Requests made while a batch is being written go together in the next one: one store
+    command for many callers, each answered on its own. Concurrency gives the batching (nothing
+    waits on a timer): a lone request goes at once."""
+
+    def __init__(self, write: Callable[[list[Request]], Awaitable[list[Answer]]], max_batch: int) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: list[tuple[Request, asyncio.Future[Answer]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __call__(self, request: Request) -> Answer:
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, answer))
+        if self._writer is None:
+            # A task, so that one caller's cancellation cannot strand the others of its batch.
+            self._writer = asyncio.get_running_loop().create_task(self._write_all())
+        return await asyncio.shield(answer)
+
+    async def _write_all(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                try:
+                    answers = await self._write([request for request, _ in batch])
+                except Exception as error:  # every caller of the batch hears of it
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(error)
+                    continue
+                for (_, answer), result in zip(batch, answers, strict=True):
+                    if not answer.done():
+                        answer.set_result(result)
+        finally:
+            self._writer = None
+
+
 class RemediationStore:
     def __init__(self, database: AsyncDatabase[Document]) -> None:
         self.db = database
@@ -57,6 +99,11 @@ class RemediationStore:
         self._versions: dict[str, tuple[Runbook, Document]] = {}
         # Runbook heads (name -> current version) as last read, and when (monotonic s).
         self._heads: dict[str, tuple[Document | None, float]] = {}
+        # The runs created at the same moment (a consumer poll's incidents are handled side by
+        # side) go in one insert_many: the embedded store commits one transaction per insert
+        # command, whatever its number of documents. 100: the most its `_id $in` answers from
+        # the index (the read-back after a duplicate).
+        self._run_inserts: Batched[Document, bool] = Batched(self._insert_runs, max_batch=100)
 
     async def ensure_indexes(self) -> None:
         await outbox.OutboxRelay.ensure_indexes(self.runs)
@@ -175,11 +222,37 @@ class RemediationStore:
         if events:
             document[outbox.FIELD] = [outbox.stored(envelope) for envelope in events]
             document[outbox.FLAG] = True
+        return await self._run_inserts(document)
+
+    async def _insert_runs(self, documents: list[Document]) -> list[bool]:
+        """Insert new runs; for each, whether it was inserted (False: its incident has a run)."""
         try:
-            await self.runs.insert_one(document)
-        except DuplicateKeyError:
-            return False
-        return True
+            await self.runs.insert_many(documents, ordered=False)
+            return [True] * len(documents)
+        except (BulkWriteError, DuplicateKeyError):
+            pass
+        # Some incidents had a run already (a redelivered triage, another instance), or had two in
+        # this batch. Which runs are ours is told by the run id stored under each incident; one a
+        # store did not try after the first duplicate (an ordered store) is inserted alone.
+        stored = {
+            document["_id"]: document.get("run_id")
+            async for document in self.runs.find(
+                {"_id": {"$in": list({document["_id"] for document in documents})}}, {"run_id": 1}
+            )
+        }
+        inserted: list[bool] = []
+        for document in documents:
+            if document["_id"] not in stored:
+                try:
+                    await self.runs.insert_one(document)
+                except DuplicateKeyError:
+                    inserted.append(False)
+                    continue
+                stored[document["_id"]] = document["run_id"]
+                inserted.append(True)
+            else:
+                inserted.append(stored[document["_id"]] == document["run_id"])
+        return inserted
 
     @staticmethod
     def outbox_entries(events: list[Envelope[Any]]) -> list[Document]:
