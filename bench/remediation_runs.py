@@ -18,6 +18,9 @@ remediation work through the backlog. It prints:
 * the engine's own overhead per step: the time from one step's end to the next step's start
   (storing the step, publishing its event, deciding the next move), p50/p99. Target p99 < 20 ms;
 * the remediation process's peak RSS while it works. Target <= 150 MB;
+* the CPU time per run of the store and of the remediation process, from the second start of
+  remediation until every run finished (the store's only when this script started it): what a
+  run costs, less dependent on the machine's load than the times above;
 * beside them, in the same run: a bare aiokafka consumer loop over the same number of events
   (2 per run), as the ceiling of any consumer on this machine and broker.
 """
@@ -64,14 +67,14 @@ SYSTEM = "bench-web"
 
 
 @contextlib.contextmanager
-def local_infrastructure() -> Iterator[tuple[str, str]]:
+def local_infrastructure() -> Iterator[tuple[str, str, int | None]]:
     from localinfra import throwaway_nodes
 
     base = Path(tempfile.mkdtemp(prefix="aftercare-bench-"))
     print(f"starting a local Kafka broker and store under {base} ...", flush=True)
     try:
         with throwaway_nodes(base) as (kafka, store):
-            yield kafka.bootstrap_servers, store.url
+            yield kafka.bootstrap_servers, store.url, store.process.pid if store.process else None
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -126,6 +129,16 @@ async def patiently(publish: Callable[[], Awaitable[object]], attempts: int = 10
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(2)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time the process has used so far (0 when it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if pid is not None:
+            # Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def rss_mb(pid: int) -> float:
@@ -248,7 +261,7 @@ async def bare_consumer_rate(bootstrap: str, count: int) -> float:
         await consumer.stop()
 
 
-async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int:
+async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str, store_pid: int | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="aftercare-bench-remediation-"))
     database = f"bench_remediation_{uuid.uuid4().hex[:8]}"
     customer_port, port = free_port(), free_port()
@@ -316,6 +329,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
         await publish_incidents(bootstrap, tenant_id, args.runs)
 
         remediation = start_process(["aftercare.remediation"], env, log)
+        store_cpu_before = cpu_seconds(store_pid)
         runs = mongo[database]["runs"]
         peak_rss = 0.0
         deadline = time.monotonic() + args.timeout
@@ -331,6 +345,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
         else:
             print(f"timed out: {await runs.count_documents({'status': 'succeeded'})} of {args.runs} runs done")
         peak_rss = max(peak_rss, rss_mb(remediation.pid))
+        store_cpu = cpu_seconds(store_pid) - store_cpu_before
+        remediation_cpu = cpu_seconds(remediation.pid)
 
         documents = [
             doc async for doc in runs.find({}, {"created_at": 1, "admitted_at": 1, "finished_at": 1, "records": 1})
@@ -380,6 +396,10 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongo_url: str) -> int
             f"  admitted -> finished    p50 {percentile(works or [0.0], 0.5):6.0f} ms   "
             f"p99 {percentile(works or [0.0], 0.99):6.0f} ms"
         )
+        print(
+            f"  CPU per run             remediation {remediation_cpu * 1000 / args.runs:6.1f} ms   "
+            + (f"store {store_cpu * 1000 / args.runs:6.1f} ms" if store_pid else "store (not started here)")
+        )
         print(f"  bare consumer loop      {bare:8.1f} events/s = {bare / 2:8.1f} incidents/s (2 events per run)")
         print(f"  ratio runs started / bare incidents: {started_rate / (bare / 2):.2e}")
         return 0
@@ -404,8 +424,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.bootstrap and args.mongo_url:
         return asyncio.run(bench(args, args.bootstrap, args.mongo_url))
-    with local_infrastructure() as (bootstrap, mongo_url):
-        return asyncio.run(bench(args, bootstrap, mongo_url))
+    with local_infrastructure() as (bootstrap, mongo_url, store_pid):
+        return asyncio.run(bench(args, bootstrap, mongo_url, store_pid))
 
 
 if __name__ == "__main__":
