@@ -260,3 +260,34 @@ async def test_runs_created_side_by_side_are_inserted_in_one_write_and_each_inci
         assert loaded is not None and loaded[0].status == "succeeded", loaded
     assert len([e for e in bus.published if e.type == "remediation.started"]) == 6  # one per incident
     await engine.stop()
+
+
+async def test_slot_moves_waiting_for_the_systems_turn_go_in_one_write_and_the_limit_holds() -> None:
+    database, bus = MemoryDatabase(), MemoryBus()
+    await acme_with_a_noop_runbook(database, max_concurrent=3)
+    engine, store = await an_instance(database, bus)
+    holders_written: list[int] = []
+    save_slots = store.save_slots
+
+    async def save_slots_in_a_round_trip(tenant_id: str, system: str, read: Any, new: Any) -> bool:
+        await asyncio.sleep(0.002)  # as a store's: the moves of other runs queue up meanwhile
+        saved = await save_slots(tenant_id, system, read, new)
+        if saved:
+            holders_written.append(len(new.holders))
+        return saved
+
+    store.save_slots = save_slots_in_a_round_trip  # type: ignore[method-assign]
+    runs = 9
+    started = await asyncio.gather(*(engine.consider(f"i-{n}", document=incident(n)) for n in range(runs)))
+    await drives_done(engine)
+
+    assert started == ["run started"] * runs
+    for number in range(runs):
+        loaded = await store.load_run(f"i-{number}")
+        assert loaded is not None and loaded[0].status == "succeeded", loaded
+    assert (await store.load_slots("acme", "billing-api")).holders == []
+    assert max(holders_written) <= 3, holders_written  # the limit
+    # One admission and one release per run, in fewer writes than moves (one write per move
+    # made the system's turn the limit of a burst).
+    assert len(holders_written) < 2 * runs, holders_written
+    await engine.stop()
