@@ -10,6 +10,10 @@ Without addresses it starts its own Kafka broker and store (``infra/localinfra.p
     real handler (rules, words, grouping heads, flapping, outbox, publish), 200 rules loaded,
     no probes; beside it the same runner with a handler that does nothing, same broker, same run.
     Target >= 1,000 incidents/s.
+(c) Decisions alone (``--only decisions``, no broker or store): CPU per ``decide()`` over the
+    bench's incidents and the shipped labelled reports with the same rules, and a hash of every
+    decision (category, system, priority, runbook, rules fired with their values, explanation,
+    confidence): a change that should not change decisions must print the same hash.
 (b) Regular diagnostics: 1,000 targets every 60 s against one local HTTP target, one process;
     prints how late probes started (drift; target < 5 s), CPU per probe and the process's RSS
     (target <= 150 MB).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import resource
@@ -57,7 +62,9 @@ from aftercare.triage.adapters.rule_store import RuleBook, RuleStore, load_seed_
 from aftercare.triage.adapters.store import FlapHistory, GroupingHeads, TenantDirectory, TriageIncidents
 from aftercare.triage.adapters.targets import TargetStore
 from aftercare.triage.components import DEFAULT_RULES
-from aftercare.triage.domain.rules import RuleSpec
+from aftercare.triage.domain.decision import Decision, decide
+from aftercare.triage.domain.rules import Facts, Rule, RuleSet, RuleSpec
+from aftercare.triage.evaluation import EXAMPLE_SYSTEMS, load, shipped_classifier
 from aftercare.triage.service_layer.diagnose import RegularDiagnostics
 from aftercare.triage.service_layer.triage_incident import IncidentTriage
 from aftercare.triage.settings import TriageSettings
@@ -124,21 +131,98 @@ def generated_rules(count: int) -> list[RuleSpec]:
     return specs
 
 
+def bench_tenant(systems: list[SupportedSystem] | None = None) -> TenantUpserted:
+    return TenantUpserted(
+        tenant_id="bench",
+        name="Bench",
+        tier=ContractTier(name="gold", sla=[SlaTarget(priority="P1", response_minutes=15, resolution_minutes=240)]),
+        systems=systems
+        or [
+            SupportedSystem(name="billing-db", aliases=["billing"], criticality=Criticality.CRITICAL),
+            SupportedSystem(name="shop-web", aliases=["shop"], criticality=Criticality.HIGH),
+            SupportedSystem(name="crm"),
+            SupportedSystem(name="wiki", criticality=Criticality.LOW),
+        ],
+    )
+
+
+def bench_report(number: int, reported_at: datetime, incident_id: str | None = None) -> IncidentReported:
+    """The bench's incident number ``number``: eight kinds of title, alerts and emails, 400 dedup keys."""
+    return IncidentReported(
+        incident_id=incident_id or str(uuid.uuid4()),
+        number=f"INC-{number}",
+        title=TITLES[number % len(TITLES)] + f" #{number % 97}",
+        description="Reported by the bench.",
+        channel=Channel.ALERTMANAGER if number % 3 else Channel.EMAIL,
+        severity=Severity.CRITICAL if number % 5 == 0 else Severity.ERROR,
+        source=f"host-{number % 50}",
+        dedup_key=f"bench-{number % 400}",
+        reported_at=reported_at,
+    )
+
+
+def decisions_bench(args: argparse.Namespace) -> None:
+    rules = RuleSet([Rule(spec) for spec in generated_rules(args.rules)])
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    cases: list[tuple[Facts, TenantUpserted]] = []
+    tenant, examples_tenant = bench_tenant(), bench_tenant(EXAMPLE_SYSTEMS)
+    for number in range(args.incidents):
+        report = bench_report(number, at)
+        facts = Facts(
+            "bench",
+            report.channel.value,
+            report.severity.value,
+            report.title,
+            report.description,
+            report.source,
+            report.system,
+            report.labels,
+        )
+        cases.append((facts, tenant))
+    for index, example in enumerate(load()):
+        channel = ("email", "phone", "web")[index % 3]
+        cases.append((Facts("bench", channel, "error", example.text, "", None, None, {}), examples_tenant))
+    classifier = shipped_classifier().predict
+
+    def run() -> list[Decision]:
+        return [decide(facts, owner, rules, reported_at=at, classifier=classifier) for facts, owner in cases]
+
+    decisions = run()  # the word caches warm, as in a running service
+    best = float("inf")
+    for _ in range(3):
+        cpu = time.process_time()
+        decisions = run()
+        best = min(best, time.process_time() - cpu)
+    digest = hashlib.sha256(
+        repr(
+            [
+                (
+                    d.category,
+                    d.system,
+                    d.priority,
+                    d.impact,
+                    d.urgency,
+                    d.runbook,
+                    d.explanation,
+                    d.confidence,
+                    [(f.rule, f.version, f.matched, f.sets) for f in d.rules_fired],
+                )
+                for d in decisions
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    print(
+        f"  decide(): {1000 * best / len(cases):.3f} ms CPU per decision over {len(cases)} reports "
+        f"({args.incidents} bench incidents + {len(cases) - args.incidents} labelled), {len(rules)} rules; "
+        f"decisions hash {digest}"
+    )
+
+
 async def produce_incidents(producer: EventProducer, topic: str, tenant_id: str, count: int) -> None:
     batch: list[Envelope[Any]] = []
     for number in range(count):
         incident_id = str(uuid.uuid4())
-        event = IncidentReported(
-            incident_id=incident_id,
-            number=f"INC-{number}",
-            title=TITLES[number % len(TITLES)] + f" #{number % 97}",
-            description="Reported by the bench.",
-            channel=Channel.ALERTMANAGER if number % 3 else Channel.EMAIL,
-            severity=Severity.CRITICAL if number % 5 == 0 else Severity.ERROR,
-            source=f"host-{number % 50}",
-            dedup_key=f"bench-{number % 400}",
-            reported_at=datetime.now(UTC),
-        )
+        event = bench_report(number, datetime.now(UTC), incident_id)
         batch.append(envelope_for(event, source="bench", tenant_id=tenant_id, incident_id=incident_id))
         if len(batch) == 500:
             await producer.publish_many(batch, topic=topic)
@@ -192,17 +276,7 @@ async def incidents_bench(args: argparse.Namespace, bootstrap: str, mongo_url: s
     producer = EventProducer(bootstrap, client_id="triage-bench")
     await producer.start()
     try:
-        tenant = TenantUpserted(
-            tenant_id="bench",
-            name="Bench",
-            tier=ContractTier(name="gold", sla=[SlaTarget(priority="P1", response_minutes=15, resolution_minutes=240)]),
-            systems=[
-                SupportedSystem(name="billing-db", aliases=["billing"], criticality=Criticality.CRITICAL),
-                SupportedSystem(name="shop-web", aliases=["shop"], criticality=Criticality.HIGH),
-                SupportedSystem(name="crm"),
-                SupportedSystem(name="wiki", criticality=Criticality.LOW),
-            ],
-        )
+        tenant = bench_tenant()
         results: dict[str, float] = {}
         for side in ("bare consumer loop", "triage (rules + grouping)"):
             database = client[f"triage_bench_{uuid.uuid4().hex[:8]}"]
@@ -335,6 +409,10 @@ async def probes_bench(args: argparse.Namespace, bootstrap: str, mongo_url: str)
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.only == ["decisions"]:
+        print(f"(c) decisions alone, {args.rules} rules")
+        decisions_bench(args)
+        return
     with infrastructure(args) as (bootstrap, mongo_url):
         if "incidents" in args.only:
             print(
@@ -342,6 +420,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"(load average {os.getloadavg()[0]:.1f})"
             )
             await incidents_bench(args, bootstrap, mongo_url)
+        if "decisions" in args.only:
+            print(f"(c) decisions alone, {args.rules} rules")
+            decisions_bench(args)
         if "probes" in args.only:
             print(f"(b) regular diagnostics: {args.targets} targets every 60 s for {args.probe_seconds} s")
             await probes_bench(args, bootstrap, mongo_url)
@@ -355,7 +436,9 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=200)
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--probe-seconds", type=float, default=130)
-    parser.add_argument("--only", nargs="+", default=["incidents", "probes"], choices=["incidents", "probes"])
+    parser.add_argument(
+        "--only", nargs="+", default=["incidents", "probes"], choices=["incidents", "probes", "decisions"]
+    )
     quiet()
     asyncio.run(main_async(parser.parse_args()))
 
