@@ -13,8 +13,11 @@ from pymongo import InsertOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from aftercare.triage.adapters.batching import BatchedCollection
-from aftercare.triage.domain.rules import check_pattern, required_literal
+from aftercare.triage.adapters.rule_store import load_seed_file
+from aftercare.triage.components import DEFAULT_RULES
+from aftercare.triage.domain.rules import Facts, Rule, RuleSet, RuleSpec, check_pattern, required_literal
 from aftercare.triage.domain.words import Words, _word_matches, words_of
+from aftercare.triage.evaluation import load
 
 PATTERNS = [
     r"ERR-\d{4}",
@@ -118,3 +121,72 @@ async def test_side_by_side_calls_share_round_trips_and_keep_their_own_outcomes(
     assert len(winners) == 1 and collection.documents["key"]["by"] == winners[0]
     assert all(isinstance(outcome, DuplicateKeyError) for n, outcome in enumerate(outcomes) if n not in winners)
     assert collection.bulk_writes <= 2  # the first call goes alone at once, the rest together
+
+
+def _rule(name: str, when: dict[str, Any], order: int = 100) -> Rule:
+    return Rule(RuleSpec.model_validate({"name": name, "order": order, "when": when, "then": {"runbook": name}}))
+
+
+# Rules that stress the index: typo-tolerant first words, several phrases, all/none, a phrase of no
+# words, regexes with and without required letters, conditions on channel, severity and source.
+INDEX_RULES = [
+    _rule("any-two", {"text": {"any": ["database down", "too many connections"]}}),
+    _rule("all-two", {"text": {"all": ["disk", "full"]}}),
+    _rule("all-and-any", {"text": {"all": ["password"], "any": ["reset", "expired"]}}),
+    _rule("none-only", {"text": {"none": ["test"]}}),
+    _rule("no-words", {"text": {"any": ["!!!", "vpn"]}}),
+    _rule("all-no-words", {"text": {"all": ["...", "vpn"]}}),
+    _rule("regex-literal", {"text": {"regex": r"ORA-\d{5}"}}),
+    _rule("regex-none", {"text": {"regex": r"\d{3} (error|failure)"}}),
+    _rule("regex-and-any", {"text": {"any": ["timeout"], "regex": r"after \d+ ?s"}}),
+    _rule("email-only", {"channel": ["email"], "text": {"any": ["slow"]}}),
+    _rule("critical-alerts", {"severity": ["critical"], "channel": ["alertmanager"]}),
+    _rule("source-glob", {"source": "db-*"}),
+    _rule("always", {}),
+    _rule("accents", {"text": {"any": ["réseau lent", "authentication"]}}),
+] + [Rule(spec) for spec in load_seed_file(DEFAULT_RULES)]
+
+INDEX_TEXTS = [
+    "The databse is down since 9",
+    "datbase down, too many connectoins",
+    "Disk full on fs1",
+    "dsik full?",
+    "password reset please",
+    "passwort expired",
+    "VPN !!! keeps dropping",
+    "ORA-00060 deadlock detected",
+    "ora-12345",
+    "ÖRA-12345 with umlaut",
+    "got 503 error twice",
+    "timeout after 30s",
+    "timeout after thirty seconds",
+    "crm is very slow",
+    "a test of nothing",
+    "Reseau lent au bureau",
+    "authentification failed for all users",
+    "",
+] + [example.text for example in load()[::3]]
+
+
+def test_the_rule_index_leaves_out_only_rules_that_would_not_match() -> None:
+    rules = RuleSet(INDEX_RULES)
+    checked = 0
+    for text in INDEX_TEXTS:
+        for channel, severity, source in (
+            ("email", "error", None),
+            ("alertmanager", "critical", "db-7"),
+            ("web", "info", "x"),
+        ):
+            facts = Facts("acme", channel, severity, text, "", source, None, {})
+            words = Words(words_of(facts.text))
+            every_rule = [found for compiled in rules.rules if (found := compiled.match(facts, words)) is not None]
+            candidates = rules.index.candidates(facts, Words(words_of(facts.text)))
+            assert {found.rule.name for found in every_rule} <= {rules.rules[i].rule.name for i in candidates}, text
+            assert [(m.rule.name, m.matched) for m in rules.matches(facts)] == [
+                (m.rule.name, m.matched) for m in every_rule
+            ]
+            checked += len(every_rule)
+    assert checked > 100, "the texts match rules often enough for the comparison to mean something"
+    # And it does leave rules out: a report of no words only meets the rules no word gates.
+    empty = Facts("acme", "web", "info", "", "", None, None, {})
+    assert len(rules.index.candidates(empty, Words([]))) < len(rules) / 2

@@ -19,7 +19,7 @@ from aftercare.triage.domain.priority import (
     sla_deadlines,
 )
 from aftercare.triage.domain.rules import Facts, RuleSet
-from aftercare.triage.domain.words import read_category, read_system
+from aftercare.triage.domain.words import Words, read_category, read_system, words_of
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,9 @@ def decide(
     # 2. Rules, in order; the first rule to set a field wins it.
     chosen: dict[str, str] = {}
     fired: list[RuleFired] = []
-    for found in rules.matches(facts_for_rules):
+    # The rules and the category reader look at the same text: one index of its words for both.
+    text_words = Words(words_of(facts.text))
+    for found in rules.matches(facts_for_rules, text_words):
         sets = {
             key: str(value.value if hasattr(value, "value") else value)
             for key, value in found.rule.spec.then.model_dump(exclude_none=True).items()
@@ -129,7 +131,7 @@ def decide(
     # 3. The category: a rule's, else the words'.
     category = chosen.get("category")
     if category is None:
-        reading = read_category(facts.text)
+        reading = read_category(facts.text, text_words)
         if reading.value is not None:
             category = reading.value
             confidence = min(confidence, reading.confidence)

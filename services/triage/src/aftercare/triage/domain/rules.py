@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from aftercare.events.incidents import Channel, Severity
 from aftercare.events.tenants import Priority
 from aftercare.triage.domain.categories import Category
-from aftercare.triage.domain.words import Words, find_phrase, words_of
+from aftercare.triage.domain.words import Words, find_phrase, phrase_words, words_of
 
 # The standard library's regex parser, only read (see required_literal); it has no public name.
 _STANDARD_PARSER: Any = importlib.import_module("re._parser")
@@ -284,19 +284,109 @@ class CompiledRule:
         return Match(self.rule, matched)
 
 
+def gate_words(condition: TextCondition | None) -> frozenset[str] | None:
+    """Words of which the text must contain at least one (exactly or typo-tolerantly) for
+    ``condition`` to hold, or None when no such words can be named (no text condition, or only
+    ``none``/``regex``).
+
+    A phrase is found only where its first word is (``find_phrase`` starts there), so: every
+    phrase of ``all`` must be found, the first one's first word will do; one phrase of ``any``
+    must be found, so one of their first words. A phrase without words is never found: a rule
+    whose ``all`` starts with one never matches, and one in ``any`` adds no way to match; such
+    rules are left ungated all the same (checked the long way), as a rule of no words is rare."""
+    if condition is None:
+        return None
+    phrases = condition.all[:1] or condition.any
+    if not phrases:
+        return None
+    firsts = [phrase_words(phrase)[:1] for phrase in phrases]
+    if not all(firsts):
+        return None
+    return frozenset(first[0] for first in firsts)
+
+
+class RuleIndex:
+    """Which rules can match a report, found without matching every rule's conditions.
+
+    With a few hundred rules most of them name words that appear in no given report, or ask
+    for another channel or severity. A rule is looked at only if
+
+    * its channel and severity conditions accept the report's (worked out once per pair);
+    * and its text can be there: one of its gate words (see ``gate_words``) is among the text's
+      words (an exact lookup, a fuzzy comparison only with words of a near length), or, for a
+      regex rule without words, the text holds the pattern's required letters
+      (``required_literal``; a text that is not ASCII is always looked at, as in ``match``).
+
+    Rules that none of this can rule out are always looked at. Every condition here is one that
+    ``CompiledRule.match`` checks too, so the rules it leaves out are exactly rules that would
+    not have matched; the candidates are then matched in full, in order."""
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self.rules = list(rules)
+        self.ungated: list[int] = []
+        self.by_word: dict[str, list[int]] = {}
+        self.by_literal: dict[str, list[int]] = {}
+        for position, compiled in enumerate(self.rules):
+            text = compiled.rule.spec.when.text
+            gates = gate_words(text)
+            if gates is not None:
+                for word in gates:
+                    self.by_word.setdefault(word, []).append(position)
+            elif text is not None and compiled.required is not None and not text.any and not text.all:
+                self.by_literal.setdefault(compiled.required, []).append(position)
+            else:
+                self.ungated.append(position)
+        self._accepting: dict[tuple[str, str], frozenset[int]] = {}
+
+    def _accepted(self, channel: str, severity: str) -> frozenset[int]:
+        """Positions of the rules whose channel and severity conditions accept this pair."""
+        accepted = self._accepting.get((channel, severity))
+        if accepted is None:
+            accepted = frozenset(
+                position
+                for position, compiled in enumerate(self.rules)
+                if (compiled.rule.spec.when.channel is None or channel in compiled.rule.spec.when.channel)
+                and (compiled.rule.spec.when.severity is None or severity in compiled.rule.spec.when.severity)
+            )
+            if len(self._accepting) < 1024:  # a handful of pairs in practice; bounded all the same
+                self._accepting[(channel, severity)] = accepted
+        return accepted
+
+    def candidates(self, facts: Facts, words: Words) -> list[int]:
+        """Positions (in rule order) of every rule that may match ``facts``; ``words`` are its text's."""
+        found = set(self.ungated)
+        for word, positions in self.by_word.items():
+            if words.positions(word):
+                found.update(positions)
+        if self.by_literal:
+            text = facts.text
+            lowered = text.lower() if text.isascii() else None
+            for literal, positions in self.by_literal.items():
+                if lowered is None or literal in lowered:
+                    found.update(positions)
+        return sorted(found.intersection(self._accepted(facts.channel, facts.severity)))
+
+
 class RuleSet:
     """The enabled rules, in order."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         enabled = sorted((rule for rule in rules if rule.spec.enabled), key=lambda rule: (rule.spec.order, rule.name))
         self.rules = [CompiledRule.of(rule) for rule in enabled]
+        self.index = RuleIndex(self.rules)
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def matches(self, facts: Facts) -> list[Match]:
-        words = Words(words_of(facts.text))
-        return [found for compiled in self.rules if (found := compiled.match(facts, words)) is not None]
+    def matches(self, facts: Facts, words: Words | None = None) -> list[Match]:
+        """The rules that match, in order; ``words`` are ``facts.text``'s if the caller has them."""
+        words = words if words is not None else Words(words_of(facts.text))
+        rules = self.rules
+        return [
+            found
+            for position in self.index.candidates(facts, words)
+            if (found := rules[position].match(facts, words)) is not None
+        ]
 
 
 def parse_rule(document: dict[str, Any]) -> RuleSpec:

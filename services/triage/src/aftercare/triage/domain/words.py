@@ -225,8 +225,12 @@ def words_of(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=4096)
-def _phrase_words(phrase: str) -> tuple[str, ...]:
+def phrase_words(phrase: str) -> tuple[str, ...]:
+    """The words ``find_phrase`` looks for, in order."""
     return tuple(words_of(phrase))
+
+
+_phrase_words = phrase_words
 
 
 @lru_cache(maxsize=65536)
@@ -292,8 +296,9 @@ class Reading:
     evidence: tuple[str, ...]
 
 
-def read_category(text: str) -> Reading:
-    words = Words(words_of(text))
+def read_category(text: str, words: Words | None = None) -> Reading:
+    """``words`` are ``text``'s if the caller has them (where they match is remembered)."""
+    words = words if words is not None else Words(words_of(text))
     scores: dict[Category, float] = {}
     evidence: dict[Category, list[str]] = {}
     vocabulary = set(words.words)
@@ -346,7 +351,8 @@ KIND_CONFIDENCE = {"name": 1.0, "alias": 0.95, "name part": 0.75}
 
 
 def read_system(text: str, systems: Sequence[SupportedSystem]) -> Reading:
-    words = words_of(text.replace("-", " ").replace("_", " "))
+    # One index of the text's words for every name asked about.
+    words = Words(words_of(text.replace("-", " ").replace("_", " ")))
     hits: dict[str, tuple[float, str]] = {}
     for name in system_names(systems):
         phrase = name.phrase.replace("-", " ").replace("_", " ")
