@@ -323,23 +323,31 @@ class IncidentTriage:
         holds (released when it resolves).
 
         Claiming before anything is published means the first incident's key is in place before
-        its IncidentTriaged is out, and concurrent reports of one problem see one holder."""
+        its IncidentTriaged is out, and concurrent reports of one problem see one holder.
+
+        The holders of all keys are read first, in one round trip: a repeat (most reports of an
+        alert storm) is then grouped from what it read, without a claim that could only fail
+        (an insert refused, then the same read) or a key taken only to be given back. A key is
+        claimed only where the read found it free, held by this incident, or held outside the
+        window; what a claim finds instead (another report took it meanwhile) is grouped as
+        before."""
         keys = grouping.group_keys(tenant_id, dedup_key=me.dedup_key, system=me.system, category=me.category)
-        held: list[str] = []
-        others: list[grouping.OpenIncident] = []
-        for key in keys:
-            if open_now:
-                window_start = None if key.lasts_until_resolved else me.reported_at - grouping.GROUP_WINDOW
-                holder: grouping.OpenIncident | None = await self.heads.claim(key.id, me, take_over_before=window_start)
-            else:  # already resolved (its resolve overtook its report): group it, but hold nothing
-                holder = await self.heads.holder(key.id)
-            if holder is None:
-                continue
-            if holder.incident_id == me.incident_id:
-                held.append(key.id)
-                continue
-            others.append(holder)
-            grouped = grouping.find_group(
+        seen = await asyncio.gather(*(self.heads.holder(key.id) for key in keys))
+
+        def window_start(key: grouping.GroupKey) -> datetime | None:
+            return None if key.lasts_until_resolved else me.reported_at - grouping.GROUP_WINDOW
+
+        def stays(key: grouping.GroupKey, holder: grouping.OpenIncident | None) -> bool:
+            """Held by another incident that a claim would leave in place."""
+            start = window_start(key)
+            return (
+                holder is not None
+                and holder.incident_id != me.incident_id
+                and (start is None or holder.reported_at >= start or not open_now)
+            )
+
+        def group_among(others: list[grouping.OpenIncident]) -> grouping.Grouping | None:
+            return grouping.find_group(
                 incident_id=me.incident_id,
                 channel=channel,
                 dedup_key=me.dedup_key,
@@ -348,6 +356,35 @@ class IncidentTriage:
                 reported_at=me.reported_at,
                 open_incidents=others,
             )
+
+        # What the claims below would decide if nothing changes meanwhile: a key this incident
+        # would hold adds nobody to compare with, so only the holders that stay count.
+        others: list[grouping.OpenIncident] = []
+        mine: list[str] = []  # held since an earlier delivery of this report
+        for key, read in zip(keys, seen, strict=True):
+            if read is not None and read.incident_id == me.incident_id:
+                mine.append(key.id)
+            elif read is not None and stays(key, read):
+                others.append(read)
+                if (grouped := group_among(others)) is not None:
+                    if mine:  # a duplicate holds nothing
+                        await self.heads.release(mine, me.incident_id)
+                    return grouped, []
+
+        held: list[str] = []
+        others = []
+        for key, read in zip(keys, seen, strict=True):
+            if stays(key, read) or not open_now:
+                holder = read  # a claim would be refused and read the same holder
+            else:
+                holder = await self.heads.claim(key.id, me, take_over_before=window_start(key))
+            if holder is None:
+                continue
+            if holder.incident_id == me.incident_id:
+                held.append(key.id)
+                continue
+            others.append(holder)
+            grouped = group_among(others)
             if grouped is not None:
                 # A duplicate holds nothing: give back what this call took on the way.
                 await self.heads.release(held, me.incident_id)
