@@ -263,25 +263,38 @@ class Words:
     def positions(self, expected: str) -> frozenset[int]:
         found = self._positions.get(expected)
         if found is None:
-            hits = list(self._at.get(expected, ()))
+            exact = self._at.get(expected)
             size = len(expected)
-            if size >= FUZZY_MIN_LENGTH:
+            if size < FUZZY_MIN_LENGTH:
+                found = frozenset(exact) if exact else _NOWHERE
+            else:
+                hits = list(exact) if exact else []
                 for length in range(size - 2, size + 3):
-                    for seen in self._by_length.get(length, ()):
-                        if seen != expected and _word_matches(expected, seen):
-                            hits.extend(self._at[seen])
-            found = frozenset(hits)
+                    near = self._by_length.get(length)
+                    if near:
+                        for seen in near:
+                            if seen != expected and _word_matches(expected, seen):
+                                hits.extend(self._at[seen])
+                found = frozenset(hits) if hits else _NOWHERE
             self._positions[expected] = found
         return found
 
 
+_NOWHERE: frozenset[int] = frozenset()
+
+
 def find_phrase(phrase: str, words: Sequence[str] | Words) -> str | None:
     """The text's words that match ``phrase`` (typo-tolerant), or None."""
-    wanted = _phrase_words(phrase)
+    return _find_words(_phrase_words(phrase), words if isinstance(words, Words) else Words(words))
+
+
+def _find_words(wanted: tuple[str, ...], text: Words) -> str | None:
     if not wanted:
         return None
-    text = words if isinstance(words, Words) else Words(words)
-    for start in sorted(text.positions(wanted[0])):
+    starts = text.positions(wanted[0])
+    if not starts:
+        return None
+    for start in sorted(starts):
         if all(start + offset in text.positions(expected) for offset, expected in enumerate(wanted[1:], 1)):
             return " ".join(text.words[start : start + len(wanted)])
     return None
@@ -296,23 +309,31 @@ class Reading:
     evidence: tuple[str, ...]
 
 
+@lru_cache(maxsize=1)
+def _phrase_table() -> tuple[tuple[Category, str, float, tuple[str, ...]], ...]:
+    """PHRASES with each phrase's words, in PHRASES' order (worked out once, not per report)."""
+    return tuple(
+        (category, phrase, weight, phrase_words(phrase))
+        for category, phrases in PHRASES.items()
+        for phrase, weight in phrases
+    )
+
+
 def read_category(text: str, words: Words | None = None) -> Reading:
     """``words`` are ``text``'s if the caller has them (where they match is remembered)."""
     words = words if words is not None else Words(words_of(text))
     scores: dict[Category, float] = {}
     evidence: dict[Category, list[str]] = {}
     vocabulary = set(words.words)
-    for category, phrases in PHRASES.items():
-        for phrase, weight in phrases:
-            wanted = _phrase_words(phrase)
-            # Fast path: a one-word phrase seen exactly needs no scan.
-            if len(wanted) == 1 and wanted[0] in vocabulary:
-                found: str | None = wanted[0]
-            else:
-                found = find_phrase(phrase, words)
-            if found is not None:
-                scores[category] = scores.get(category, 0.0) + weight
-                evidence.setdefault(category, []).append(found if found == phrase else f"{found}≈{phrase}")
+    for category, phrase, weight, wanted in _phrase_table():
+        # Fast path: a one-word phrase seen exactly needs no scan.
+        if len(wanted) == 1 and wanted[0] in vocabulary:
+            found: str | None = wanted[0]
+        else:
+            found = _find_words(wanted, words)
+        if found is not None:
+            scores[category] = scores.get(category, 0.0) + weight
+            evidence.setdefault(category, []).append(found if found == phrase else f"{found}≈{phrase}")
     if not scores:
         return Reading(None, 0.0, ())
     ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
