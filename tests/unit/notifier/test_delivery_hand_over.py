@@ -90,3 +90,29 @@ async def test_a_delivery_collected_for_the_digest_is_not_handed_over() -> None:
     digest = [document async for document in store.deliveries.find({"digest": True})]
     assert len(digest) == 1 and digest[0]["due_at"] > T0
     assert handed == []
+
+
+async def test_a_reports_received_is_planned_while_the_read_model_is_written() -> None:
+    database = MemoryDatabase()
+    planner, store = await a_planner(database)
+    delivery_stored = asyncio.Event()
+    planner._hand_over = lambda delivery: delivery_stored.set()
+    original_insert = store.incidents.insert_one
+
+    async def read_model_write_that_waits_for_the_delivery(document: dict[str, Any]) -> Any:
+        # Planned only after this write, the delivery would never come: the wait would time out.
+        await asyncio.wait_for(delivery_stored.wait(), timeout=5)
+        return await original_insert(document)
+
+    store.incidents.insert_one = read_model_write_that_waits_for_the_delivery  # type: ignore[method-assign]
+
+    await planner.on_event(
+        incident_event(
+            IncidentReported(
+                incident_id="i-1", number="INC-1", title="billing is down", channel=Channel.API, reported_at=T0
+            )
+        )
+    )
+
+    assert database["incidents"].documents["i-1"]["number"] == "INC-1"
+    assert [d["kind"] async for d in store.deliveries.find({})] == ["incident-received"]

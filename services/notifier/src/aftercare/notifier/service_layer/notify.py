@@ -16,7 +16,7 @@ import structlog
 from pymongo.errors import DuplicateKeyError
 
 from aftercare.events.envelope import Envelope
-from aftercare.events.incidents import IncidentClosed, IncidentReopened, IncidentResolved
+from aftercare.events.incidents import IncidentClosed, IncidentReopened, IncidentReported, IncidentResolved
 from aftercare.events.schedule import DueItem, DueTimes
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import NotificationChannel, Priority, TenantUpserted
@@ -94,10 +94,18 @@ class NotificationPlanner:
 
     async def on_event(self, envelope: Envelope[Any]) -> None:
         """Handler for every incident, triage, remediation and notification-request event."""
-        view = await self.read_model.apply(envelope)
-        notice = notice_for(envelope, view)
-        if notice is not None:
-            await self.store_notice(notice)
+        if isinstance(envelope.data, IncidentReported):
+            # The report's "received" needs nothing from the read model (its number and title
+            # are in the event; no priority yet), so it is planned while the read model is
+            # written: one store write fewer on the way to the customer's first email.
+            received = notice_for(envelope, None)
+            planned = self.store_notice(received) if received is not None else asyncio.sleep(0)
+            view, _ = await asyncio.gather(self.read_model.apply(envelope), planned)
+        else:
+            view = await self.read_model.apply(envelope)
+            notice = notice_for(envelope, view)
+            if notice is not None:
+                await self.store_notice(notice)
         for page in pages_for(envelope, view):
             await self.store_notice(page)
         await self._keep_periodic_updates(envelope, view)
