@@ -68,11 +68,13 @@ async def test_every_freed_slot_goes_to_a_waiting_run_without_waiting_for_the_re
 
     assert await run_statuses(store, BURST) == ["succeeded"] * BURST
     assert (await store.load_slots("acme", "billing-api")).holders == []
-    # Every admission fills the system up to its limit while runs wait: each release wakes a run
-    # that takes the freed slot (a lost wake-up leaves a slot empty for the rest of the burst, and
-    # admissions then write one holder, not two).
-    assert len(holders_written) == 2 * BURST, holders_written  # one admission and one release each
-    assert holders_written.count(SLOTS) == BURST // SLOTS, holders_written  # 1,2,1,0 per wave of two
+    # The system is filled up to its limit again and again while runs wait: each release wakes a
+    # run that takes the freed slot (a lost wake-up leaves a slot empty for the rest of the burst,
+    # and admissions then write one holder, not two: 1,2,1,0,1,0,...). How the moves fall into
+    # writes (1,2,1,0 per wave of two, or 1,2,1,2,... when a release and the next admission
+    # share a pass) depends on the order the round trips end in.
+    assert max(holders_written) == SLOTS, holders_written
+    assert holders_written.count(SLOTS) >= BURST // SLOTS, holders_written
 
 
 class SystemRecovering(HealthySystem):

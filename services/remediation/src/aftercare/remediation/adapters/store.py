@@ -9,7 +9,6 @@ Documents that announce events carry them in their outbox in that same write.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -21,6 +20,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from aftercare.events import outbox
 from aftercare.events.envelope import Envelope
+from aftercare.remediation.adapters.shared_reads import SharedReads
 from aftercare.remediation.domain.blast_radius import SystemSlots
 from aftercare.remediation.domain.escalation import Escalation, EscalationPolicy
 from aftercare.remediation.domain.run import Run
@@ -97,8 +97,9 @@ class RemediationStore:
         self.tenant_settings: AsyncCollection[Document] = database["tenant_settings"]
         # Stored runbook versions never change: read each once per process.
         self._versions: dict[str, tuple[Runbook, Document]] = {}
-        # Runbook heads (name -> current version) as last read, and when (monotonic s).
-        self._heads: dict[str, tuple[Document | None, float]] = {}
+        # Runbook heads (name -> current version) as last read; a change through this process is
+        # seen at once (forget), through another instance's within the callers' max age.
+        self._heads: SharedReads[Document | None] = SharedReads(lambda name: self.runbooks.find_one({"_id": name}))
         # The runs created at the same moment (a consumer poll's incidents are handled side by
         # side) go in one insert_many: the embedded store commits one transaction per insert
         # command, whatever its number of documents. 100: the most its `_id $in` answers from
@@ -122,12 +123,7 @@ class RemediationStore:
     async def current_runbook(self, name: str, max_age_s: float = 0.0) -> tuple[Runbook, int, Document] | None:
         """The runbook's current version; ``max_age_s``: a head read that long ago will do (every new
         run asks; this process's own saves and deletes forget it at once)."""
-        cached_head = self._heads.get(name)
-        if cached_head is not None and time.monotonic() - cached_head[1] < max_age_s:
-            head = cached_head[0]
-        else:
-            head = await self.runbooks.find_one({"_id": name})
-            self._heads[name] = (head, time.monotonic())
+        head = await self._heads.get(name, max_age_s)
         if head is None or head.get("deleted"):
             return None
         key = f"{name}@{head['version']}"
@@ -151,7 +147,7 @@ class RemediationStore:
 
     async def save_runbook(self, runbook: Runbook, source: str, by: str, now: datetime) -> int | None:
         """Store a new version; None when the source is the current version's already."""
-        self._heads.pop(runbook.name, None)
+        self._heads.forget(runbook.name)
         for _ in range(5):
             head = await self.runbooks.find_one({"_id": runbook.name})
             current = int(head["version"]) if head else 0
@@ -179,16 +175,16 @@ class RemediationStore:
                 {"$set": {"version": version, "updated_at": now, "updated_by": by, "deleted": False}},
                 upsert=True,
             )
-            self._heads.pop(runbook.name, None)  # again: a run may have read the old head meanwhile
+            self._heads.forget(runbook.name)  # again: a run may have read the old head meanwhile
             return version
         raise RuntimeError(f"could not store runbook {runbook.name}: too many concurrent changes")
 
     async def delete_runbook(self, name: str, by: str, now: datetime) -> bool:
-        self._heads.pop(name, None)
+        self._heads.forget(name)
         result = await self.runbooks.update_one(
             {"_id": name, "deleted": {"$ne": True}}, {"$set": {"deleted": True, "updated_at": now, "updated_by": by}}
         )
-        self._heads.pop(name, None)
+        self._heads.forget(name)
         return result.modified_count > 0
 
     # --- incidents as remediation knows them ---------------------------------------------

@@ -38,6 +38,7 @@ from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.tenants import SupportedSystem, TenantUpserted
 from aftercare.remediation.adapters.credentials import CredentialKeyMissing, CredentialVault
 from aftercare.remediation.adapters.executor import SystemCaller
+from aftercare.remediation.adapters.shared_reads import SharedReads
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain import blast_radius
 from aftercare.remediation.domain import run as machine
@@ -205,8 +206,11 @@ class RunEngine:
         self._clock = clock
         self.driving: set[str] = set()
         self._again: set[str] = set()
-        self._tenant_cache: dict[str, tuple[TenantUpserted, float]] = {}
-        self._paused_cache: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        # A tenant is kept once known (it may arrive after its first incident: asked again then).
+        self._tenant_reads: SharedReads[TenantUpserted | None] = SharedReads(
+            tenants.get, keep=lambda tenant: tenant is not None
+        )
+        self._paused_reads: SharedReads[dict[str, Any] | None] = SharedReads(store.automation_paused)
         # Each system's blast-radius slots as this process last wrote or read them (see _admit).
         self._slots: dict[str, blast_radius.SystemSlots] = {}
         # Slot moves waiting for their system's turn, by tenant|system (see _move_slot).
@@ -507,16 +511,10 @@ class RunEngine:
     async def _automation_paused(self, tenant_id: str) -> dict[str, Any] | None:
         # Read at most once a second per tenant (every fix step asks); a switch set through this
         # process's API is seen at once (forget_tenant_settings).
-        now = time.monotonic()
-        cached = self._paused_cache.get(tenant_id)
-        if cached is not None and now - cached[1] < TENANT_CACHE_S:
-            return cached[0]
-        paused = await self._store.automation_paused(tenant_id)
-        self._paused_cache[tenant_id] = (paused, now)
-        return paused
+        return await self._paused_reads.get(tenant_id, TENANT_CACHE_S)
 
     def forget_tenant_settings(self, tenant_id: str) -> None:
-        self._paused_cache.pop(tenant_id, None)
+        self._paused_reads.forget(tenant_id)
 
     async def _admit(self, progress: _Progress, now: datetime) -> bool:
         """Ask the system's blast-radius limits for a slot; True when the run may go on."""
@@ -568,14 +566,7 @@ class RunEngine:
 
     async def _tenant(self, tenant_id: str) -> TenantUpserted | None:
         # Read at most once a second per tenant: every step of every run needs it.
-        now = time.monotonic()
-        cached = self._tenant_cache.get(tenant_id)
-        if cached is not None and now - cached[1] < TENANT_CACHE_S:
-            return cached[0]
-        tenant = await self._tenants.get(tenant_id)
-        if tenant is not None:
-            self._tenant_cache[tenant_id] = (tenant, now)
-        return tenant
+        return await self._tenant_reads.get(tenant_id, TENANT_CACHE_S)
 
     async def _system(self, run: Run) -> tuple[TenantUpserted | None, SupportedSystem | None]:
         tenant = await self._tenant(run.tenant_id)
