@@ -75,6 +75,7 @@ async def test_concurrent_inserts_are_stored_and_announced_before_each_caller_re
     assert stored == ids
     events = await announced(infrastructure, ids)
     assert {event["id"] for event in events} == {event.id for _, event in openings}
+    await group.settled()  # finished batches' ledger documents are deleted after the callers return
     assert await mongo_db[outbox.LEDGER].count_documents({}) == 0  # every batch finished
 
 
@@ -160,6 +161,7 @@ async def test_the_sweep_never_announces_the_losing_batch_of_two_instances_openi
     await first.insert(winner, [winner_event])
     with pytest.raises(DuplicateKeyError):
         await second.insert(loser, [loser_event])
+    await first.settled()
     assert await mongo_db[outbox.LEDGER].count_documents({}) == 1  # the loser's, listing its event
 
     published = await OutboxRelay(producer).sweep_ledger(mongo_db["incidents"], min_age_s=0)

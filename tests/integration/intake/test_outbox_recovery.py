@@ -250,8 +250,13 @@ async def test_an_accepted_report_leaves_nothing_pending_in_its_outbox(
 
     assert document is not None
     assert document[outbox.FIELD] == [] and document[outbox.FLAG] is False
-    ledger = await store[intake.database][outbox.LEDGER].find({}).to_list()
-    assert all(entry["document_id"] != incident_id for batch in ledger for entry in batch["entries"])
+
+    async def ledger_finished() -> bool:
+        # The batch's ledger document is deleted just after the 202 (group_commit.py).
+        ledger = await store[intake.database][outbox.LEDGER].find({}).to_list()
+        return all(entry["document_id"] != incident_id for batch in ledger for entry in batch["entries"])
+
+    await wait_until(ledger_finished, timeout=10, message="the report's ledger batch finished")
     assert {e["type"] for e in await incident_events(intake.infrastructure, {incident_id})} == {"incident.reported"}
 
 

@@ -10,7 +10,10 @@ already being committed goes as:
    the whole batch, written *before* the documents;
 2. one ``insert_many`` of the documents (unordered: a duplicate fails alone);
 3. one ``publish`` of every written document's events (acks=all, within the publish deadline);
-4. the ledger document deleted (by ``_id``).
+4. the ledger document deleted (by ``_id``), after the callers were told and without holding up
+   the next batch: finished batches' documents are deleted together, up to 100 per write, by a
+   task of their own. (Deleted in line, that delete was a third of each batch's store time in
+   the intake bench, 37 ms, with the next batch waiting for it.)
 
 A crash anywhere leaves the ledger document; ``OutboxRelay.sweep`` (``sweep_ledger``) then
 publishes the events of the documents that this batch wrote (each carries its batch's id in
@@ -43,6 +46,8 @@ from aftercare.events.producer import EventProducer
 
 LEDGER = outbox.LEDGER
 DUPLICATE_KEY = 11000
+# The store's index pushdown takes an $in of at most 100 values (aftercare_pushdown.go).
+CLEARED_PER_WRITE = 100
 
 
 @dataclass
@@ -65,6 +70,8 @@ class GroupCommit:
         self._max_batch = max_batch
         self._queue: list[_Queued] = []
         self._committing = False
+        self._finished: list[str] = []  # ledger ids of finished batches, not deleted yet
+        self._clearing: asyncio.Task[None] | None = None
 
     async def insert(self, document: dict[str, Any], events: Sequence[Envelope[Any]]) -> None:
         """Insert ``document`` and publish ``events``; return once the document is stored and
@@ -133,7 +140,7 @@ class GroupCommit:
                 {"$set": {"entries": [entry for queued in written for entry in queued.entries]}},
             )
         if not written:
-            await self._ledger.delete_one({"_id": ledger_id})
+            self._forget(ledger_id)
             return
         records = [
             (event.data.TOPIC, entry["json"].encode(), event)
@@ -149,7 +156,25 @@ class GroupCommit:
             return
         for queued in written:
             queued.done.set_result(None)
-        # Done for the callers; a ledger document left by a failure here only makes the sweep
-        # publish these events again, which consumers ignore (they deduplicate by event id).
-        with contextlib.suppress(Exception):
-            await self._ledger.delete_one({"_id": ledger_id})
+        self._forget(ledger_id)
+
+    def _forget(self, ledger_id: str) -> None:
+        """The batch is done: its ledger document goes with the next clearing write."""
+        self._finished.append(ledger_id)
+        if self._clearing is None or self._clearing.done():
+            self._clearing = asyncio.get_running_loop().create_task(self._clear_finished())
+
+    async def _clear_finished(self) -> None:
+        while self._finished:
+            ledger_ids, self._finished = self._finished[:CLEARED_PER_WRITE], self._finished[CLEARED_PER_WRITE:]
+            # A ledger document left by a failure here (or by a stop before this ran) only makes
+            # the sweep publish these events again, which consumers ignore (they deduplicate by
+            # event id).
+            with contextlib.suppress(Exception):
+                await self._ledger.delete_many({"_id": {"$in": ledger_ids}})
+
+    async def settled(self) -> None:
+        """Return once the ledger documents of every finished batch are deleted (for a clean
+        stop, and for tests that look at the ledger)."""
+        while self._clearing is not None and not self._clearing.done():
+            await asyncio.shield(self._clearing)
