@@ -62,6 +62,7 @@ def build_app(settings: RemediationSettings | None = None) -> FastAPI:
                 group_id=consumer.CONSUMER_GROUP,
                 topics=consumer.TOPICS,
                 handlers=lambda rt: consumer.handlers(app.state.remediation),
+                concurrency=settings.consumer_concurrency,
             )
         ],
         on_connected=on_connected,

@@ -43,4 +43,10 @@ class RemediationSettings(ServiceSettings):
         description="A run whose process stopped is resumed this long after its step's timeout ran out.",
     )
     max_concurrent_runs: int = Field(default=64, ge=1, description="Runs this process advances at the same time.")
+    consumer_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Incidents whose events are handled at the same time (one incident's in order); their "
+        "store writes go together (incident merges, run inserts).",
+    )
     max_body_bytes: int = 256 * 1024

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -105,6 +105,8 @@ class RemediationStore:
         # command, whatever its number of documents. 100: the most its `_id $in` answers from
         # the index (the read-back after a duplicate).
         self._run_inserts: Batched[Document, bool] = Batched(self._insert_runs, max_batch=100)
+        # Likewise the incident halves merged side by side: one update command and one read.
+        self._incident_merges: Batched[tuple[str, Document], Document] = Batched(self._merge_incidents, max_batch=100)
 
     async def ensure_indexes(self) -> None:
         await outbox.OutboxRelay.ensure_indexes(self.runs)
@@ -190,10 +192,23 @@ class RemediationStore:
     # --- incidents as remediation knows them ---------------------------------------------
 
     async def merge_incident(self, incident_id: str, fields: Document) -> Document:
-        merged = await self.incidents.find_one_and_update(
-            {"_id": incident_id}, {"$set": fields}, upsert=True, return_document=ReturnDocument.AFTER
+        """Set ``fields`` on the incident (created if new); the incident as it is then."""
+        return await self._incident_merges((incident_id, fields))
+
+    async def _merge_incidents(self, merges: list[tuple[str, Document]]) -> list[Document]:
+        if len(merges) == 1:
+            incident_id, fields = merges[0]
+            merged = await self.incidents.find_one_and_update(
+                {"_id": incident_id}, {"$set": fields}, upsert=True, return_document=ReturnDocument.AFTER
+            )
+            return [merged or {}]
+        # In order: two halves of one incident in the same batch are both applied, the later last.
+        await self.incidents.bulk_write(
+            [UpdateOne({"_id": incident_id}, {"$set": fields}, upsert=True) for incident_id, fields in merges]
         )
-        return merged or {}
+        ids = list({incident_id for incident_id, _ in merges})
+        found = {document["_id"]: document async for document in self.incidents.find({"_id": {"$in": ids}})}
+        return [found.get(incident_id, {}) for incident_id, _ in merges]
 
     async def incident(self, incident_id: str) -> Document | None:
         return await self.incidents.find_one({"_id": incident_id})
