@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from datetime import UTC, datetime
 
 import structlog
@@ -31,7 +32,11 @@ async def run_regular_diagnostics(diagnostics: RegularDiagnostics, tick_s: float
                     await diagnostics.purge_old_claims(datetime.now(UTC))
             except Exception as error:  # the store may be away for a moment; keep the schedule
                 log.warning("diagnostics tick failed; next tick retries", error=str(error))
-            await asyncio.sleep(tick_s)
+            # A random pause around tick_s, not tick_s itself: with a fixed pause, idle instances
+            # keep the same phase, and the one whose tick comes first after each due time claimed
+            # every period (CI saw one of two instances probe everything). Varied, the periods
+            # spread over the instances, and a slow instance's claims do not all wait on it.
+            await asyncio.sleep(tick_s * random.uniform(0.5, 1.5))
     finally:
         with contextlib.suppress(Exception):
             await diagnostics.drain()
