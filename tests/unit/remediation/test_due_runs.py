@@ -8,6 +8,7 @@ burst nearly every run is open, and nearly none of them is due.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,8 +18,10 @@ from aftercare.events.schedule import DueTimes
 from aftercare.events.tenant_copy import TenantCopy
 from aftercare.events.testing import MemoryBus, MemoryDatabase
 from aftercare.remediation.adapters.credentials import CredentialVault
+from aftercare.remediation.adapters.executor import SystemCaller
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain.runbook import parse_runbook
+from aftercare.remediation.domain.verification import ProbeAnswer
 from aftercare.remediation.entrypoints.scheduled import store_poll_seconds, wake_due_here, wake_due_in_store
 from aftercare.remediation.service_layer.escalations import EscalationDesk
 from aftercare.remediation.service_layer.runs import RunEngine
@@ -32,6 +35,7 @@ from remediation_doubles import (
     drives_done,
     incident,
     run_statuses,
+    until_a_slot_is_held,
 )
 
 
@@ -57,13 +61,17 @@ class Clock:
         return self.now
 
 
-def an_instance_with(database: MemoryDatabase, bus: MemoryBus, clock: Clock) -> tuple[RunEngine, RemediationStore]:
+def an_instance_with(
+    database: MemoryDatabase, bus: MemoryBus, clock: Clock, caller: SystemCaller | None = None
+) -> tuple[RunEngine, RemediationStore]:
     db: Any = database
     store = RemediationStore(db)
     turns = Turns()
     relay = OutboxRelay(bus, turn=turns)  # type: ignore[arg-type]
     desk = EscalationDesk(store, relay, turns, clock, b"secret", "http://remediation", DueTimes(db))
-    engine = RunEngine(store, TenantCopy(db), CredentialVault(db, None), HealthySystem(), desk, relay, turns, clock)
+    engine = RunEngine(
+        store, TenantCopy(db), CredentialVault(db, None), caller or HealthySystem(), desk, relay, turns, clock
+    )
     return engine, store
 
 
@@ -152,3 +160,51 @@ async def test_a_slot_freed_while_runs_of_its_system_start_here_does_not_ask_the
     # Asked only once no run of the system was left to start here (the last release).
     assert unfinished_when_asked in ([], [0]), unfinished_when_asked
     await engine.stop()
+
+
+class SystemRecovering(HealthySystem):
+    """Its health probe answers once the test lets it: the run probing it keeps its slot."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+
+    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+        await self.answer.wait()
+        return await super().probe(url, timeout_s, allowlist)
+
+
+async def test_a_run_waiting_for_a_slot_is_written_only_once_its_stored_due_time_has_passed() -> None:
+    database, bus, clock, system = MemoryDatabase(), MemoryBus(), Clock(), SystemRecovering()
+    await acme_with_a_noop_runbook(database, max_concurrent=1)
+    engine, store = an_instance_with(database, bus, clock, system)
+    moved: list[str] = []
+    set_next_at = store.set_next_at
+
+    async def recording_set_next_at(incident_id: str, rev: int, next_at: datetime) -> int | None:
+        moved.append(incident_id)
+        return await set_next_at(incident_id, rev, next_at)
+
+    store.set_next_at = recording_set_next_at  # type: ignore[method-assign]
+    assert await engine.consider("i-0", document=incident(0)) == "run started"
+    await until_a_slot_is_held(store)  # i-0 verifies, holding the one slot
+    assert await engine.consider("i-1", document=incident(1)) == "run started"
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # i-1 waits. Its stored due time, the lease written at its creation, is still ahead: no write.
+    assert await run_statuses(store, 2) == ["queued", "queued"]
+    assert moved == []
+    lease = (await store.load_run("i-1"))[2]  # type: ignore[index]
+    assert lease is not None and lease > clock()
+
+    # Still waiting when that time comes: now it is moved to the queue's re-check (no instance
+    # would otherwise leave it alone), woken by this process from memory.
+    clock.now = lease + timedelta(seconds=1)
+    assert wake_due_here(engine, clock()) == 1
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert moved == ["i-1"]
+    assert (await store.load_run("i-1"))[2] > clock()  # type: ignore[index,operator]
+
+    system.answer.set()
+    await drives_done(engine)
+    assert await run_statuses(store, 2) == ["succeeded", "succeeded"]

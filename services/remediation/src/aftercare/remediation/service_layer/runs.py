@@ -136,6 +136,8 @@ class _Progress:
     # Its outbox held events when it was read (not this drive's): the next flush publishes all.
     leftover: bool = False
     permit: _DrivePermit | None = None
+    # Its stored due time as of its last write or read.
+    next_at: datetime | None = None
 
     def away(self) -> contextlib.AbstractAsyncContextManager[None]:
         """While waiting on a customer's system: the drive permit goes to another run."""
@@ -387,13 +389,14 @@ class RunEngine:
     ) -> None:
         if start is not None:
             progress, next_at = start
+            progress.next_at = next_at
             run = progress.run
         else:
             loaded = await self._store.load_run_state(incident_id)
             if loaded is None:
                 return
             run, rev, next_at, leftover = loaded
-            progress = _Progress(run, rev, leftover=leftover)
+            progress = _Progress(run, rev, leftover=leftover, next_at=next_at)
             if run.status == "queued":
                 self._starting[incident_id] = _slots_key(run)
         progress.permit = permit
@@ -457,6 +460,7 @@ class RunEngine:
         if progress.rev is None:
             self._due.pop(incident_id, None)  # another writer has it now
             return False
+        progress.next_at = next_at
         self._remember_due(incident_id, next_at)
         # The write landed, so the run has moved on: a failed publish (Kafka down) must not stop
         # it. The events stay in the run's outbox and the relay remembers the run for its sweep.
@@ -490,6 +494,7 @@ class RunEngine:
         if progress.rev is None:
             self._due.pop(incident_id, None)
         else:
+            progress.next_at = next_at
             self._remember_due(incident_id, next_at)
 
     def _remember_due(self, incident_id: str, next_at: datetime | None) -> None:
@@ -540,6 +545,12 @@ class RunEngine:
             # Known to wait before anything else may run: a release decided in the same pass as
             # this hold looks for it next (_release).
             self._waiting[run.incident.incident_id] = (_slots_key(run), run.created_at)
+            if progress.next_at is not None and progress.next_at > now:
+                # Its stored due time (the lease written when it was created, or a re-check) is
+                # still ahead: until then no instance takes it, and a release here wakes it
+                # sooner. Moved to the re-check only if it still waits then (a write of the whole
+                # run each time on the embedded store: a third of a burst's run writes).
+                return False
             await self._set_next_at(progress, now + timedelta(seconds=QUEUE_RECHECK_S))
             return False
         if decision is None:
