@@ -119,11 +119,18 @@ class TriageIncidents:
             )
         # Taking the published entries out waits for nobody: if it is lost, the outbox sweep
         # publishes them again under the same ids, which consumers drop as repeats.
-        clearing = asyncio.ensure_future(
-            self.batched.write(UpdateOne({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}}))
-        )
+        clearing = asyncio.ensure_future(self._take_out(incident_id, entries))
         self._clearing.add(clearing)
         clearing.add_done_callback(self._cleared)
+
+    async def _take_out(self, incident_id: str, entries: list[dict[str, Any]]) -> None:
+        await self.batched.write(UpdateOne({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}}))
+        # Then the flag, only if nothing new arrived meanwhile (as the sweep clears it). Left set,
+        # every triaged incident stayed flagged, and each full outbox sweep read and cleared 500
+        # of them (a read and a write each) while triage flagged more.
+        await self.batched.write(
+            UpdateOne({"_id": incident_id, outbox.FIELD: {"$size": 0}}, {"$set": {outbox.FLAG: False}})
+        )
 
     def _cleared(self, clearing: asyncio.Future[None]) -> None:
         self._clearing.discard(clearing)
