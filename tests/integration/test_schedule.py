@@ -304,6 +304,52 @@ async def test_an_idle_poll_reads_the_hint_only_and_a_new_item_wakes_it(mongo_db
     assert (await due.poll(at(61))).scanned is True
 
 
+async def test_due_times_scheduled_together_fire_each_and_are_cancelled_together(mongo_db: Database) -> None:
+    due = DueTimes(mongo_db, full_scan_every=timedelta(minutes=1))
+    recorder = Recorder()
+    due.on_due("sla-breach", recorder)
+    assert (await due.poll(at(0))).scanned is True  # the first poll scans; later ones read the hint
+    await due.schedule_many(
+        [
+            ("sla:inc-1:response", at(30), "sla-breach", {"deadline": "response"}),
+            ("sla:inc-1:resolution", at(240), "sla-breach", {"deadline": "resolution"}),
+            ("sla:inc-2:response", at(40), "sla-breach", {"deadline": "response"}),
+            ("sla:inc-2:resolution", at(300), "sla-breach", {"deadline": "resolution"}),
+        ]
+    )
+    assert await due.cancel_many(["sla:inc-2:response", "sla:inc-2:resolution", "sla:never"]) == 2
+
+    assert (await due.poll(at(29))).scanned is False
+    assert (await due.poll(at(30))).handled == ["sla:inc-1:response"], "the hint woke the poller"
+    assert (await due.poll(at(300))).handled == ["sla:inc-1:resolution"]
+    assert [item.payload["deadline"] for item in recorder.fired] == ["response", "resolution"]
+
+
+async def test_concurrent_schedules_share_hint_writes_and_the_soonest_still_wakes_the_poller(
+    mongo_db: Database,
+) -> None:
+    due = DueTimes(mongo_db, full_scan_every=timedelta(minutes=10))
+    recorder = Recorder()
+    due.on_due("probe", recorder)
+    assert (await due.poll(at(0))).scanned is True
+    hint_writes = 0
+    lower = due._hint.update_one
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hint_writes
+        hint_writes += 1
+        return await lower(*args, **kwargs)
+
+    due._hint.update_one = counted  # type: ignore[method-assign]
+
+    # e.g. 16 lanes of triage each watching an incident's deadlines at once
+    await asyncio.gather(*(due.schedule(f"probe:{n}", at(100 + n), "probe", {}) for n in range(40)))
+
+    assert hint_writes < 40, f"{hint_writes} hint writes for 40 concurrent schedules"
+    assert (await due.poll(at(99))).scanned is False
+    assert (await due.poll(at(100))).handled == ["probe:0"]
+
+
 # --- two real service processes ------------------------------------------------------------
 
 

@@ -67,8 +67,15 @@ class _DueTimes:
     async def schedule(self, key: str, due_at: datetime, kind: str, payload: dict[str, Any]) -> None:
         self.items[key] = (due_at, kind, payload)
 
+    async def schedule_many(self, items: list[tuple[str, datetime, str, dict[str, Any]]]) -> None:
+        for key, due_at, kind, payload in items:
+            await self.schedule(key, due_at, kind, payload)
+
     async def cancel(self, key: str) -> bool:
         return self.items.pop(key, None) is not None
+
+    async def cancel_many(self, keys: list[str]) -> int:
+        return sum([await self.cancel(key) for key in keys])
 
 
 def _breaches(tenant: str, deadline: str) -> float:

@@ -57,7 +57,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -65,7 +65,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -581,6 +581,8 @@ class DueTimes:
         self.batch_size = batch_size
         self._concurrency = concurrency
         self._last_full_scan: datetime | None = None
+        self._hints_waiting: list[tuple[datetime, asyncio.Future[None]]] = []
+        self._hint_writer: asyncio.Task[None] | None = None
 
     async def ensure_indexes(self) -> None:
         await self._items.create_index([("due_at", ASCENDING)])
@@ -606,30 +608,86 @@ class DueTimes:
         again moves it and ``cancel(key)`` removes it. ``payload`` must be storable as a
         document (JSON-like). A time in the past fires at the next poll.
         """
-        if due_at.tzinfo is None:
-            raise ValueError("due_at must be timezone-aware (UTC)")
-        due_at = _store_time(due_at)
-        document = {
-            "_id": key,
-            "kind": kind,
-            "payload": dict(payload or {}),
-            "due_at": due_at,
-            "first_due_at": due_at,
-            "attempts": 0,
-            "version": uuid.uuid4().hex,
-            "last_error": None,
-            "scheduled_at": _store_time(utc_now()),
-        }
-        await self._items.replace_one({"_id": key}, document, upsert=True)
-        # After the item is written (see poll): a poller that reset the hint before this line
-        # either saw the item in its scan or sees this lowered hint.
-        await self._hint.update_one({"_id": _HINT_ID}, {"$min": {"due_at": due_at}}, upsert=True)
-        return DueItem.from_document(document)
+        (item,) = await self.schedule_many([(key, due_at, kind, payload)])
+        return item
+
+    async def schedule_many(
+        self, items: Sequence[tuple[str, datetime, str, Mapping[str, Any] | None]]
+    ) -> list[DueItem]:
+        """``schedule`` for several ``(key, due_at, kind, payload)`` at once: one write for the
+        items and one for the hint (e.g. an incident's response and resolution deadlines)."""
+        documents: list[dict[str, Any]] = []
+        lowest: datetime | None = None
+        for key, due_at, kind, payload in items:
+            if due_at.tzinfo is None:
+                raise ValueError("due_at must be timezone-aware (UTC)")
+            stored_due = _store_time(due_at)
+            lowest = stored_due if lowest is None else min(lowest, stored_due)
+            documents.append(
+                {
+                    "_id": key,
+                    "kind": kind,
+                    "payload": dict(payload or {}),
+                    "due_at": stored_due,
+                    "first_due_at": stored_due,
+                    "attempts": 0,
+                    "version": uuid.uuid4().hex,
+                    "last_error": None,
+                    "scheduled_at": _store_time(utc_now()),
+                }
+            )
+        if lowest is None:
+            return []
+        if len(documents) == 1:
+            await self._items.replace_one({"_id": documents[0]["_id"]}, documents[0], upsert=True)
+        else:
+            await self._items.bulk_write(
+                [ReplaceOne({"_id": document["_id"]}, document, upsert=True) for document in documents], ordered=False
+            )
+        # After the items are written (see poll): a poller that reset the hint before this line
+        # either saw the items in its scan or sees this lowered hint.
+        await self._lower_hint(lowest)
+        return [DueItem.from_document(document) for document in documents]
+
+    async def _lower_hint(self, due_at: datetime) -> None:
+        """Lower the hint to ``due_at`` (``$min``), in a write that starts after this call.
+
+        Concurrent callers share one write (the lowest of their times): every schedule of a
+        process lowered the one hint document in turn, the writes queueing for it."""
+        lowered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hints_waiting.append((due_at, lowered))
+        if self._hint_writer is None or self._hint_writer.done():
+            self._hint_writer = asyncio.get_running_loop().create_task(self._write_hints())
+        await lowered
+
+    async def _write_hints(self) -> None:
+        while self._hints_waiting:
+            waiting, self._hints_waiting = self._hints_waiting, []
+            try:
+                lowest = min(due_at for due_at, _ in waiting)
+                await self._hint.update_one({"_id": _HINT_ID}, {"$min": {"due_at": lowest}}, upsert=True)
+            except BaseException as error:
+                for _, lowered in waiting:
+                    if not lowered.done():
+                        lowered.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for _, lowered in waiting:
+                if not lowered.done():
+                    lowered.set_result(None)
 
     async def cancel(self, key: str) -> bool:
         """Remove the due time ``key``; False if there was none (already fired or never set)."""
         result = await self._items.delete_one({"_id": key})
         return result.deleted_count == 1
+
+    async def cancel_many(self, keys: Sequence[str]) -> int:
+        """Remove the due times ``keys`` in one write; returns how many there were."""
+        if not keys:
+            return 0
+        result = await self._items.delete_many({"_id": {"$in": list(keys)}})
+        return result.deleted_count
 
     async def get(self, key: str) -> DueItem | None:
         document = await self._items.find_one({"_id": key})

@@ -46,23 +46,28 @@ class SlaWatch:
         if incident is None:
             return
         decision = incident.get("decision") or {}
-        for deadline, due_at in deadlines_to_watch(incident):
-            await self._due_times().schedule(
-                watch_key(incident_id, deadline),
-                due_at if due_at.tzinfo else due_at.replace(tzinfo=UTC),
-                SLA_BREACH,
-                {
-                    "incident_id": incident_id,
-                    "tenant_id": envelope.tenant_id,
-                    "number": incident.get("number") or envelope.data.number,
-                    "priority": decision.get("priority"),
-                    "deadline": deadline.value,
-                },
-            )
+        # Response and resolution deadlines in one write (and one for the poller's hint).
+        await self._due_times().schedule_many(
+            [
+                (
+                    watch_key(incident_id, deadline),
+                    due_at if due_at.tzinfo else due_at.replace(tzinfo=UTC),
+                    SLA_BREACH,
+                    {
+                        "incident_id": incident_id,
+                        "tenant_id": envelope.tenant_id,
+                        "number": incident.get("number") or envelope.data.number,
+                        "priority": decision.get("priority"),
+                        "deadline": deadline.value,
+                    },
+                )
+                for deadline, due_at in deadlines_to_watch(incident)
+            ]
+        )
 
     async def met(self, envelope: Envelope[Any]) -> None:
-        for deadline in deadlines_met_by(envelope.type):
-            await self._due_times().cancel(watch_key(envelope.data.incident_id, deadline))
+        keys = [watch_key(envelope.data.incident_id, deadline) for deadline in deadlines_met_by(envelope.type)]
+        await self._due_times().cancel_many(keys)
 
     async def breached(self, item: DueItem) -> None:
         payload = item.payload
