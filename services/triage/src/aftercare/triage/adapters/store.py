@@ -124,12 +124,17 @@ class TriageIncidents:
         clearing.add_done_callback(self._cleared)
 
     async def _take_out(self, incident_id: str, entries: list[dict[str, Any]]) -> None:
-        await self.batched.write(UpdateOne({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}}))
-        # Then the flag, only if nothing new arrived meanwhile (as the sweep clears it). Left set,
-        # every triaged incident stayed flagged, and each full outbox sweep read and cleared 500
-        # of them (a read and a write each) while triage flagged more.
-        await self.batched.write(
-            UpdateOne({"_id": incident_id, outbox.FIELD: {"$size": 0}}, {"$set": {outbox.FLAG: False}})
+        # The usual case, one rewrite of the document: the outbox holds just these entries, so it
+        # is emptied and unflagged at once. Otherwise (another event arrived meanwhile) only these
+        # entries are pulled and the flag stays for the sweep. Both go in one batch, in order; if
+        # a store ran the second first, the first would match nothing and the sweep unflags it.
+        # Left set, every triaged incident stayed flagged, and each full outbox sweep read and
+        # cleared 500 of them (a read and a write each) while triage flagged more.
+        await asyncio.gather(
+            self.batched.write(
+                UpdateOne({"_id": incident_id, outbox.FIELD: entries}, {"$set": {outbox.FIELD: [], outbox.FLAG: False}})
+            ),
+            self.batched.write(UpdateOne({"_id": incident_id}, {"$pullAll": {outbox.FIELD: entries}})),
         )
 
     def _cleared(self, clearing: asyncio.Future[None]) -> None:
