@@ -258,6 +258,39 @@ FERRETDB_PATCHES: dict[str, FerretDBPatch] = {
             ),
         ),
     ),
+    # Per-statement overhead nobody reads: fsql formatted each statement's debug-log attributes
+    # (the document JSON among them) with debug lines off, and every connection, transaction and
+    # rows object was tracked for leaks in a pprof profile (a stack trace each, and a finalizer
+    # that panics the store if one is not closed). Together ~15 % of the store's CPU (perf, triage
+    # bench); why in detail: _overlay/internal/util/fsql/aftercare_quiet_log.go.
+    "no-per-statement-bookkeeping": FerretDBPatch(
+        why="no debug-log formatting with debug off, no leak tracking of connections and rows",
+        files=("internal/util/fsql/aftercare_quiet_log.go",),
+        edits=(
+            (
+                "internal/util/fsql/db.go",
+                "\t\tl:                logging.WithName(l, name),\n",
+                "\t\tl:                aftercareQuiet(logging.WithName(l, name)),\n",
+            ),
+            (
+                "internal/util/resource/resource.go",
+                "func Track(obj any, token *Token) {\n\tcheckArgs(obj, token)\n",
+                "func Track(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n\tif aftercareUntracked {\n\t\treturn\n\t}\n",
+            ),
+            (
+                "internal/util/resource/resource.go",
+                "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n",
+                "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n\tif aftercareUntracked {\n\t\treturn\n\t}\n",
+            ),
+            (
+                "internal/util/resource/resource.go",
+                "// profilesM protects access to profiles.\n",
+                "// aftercareUntracked: Track and Untrack do nothing (Aftercare patch, see localinfra.py).\n"
+                "const aftercareUntracked = true\n\n"
+                "// profilesM protects access to profiles.\n",
+            ),
+        ),
+    ),
 }
 
 
