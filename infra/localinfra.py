@@ -275,12 +275,14 @@ FERRETDB_PATCHES: dict[str, FerretDBPatch] = {
             (
                 "internal/util/resource/resource.go",
                 "func Track(obj any, token *Token) {\n\tcheckArgs(obj, token)\n",
-                "func Track(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n\tif aftercareUntracked {\n\t\treturn\n\t}\n",
+                "func Track(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n"
+                "\tif aftercareUntracked {\n\t\treturn\n\t}\n",
             ),
             (
                 "internal/util/resource/resource.go",
                 "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n",
-                "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n\tif aftercareUntracked {\n\t\treturn\n\t}\n",
+                "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n"
+                "\tif aftercareUntracked {\n\t\treturn\n\t}\n",
             ),
             (
                 "internal/util/resource/resource.go",
