@@ -38,6 +38,18 @@ class HealthySystem(SystemCaller):
         return ProbeAnswer(200, 1.0, '{"status":"healthy"}')
 
 
+class SystemRecovering(HealthySystem):
+    """Its health probe answers once the test lets it (``answer.set()``): the run probing it keeps
+    its slot and stays at work until then."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+
+    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
+        await self.answer.wait()
+        return await super().probe(url, timeout_s, allowlist)
+
+
 def count_operations(collection: Any, counts: Counter[str]) -> None:
     """Count the calls the service makes (the fake's find_one_and_update calls its own find_one)."""
     for operation in OPERATIONS:

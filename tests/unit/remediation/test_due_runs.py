@@ -21,7 +21,6 @@ from aftercare.remediation.adapters.credentials import CredentialVault
 from aftercare.remediation.adapters.executor import SystemCaller
 from aftercare.remediation.adapters.store import RemediationStore
 from aftercare.remediation.domain.runbook import parse_runbook
-from aftercare.remediation.domain.verification import ProbeAnswer
 from aftercare.remediation.entrypoints.scheduled import store_poll_seconds, wake_due_here, wake_due_in_store
 from aftercare.remediation.service_layer.escalations import EscalationDesk
 from aftercare.remediation.service_layer.runs import RunEngine
@@ -30,6 +29,7 @@ from aftercare.remediation.service_layer.turns import Turns
 from remediation_doubles import (
     T0,
     HealthySystem,
+    SystemRecovering,
     acme_with_a_noop_runbook,
     an_instance,
     drives_done,
@@ -160,17 +160,6 @@ async def test_a_slot_freed_while_runs_of_its_system_start_here_does_not_ask_the
     # Asked only once no run of the system was left to start here (the last release).
     assert unfinished_when_asked in ([], [0]), unfinished_when_asked
     await engine.stop()
-
-
-class SystemRecovering(HealthySystem):
-    """Its health probe answers once the test lets it: the run probing it keeps its slot."""
-
-    def __init__(self) -> None:
-        self.answer = asyncio.Event()
-
-    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
-        await self.answer.wait()
-        return await super().probe(url, timeout_s, allowlist)
 
 
 async def test_a_run_waiting_for_a_slot_is_written_only_once_its_stored_due_time_has_passed() -> None:

@@ -13,10 +13,9 @@ import asyncio
 from typing import Any
 
 from aftercare.events.testing import MemoryBus, MemoryDatabase
-from aftercare.remediation.domain.verification import ProbeAnswer
 
 from remediation_doubles import (
-    HealthySystem,
+    SystemRecovering,
     acme_with_a_noop_runbook,
     an_instance,
     drives_done,
@@ -75,17 +74,6 @@ async def test_every_freed_slot_goes_to_a_waiting_run_without_waiting_for_the_re
     # share a pass) depends on the order the round trips end in.
     assert max(holders_written) == SLOTS, holders_written
     assert holders_written.count(SLOTS) >= BURST // SLOTS, holders_written
-
-
-class SystemRecovering(HealthySystem):
-    """Its health probe answers once the test lets it: the run probing it stays at work."""
-
-    def __init__(self) -> None:
-        self.answer = asyncio.Event()
-
-    async def probe(self, url: str, timeout_s: float, allowlist: list[str]) -> ProbeAnswer:
-        await self.answer.wait()
-        return await super().probe(url, timeout_s, allowlist)
 
 
 async def test_a_slot_freed_by_one_instance_goes_to_a_run_another_instance_saw_wait() -> None:
